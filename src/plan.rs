@@ -1,0 +1,102 @@
+//! What the resolver hands the broker: for one target, which modules to load, in which order, how.
+//!
+//! A [`Plan`] is pure data, built once per target by the libkmod thread (see `resolver`) and then
+//! shared read-only (`Arc`) by every request for that target, so the async side never touches
+//! libkmod. Each [`ModuleNode`] carries everything needed to load that one module: its file (or
+//! builtin / install command), its options from `modprobe.d` and the kernel command line, and the
+//! nodes that must be live before it (hard dependencies, in load order) plus its softdeps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How one module comes to be in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadMethod {
+    /// A module file to hand to `finit_module` (possibly compressed: `.ko.xz`, `.ko.zst`, `.ko.gz`).
+    File(PathBuf),
+    /// Built into the kernel image (`modules.builtin`): nothing to do, no syscall.
+    Builtin,
+    /// An `install NAME COMMAND` line from `modprobe.d`: run COMMAND through `/bin/sh` instead of
+    /// inserting, exactly as modprobe does. `$CMDLINE_OPTS` is replaced with the module's options.
+    Install(String),
+}
+
+/// One module, resolved: everything the broker needs to load it without asking libkmod again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleNode {
+    /// Canonical name (dashes folded to underscores), as in `/sys/module`.
+    pub name: String,
+    /// File, builtin, or install command.
+    pub method: LoadMethod,
+    /// Options from `modprobe.d` and the kernel command line (`name.param=value`), space separated.
+    /// Request parameters are appended by the broker for the requested module only.
+    pub options: String,
+    /// Hard dependencies (from `modules.dep`), in the order they must be loaded: each one's own
+    /// dependencies come before it. Loaded through the broker's merge map like any module.
+    pub deps: Vec<Arc<ModuleNode>>,
+    /// `softdep NAME pre: ...`: loaded before this module; their failures are logged, never fatal.
+    pub pre: Vec<Arc<ModuleNode>>,
+    /// `softdep NAME post: ...`: loaded after this module; failures logged, never fatal.
+    pub post: Vec<Arc<ModuleNode>>,
+}
+
+/// What one target (a module name or a modalias) resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// No module matches: normal for udev (most modaliases have no driver module).
+    NoMatch,
+    /// Every matching module was blacklisted (only applied to alias lookups, as modprobe does).
+    /// Holds the names of the blacklisted modules.
+    Blacklisted(Vec<String>),
+    /// Modules to load, each with its own dependency tree. An alias may match several modules;
+    /// like modprobe, all of them are loaded.
+    Load(Vec<Arc<ModuleNode>>),
+}
+
+impl Plan {
+    /// Names of the top-level modules this plan loads (empty for no-match).
+    pub fn module_names(&self) -> Vec<String> {
+        match self {
+            Plan::NoMatch => Vec::new(),
+            Plan::Blacklisted(names) => names.clone(),
+            Plan::Load(nodes) => nodes.iter().map(|n| n.name.clone()).collect(),
+        }
+    }
+}
+
+impl ModuleNode {
+    /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
+    pub fn file(name: &str, path: impl Into<PathBuf>) -> Self {
+        ModuleNode {
+            name: name.to_string(),
+            method: LoadMethod::File(path.into()),
+            options: String::new(),
+            deps: Vec::new(),
+            pre: Vec::new(),
+            post: Vec::new(),
+        }
+    }
+
+    /// Every module this node would load, in load order (pre softdeps, deps, itself, post
+    /// softdeps), each name once: what `resolve` shows, like `modprobe --show-depends`.
+    pub fn load_order(&self) -> Vec<&ModuleNode> {
+        let mut out: Vec<&ModuleNode> = Vec::new();
+        self.collect_order(&mut out);
+        out
+    }
+
+    fn collect_order<'a>(&'a self, out: &mut Vec<&'a ModuleNode>) {
+        if out.iter().any(|n| n.name == self.name) {
+            return;
+        }
+        for node in self.pre.iter().chain(self.deps.iter()) {
+            node.collect_order(out);
+        }
+        if !out.iter().any(|n| n.name == self.name) {
+            out.push(self);
+        }
+        for node in &self.post {
+            node.collect_order(out);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Resolution of targets (module names, modaliases) into [`crate::plan::Plan`]s with libkmod.
