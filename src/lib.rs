@@ -1,5 +1,42 @@
-//! modbroker: a module-load broker. See the README for the picture.
+//! modbroker: a module-load broker. udev asks to load the same kernel module once per device (on
+//! a big server, once per CPU); modbroker turns every request for one module name into a single
+//! `finit_module` call and hands its true outcome to every caller.
+//!
+//! # Data flow (one way)
+//!
+//! ```text
+//! udev RUN+= / admin / kernel       modbroker (client, std only) --no daemon--> direct (same library, no merge)
+//!         |
+//!  Unix socket --> server --> protocol --> service --> target --> resolver --> broker --> kernel
+//!  (activation    (accept,   (frames,     (one result  (validate) (libkmod     (merge map,  (finit_module,
+//!   or bind)       peer       serde)       per target)             thread,      failure      sysfs state)
+//!                  creds)                                          cache)       window)
+//!         <------------------------- one reply line per request -------------------------'
+//! ```
+//!
+//! One module per concern, each opening with a doc comment saying what it is for:
+//! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
+//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
+//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`service`] (request to reply),
+//! [`server`] (sockets, credentials, shutdown), [`config`], [`client`] (blocking client) and
+//! [`direct`] (loading without the daemon). [`testing`] holds the fake kernel used by tests.
+//!
+//! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
+//! server and the broker so that the server knows only sockets and the broker only modules (the
+//! per-target bookkeeping — validation, resolution, folding several modules into one result —
+//! needed a home of its own); `plan` holds the resolver's output types so the broker depends on
+//! plain data, not on libkmod; `direct` is the fallback loader shared by the client.
 #![warn(missing_docs)]
 
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod direct;
+pub mod kernel;
 pub mod plan;
+pub mod protocol;
 pub mod resolver;
+pub mod server;
+pub mod service;
+pub mod target;
+pub mod testing;

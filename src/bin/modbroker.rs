@@ -1,1 +1,251 @@
-fn main() {}
+//! `modbroker`: the client and admin CLI. Exec'd by udev once per uevent, so it stays small and
+//! synchronous. Asks the daemon; when no daemon answers, loads directly (unless `--no-fallback`).
+//!
+//! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued;
+//! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
+//! the request (permission denied, malformed) or could not be talked to; 4 when the daemon is
+//! unreachable and `--no-fallback` was given.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use modbroker::client::{self, ClientError};
+use modbroker::config::running_module_dir;
+use modbroker::direct::load_direct;
+use modbroker::kernel::SysKernel;
+use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
+
+#[derive(Parser)]
+#[command(
+    name = "modbroker",
+    version,
+    about = "Ask modbrokerd to load kernel modules (one finit_module per module, however many ask)"
+)]
+struct Cli {
+    /// Daemon socket [default: $MODBROKER_SOCKET, else /run/modbroker.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Module tree for direct loading when the daemon is unreachable [default: /lib/modules/$(uname -r)]
+    #[arg(long, global = true, value_name = "DIR")]
+    module_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a module by name or modalias, with optional parameters
+    Load {
+        /// Return at once; the daemon loads in the background
+        #[arg(long)]
+        no_wait: bool,
+        /// Stop waiting after SECS (the load itself goes on)
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// Try again even if the module failed within the failure window
+        #[arg(long)]
+        retry: bool,
+        /// Fail instead of loading directly when the daemon is unreachable
+        #[arg(long)]
+        no_fallback: bool,
+        /// Module name or modalias
+        target: String,
+        /// Module parameters, NAME=VALUE
+        params: Vec<String>,
+    },
+    /// Show what targets resolve to (modules in load order, options), like modprobe --show-depends
+    Resolve {
+        /// Module names or modaliases
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Show the daemon's counters and in-flight loads
+    Status {
+        /// Print the raw JSON reply
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_REFUSED: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = client::socket_path(cli.socket);
+    match cli.command {
+        Command::Load {
+            no_wait,
+            timeout,
+            retry,
+            no_fallback,
+            target,
+            params,
+        } => {
+            let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.001)));
+            let request = Request::Load(LoadRequest {
+                targets: vec![target.clone()],
+                params: params.clone(),
+                wait: !no_wait,
+                retry,
+                timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            });
+            // Give the daemon a little longer than its own timeout, so its timed-out reply arrives.
+            let wait = timeout.map(|t| t + Duration::from_secs(1));
+            match client::call(&socket, &request, wait) {
+                Ok(reply) => report_results(reply),
+                Err(err @ ClientError::Unreachable { .. }) if !no_fallback => {
+                    eprintln!("modbroker: {err}: loading {target} directly, without merging");
+                    let module_dir = cli.module_dir.unwrap_or_else(running_module_dir);
+                    let result = load_direct(&SysKernel::default(), &module_dir, &target, &params);
+                    exit_for(&[result])
+                }
+                Err(err @ ClientError::Unreachable { .. }) => {
+                    eprintln!("modbroker: {err}");
+                    ExitCode::from(EXIT_UNREACHABLE)
+                }
+                Err(err) => {
+                    eprintln!("modbroker: {err}");
+                    ExitCode::from(EXIT_REFUSED)
+                }
+            }
+        }
+        Command::Resolve { targets } => match call_or_report(&socket, &Request::Resolve(targets)) {
+            Ok(reply) => print_resolved(&reply),
+            Err(code) => code,
+        },
+        Command::Status { json } => match call_or_report(&socket, &Request::Status) {
+            Ok(reply) if json => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&reply.status).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(reply) => print_status(&reply),
+            Err(code) => code,
+        },
+    }
+}
+
+/// Calls the daemon; on any failure prints it and returns the exit code to use.
+fn call_or_report(socket: &std::path::Path, request: &Request) -> Result<Reply, ExitCode> {
+    match client::call(socket, request, None) {
+        Ok(reply) => match &reply.error {
+            Some(error) => {
+                eprintln!(
+                    "modbroker: daemon refused: {} ({})",
+                    error.message, error.kind
+                );
+                Err(ExitCode::from(EXIT_REFUSED))
+            }
+            None => Ok(reply),
+        },
+        Err(err) => {
+            eprintln!("modbroker: {err}");
+            Err(ExitCode::from(EXIT_REFUSED))
+        }
+    }
+}
+
+fn report_results(reply: Reply) -> ExitCode {
+    if let Some(error) = reply.error {
+        eprintln!(
+            "modbroker: daemon refused: {} ({})",
+            error.message, error.kind
+        );
+        return ExitCode::from(EXIT_REFUSED);
+    }
+    exit_for(&reply.results.unwrap_or_default())
+}
+
+fn exit_for(results: &[TargetResult]) -> ExitCode {
+    for result in results {
+        print_result(result);
+    }
+    if results.iter().all(|r| r.outcome.is_success()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// One stdout line per target; failures also get one stderr line.
+fn print_result(r: &TargetResult) {
+    let merged = if r.merged { " (merged)" } else { "" };
+    println!(
+        "{}: {} [{}]{merged} in {:.1} ms",
+        r.target,
+        r.outcome.as_str(),
+        r.modules.join(","),
+        r.elapsed_us as f64 / 1000.0
+    );
+    if r.outcome.is_success() {
+        return;
+    }
+    let detail = match &r.failure {
+        Some(f) => match (&f.errno_name, f.errno) {
+            (Some(name), Some(errno)) => {
+                format!("module {}: {name} (errno {errno}): {}", f.module, f.message)
+            }
+            _ if f.module.is_empty() => f.message.clone(),
+            _ => format!("module {}: {}", f.module, f.message),
+        },
+        None if r.outcome == OutcomeKind::Blacklisted => {
+            format!("blacklisted: {}", r.modules.join(", "))
+        }
+        None => String::new(),
+    };
+    eprintln!("modbroker: {}: {}: {detail}", r.target, r.outcome.as_str());
+}
+
+fn print_resolved(reply: &Reply) -> ExitCode {
+    let mut ok = true;
+    for r in reply.resolved.iter().flatten() {
+        println!("{}: {}", r.target, r.plan);
+        if let Some(message) = &r.message {
+            println!("  {message}");
+        }
+        ok &= r.plan != "invalid" && r.plan != "error";
+        for m in &r.modules {
+            let detail = m.detail.as_deref().unwrap_or("");
+            println!("  {} {} {detail} {}", m.method, m.name, m.options);
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn print_status(reply: &Reply) -> ExitCode {
+    let Some(s) = &reply.status else {
+        eprintln!("modbroker: reply has no status");
+        return ExitCode::from(EXIT_REFUSED);
+    };
+    println!(
+        "modbrokerd {} up {:.1} s",
+        s.version,
+        s.uptime_ms as f64 / 1000.0
+    );
+    println!("requests:       {}", s.requests);
+    println!("load targets:   {}", s.targets);
+    println!("merged:         {}", s.merged);
+    println!("already loaded: {}", s.already_loaded);
+    println!("load calls:     {}", s.load_calls);
+    println!("failed loads:   {}", s.failed_loads);
+    for f in &s.failures {
+        println!("  failed: {} {} x{}", f.module, f.error, f.count);
+    }
+    for f in &s.in_flight {
+        println!(
+            "  in flight: {} for {} ms, {} waiting",
+            f.module, f.age_ms, f.waiters
+        );
+    }
+    ExitCode::SUCCESS
+}

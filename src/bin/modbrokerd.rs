@@ -1,1 +1,135 @@
-fn main() {}
+//! `modbrokerd`: the broker daemon. Socket-activated by systemd (modbroker.socket) or binding its
+//! own socket; resolves with libkmod on one thread, merges loads, answers every waiter.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::future::BoxFuture;
+use modbroker::broker::Broker;
+use modbroker::config::{Config, DEFAULT_CONFIG_PATH};
+use modbroker::kernel::SysKernel;
+use modbroker::plan::Plan;
+use modbroker::resolver::ResolverHandle;
+use modbroker::server::{self, AccessPolicy};
+use modbroker::service::{Resolve, Service};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "modbrokerd",
+    version,
+    about = "Kernel module-load broker daemon: one finit_module per module name"
+)]
+struct Args {
+    /// Configuration file [default: /etc/modbroker/modbroker.toml, if present]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Socket to bind when not socket-activated [default: /run/modbroker.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Module tree [default: /lib/modules/$(uname -r)]
+    #[arg(long, value_name = "DIR")]
+    module_dir: Option<PathBuf>,
+    /// error, warn, info, debug, trace (or a tracing filter) [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+/// The libkmod resolver thread, as the service sees it.
+struct KmodResolve(ResolverHandle);
+
+impl Resolve for KmodResolve {
+    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Arc<Plan>, String>> {
+        Box::pin(async move { self.0.resolve(target).await.map_err(|e| e.to_string()) })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path, true),
+        None => Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH), false),
+    }?;
+    if let Some(socket) = args.socket {
+        config.socket = socket;
+    }
+    if let Some(dir) = args.module_dir {
+        config.module_dir = Some(dir);
+    }
+    if let Some(level) = args.log_level {
+        config.log_level = level;
+    }
+    init_logging(&config.log_level)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("modbrokerd")
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(config))
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("invalid log level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let module_dir = config.module_dir();
+    let resolver = ResolverHandle::spawn(module_dir.clone(), None)
+        .with_context(|| format!("cannot open the module tree {}", module_dir.display()))?;
+    let broker = Broker::new(Arc::new(SysKernel::default()), config.broker_settings());
+    let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
+    let access = AccessPolicy {
+        uids: config.allowed_uids.clone(),
+        gids: config.allowed_gids.clone(),
+    };
+    let (listener, bound_path) = match server::activated_listener()? {
+        Some(listener) => (listener, None),
+        None => (
+            server::bind_socket(&config.socket)?,
+            Some(config.socket.clone()),
+        ),
+    };
+    info!(socket = %bound_path.as_deref().unwrap_or("socket activation".as_ref()).display(), module_dir = %module_dir.display(), "modbrokerd ready");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone(), resolver));
+    server::run(listener, service, access, shutdown).await;
+    if let Some(path) = bound_path {
+        let _ = std::fs::remove_file(path);
+    }
+    info!("modbrokerd stopped");
+    Ok(())
+}
+
+/// SIGTERM/SIGINT: shut down in order. SIGHUP: reload the kmod indexes and configuration.
+async fn watch_signals(shutdown: CancellationToken, resolver: ResolverHandle) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match resolver.reload().await {
+                Ok(()) => info!("reloaded module indexes"),
+                Err(err) => warn!(error = %err, "reload failed"),
+            },
+        }
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,149 @@
+//! The daemon's configuration: `/etc/modbroker/modbroker.toml` (every key optional and
+//! defaulted; see `config/modbroker.toml` for the documented file), with command-line flags
+//! applied on top by the daemon's front end.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::broker::BrokerSettings;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/modbroker/modbroker.toml";
+/// The default socket path (also the client's default).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/modbroker.sock";
+
+/// A configuration that could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("invalid configuration in {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+}
+
+/// Daemon settings. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Socket to bind when not socket-activated.
+    pub socket: PathBuf,
+    /// Module tree; `None` means `/lib/modules/$(uname -r)`.
+    pub module_dir: Option<PathBuf>,
+    /// Seconds a failed load's outcome answers new requests without another syscall.
+    pub failure_window_secs: u64,
+    /// Most module loads running at once.
+    pub max_parallel_loads: usize,
+    /// Users besides root allowed to use the broker.
+    pub allowed_uids: Vec<u32>,
+    /// Groups (primary or supplementary) allowed to use the broker.
+    pub allowed_gids: Vec<u32>,
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter directive).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET_PATH),
+            module_dir: None,
+            failure_window_secs: 30,
+            max_parallel_loads: 16,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Loads `path`. A missing file is an error only if `required` (given with `--config`);
+    /// otherwise the defaults apply, so a machine needs no configuration file at all.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// The broker's settings.
+    pub fn broker_settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            failure_window: Duration::from_secs(self.failure_window_secs),
+            max_parallel_loads: self.max_parallel_loads.max(1),
+        }
+    }
+
+    /// The module directory, defaulting to `/lib/modules/$(uname -r)`.
+    pub fn module_dir(&self) -> PathBuf {
+        self.module_dir.clone().unwrap_or_else(running_module_dir)
+    }
+}
+
+/// `/lib/modules/$(uname -r)`.
+pub fn running_module_dir() -> PathBuf {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Path::new("/lib/modules").join(release)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_parses_to_the_defaults() {
+        let text = include_str!("../config/modbroker.toml");
+        let config = Config::parse(text, Path::new("modbroker.toml")).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn keys_override_and_unknown_keys_fail() {
+        let config = Config::parse(
+            "failure_window_secs = 5\nallowed_gids = [42]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(config.failure_window_secs, 5);
+        assert_eq!(config.allowed_gids, vec![42]);
+        let err = Config::parse("failure_windows = 5\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("failure_windows"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_fine_unless_required() {
+        let path = Path::new("/nonexistent/modbroker.toml");
+        assert_eq!(Config::load(path, false).unwrap(), Config::default());
+        assert!(Config::load(path, true).is_err());
+    }
+}

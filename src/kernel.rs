@@ -1,0 +1,213 @@
+//! The kernel side: the one place that makes module syscalls and reads module state from sysfs.
+//!
+//! [`Kernel`] is the small trait the broker and the direct (daemon-less) loader call; [`SysKernel`]
+//! is the real implementation (`finit_module` through nix, `/sys/module/NAME/initstate`, install
+//! commands through `/bin/sh`), and `testing::FakeKernel` stands in for it in tests. The
+//! functions at the bottom turn one module's load attempt into a cloneable [`ModuleOutcome`],
+//! including the `EEXIST` rule: only a module whose sysfs state is `live` counts as loaded.
+//!
+//! Every method here blocks; async callers run them on tokio's blocking pool.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::kmod::{finit_module, ModuleInitFlags};
+
+use crate::plan::{LoadMethod, ModuleNode};
+use crate::protocol::Failure;
+
+/// What `/sys/module/NAME` says about a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleState {
+    /// `initstate` is `live`: loaded and initialised.
+    Live,
+    /// `initstate` is `coming`: some loader is running its init right now.
+    Coming,
+    /// `initstate` is `going`: being removed, or its init failed and it is being torn down.
+    Going,
+    /// `/sys/module/NAME` exists without `initstate`: built into the kernel.
+    Builtin,
+    /// Not in the kernel.
+    Absent,
+}
+
+/// Why an install command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallFailure(pub String);
+
+/// The kernel operations the broker needs. Implementations must be callable from many threads.
+pub trait Kernel: Send + Sync + 'static {
+    /// Current state of module `name` (canonical name).
+    fn state(&self, name: &str) -> ModuleState;
+    /// Inserts the module file at `path` with `options` (`finit_module`).
+    fn load_file(&self, name: &str, path: &Path, options: &str) -> Result<(), Errno>;
+    /// Runs an `install` command from modprobe.d for module `name`.
+    fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure>;
+}
+
+/// The real kernel: syscalls and sysfs.
+#[derive(Debug, Clone)]
+pub struct SysKernel {
+    sys_module: PathBuf,
+}
+
+impl Default for SysKernel {
+    fn default() -> Self {
+        SysKernel {
+            sys_module: PathBuf::from("/sys/module"),
+        }
+    }
+}
+
+impl Kernel for SysKernel {
+    fn state(&self, name: &str) -> ModuleState {
+        let dir = self.sys_module.join(name);
+        match std::fs::read_to_string(dir.join("initstate")) {
+            Ok(state) => parse_initstate(&state),
+            Err(err) if err.kind() == io::ErrorKind::NotFound && dir.is_dir() => {
+                ModuleState::Builtin
+            }
+            Err(_) => ModuleState::Absent,
+        }
+    }
+
+    fn load_file(&self, _name: &str, path: &Path, options: &str) -> Result<(), Errno> {
+        let file = File::open(path).map_err(|e| io_errno(&e))?;
+        // Options were validated (no NUL can reach here), but fail cleanly rather than panic.
+        let options = CString::new(options).map_err(|_| Errno::EINVAL)?;
+        finit_module(&file, &options, ModuleInitFlags::empty())
+    }
+
+    fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
+        run_install_command(name, command, options)
+    }
+}
+
+fn parse_initstate(state: &str) -> ModuleState {
+    match state.trim() {
+        "live" => ModuleState::Live,
+        "coming" => ModuleState::Coming,
+        "going" => ModuleState::Going,
+        // "unformed" or anything new: not usable yet.
+        _ => ModuleState::Coming,
+    }
+}
+
+fn io_errno(err: &io::Error) -> Errno {
+    err.raw_os_error()
+        .map(Errno::from_raw)
+        .unwrap_or(Errno::EIO)
+}
+
+/// Runs an install command as modprobe does: `$CMDLINE_OPTS` replaced by the options, the module
+/// name in `$MODPROBE_MODULE`, through `/bin/sh -c`. Options only ever contain validated
+/// parameters (see `target`) and admin-written modprobe.d text, so no request can inject shell.
+pub fn run_install_command(name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
+    let command = command.replace("$CMDLINE_OPTS", options);
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .env("MODPROBE_MODULE", name)
+        .status()
+        .map_err(|e| InstallFailure(format!("cannot run install command {command:?}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(InstallFailure(format!(
+            "install command {command:?} failed ({status})"
+        )))
+    }
+}
+
+/// The result of bringing one module into the kernel. Cloneable: one load's outcome is handed to
+/// every request that waited on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleOutcome {
+    /// Inserted now (or its install command succeeded).
+    Loaded,
+    /// Already live.
+    AlreadyLoaded,
+    /// Built in.
+    Builtin,
+    /// Failed; the failure names the module (a dependency's failure names the dependency).
+    Failed(Failure),
+}
+
+impl ModuleOutcome {
+    /// True unless failed.
+    pub fn is_ok(&self) -> bool {
+        !matches!(self, ModuleOutcome::Failed(_))
+    }
+}
+
+/// A failure from a syscall errno for `module`.
+pub fn errno_failure(module: &str, errno: Errno) -> Failure {
+    Failure {
+        module: module.to_string(),
+        errno: Some(errno as i32),
+        errno_name: Some(format!("{errno:?}")),
+        message: errno.desc().to_string(),
+    }
+}
+
+/// What the module's current state says, before any syscall: `Some` when nothing needs doing.
+pub fn settled_outcome(kernel: &dyn Kernel, node: &ModuleNode) -> Option<ModuleOutcome> {
+    if node.method == LoadMethod::Builtin {
+        return Some(ModuleOutcome::Builtin);
+    }
+    match kernel.state(&node.name) {
+        ModuleState::Live => Some(ModuleOutcome::AlreadyLoaded),
+        ModuleState::Builtin => Some(ModuleOutcome::Builtin),
+        _ => None,
+    }
+}
+
+/// Makes the one load attempt for `node` (its dependencies are the caller's business): the
+/// syscall or install command, then the `EEXIST` rule. Blocks for as long as the module's init.
+pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, options: &str) -> ModuleOutcome {
+    match &node.method {
+        LoadMethod::Builtin => ModuleOutcome::Builtin,
+        LoadMethod::Install(command) => match kernel.run_install(&node.name, command, options) {
+            Ok(()) => ModuleOutcome::Loaded,
+            Err(InstallFailure(message)) => ModuleOutcome::Failed(Failure {
+                module: node.name.clone(),
+                errno: None,
+                errno_name: None,
+                message,
+            }),
+        },
+        LoadMethod::File(path) => match kernel.load_file(&node.name, path, options) {
+            Ok(()) => ModuleOutcome::Loaded,
+            Err(Errno::EEXIST) => exists_outcome(kernel, &node.name),
+            Err(errno) => ModuleOutcome::Failed(errno_failure(&node.name, errno)),
+        },
+    }
+}
+
+/// After `EEXIST`: a `live` module was loaded by someone else; anything else means a module of
+/// that name exists but is not usable (its init refused, or it is going away).
+fn exists_outcome(kernel: &dyn Kernel, name: &str) -> ModuleOutcome {
+    match kernel.state(name) {
+        ModuleState::Live => ModuleOutcome::AlreadyLoaded,
+        ModuleState::Builtin => ModuleOutcome::Builtin,
+        state => {
+            let mut failure = errno_failure(name, Errno::EEXIST);
+            failure.message = format!("module exists but is not live (state {state:?})");
+            ModuleOutcome::Failed(failure)
+        }
+    }
+}
+
+/// Options for one load: the module's configured options, then the request's parameters (the
+/// kernel applies them in order, so the request's win).
+pub fn join_options(configured: &str, requested: &str) -> String {
+    match (configured.is_empty(), requested.is_empty()) {
+        (_, true) => configured.to_string(),
+        (true, false) => requested.to_string(),
+        (false, false) => format!("{configured} {requested}"),
+    }
+}

@@ -1,0 +1,512 @@
+//! The wire protocol: newline-delimited JSON over a Unix stream socket, one request per line and
+//! exactly one reply line per request. Documented for humans in `docs/protocol.md`.
+//!
+//! This module knows the shapes and limits of frames and nothing of sockets or libkmod: the server
+//! frames lines, [`decode_request`] turns a line into a [`Request`] (or a [`ProtocolError`] that
+//! becomes an error reply), and [`Reply`] is what goes back. The client uses the same types, so the
+//! two ends cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Protocol version. Requests carry it as `"v"`; a request with another version is refused with
+/// an `unsupported-version` error instead of being guessed at.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest request line accepted, newline excluded. Longer lines get a `frame-too-large` error and
+/// the connection is closed (the rest of such a line is never buffered).
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Most targets in one request.
+pub const MAX_TARGETS: usize = 4096;
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Load targets (module names or modaliases).
+    Load(LoadRequest),
+    /// Dry run: show what the targets resolve to, like `modprobe --show-depends`.
+    Resolve(Vec<String>),
+    /// Counters and in-flight loads.
+    Status,
+}
+
+/// The `load` operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRequest {
+    /// Module names or modaliases, validated later one by one (each gets its own result).
+    pub targets: Vec<String>,
+    /// `NAME=VALUE` module parameters; allowed only with exactly one target.
+    pub params: Vec<String>,
+    /// `false`: reply `queued` at once and load in the background.
+    pub wait: bool,
+    /// Bypass the failure window: attempt the load even if it failed moments ago.
+    pub retry: bool,
+    /// Give up waiting after this long (the load itself goes on) and reply `timed-out`.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The request line as it appears on the wire. Unknown fields are refused so that a typo (say
+/// `"retyr": true`) is an error rather than silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRequest {
+    v: u32,
+    op: String,
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    params: Vec<String>,
+    #[serde(default = "default_wait")]
+    wait: bool,
+    #[serde(default)]
+    retry: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn default_wait() -> bool {
+    true
+}
+
+/// Why a request line could not be served; becomes an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// Not JSON, or not the request shape (includes invalid UTF-8 and nesting too deep).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Line longer than [`MAX_FRAME`].
+    #[error("request line longer than {MAX_FRAME} bytes")]
+    FrameTooLarge,
+    /// `v` is not [`PROTOCOL_VERSION`].
+    #[error("unsupported protocol version {0}; this daemon speaks {PROTOCOL_VERSION}")]
+    UnsupportedVersion(u32),
+    /// `op` is not `load`, `resolve` or `status`.
+    #[error("unknown operation {0:?}; expected load, resolve or status")]
+    UnknownOp(String),
+    /// Well-formed but not servable (no targets, too many, params with several targets).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The peer is not allowed to use the broker.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The daemon could not serve the request (resolver thread gone, shutting down).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProtocolError {
+    /// The stable machine-readable kind, as sent in `error.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProtocolError::Malformed(_) => "malformed",
+            ProtocolError::FrameTooLarge => "frame-too-large",
+            ProtocolError::UnsupportedVersion(_) => "unsupported-version",
+            ProtocolError::UnknownOp(_) => "unknown-op",
+            ProtocolError::Invalid(_) => "invalid-request",
+            ProtocolError::PermissionDenied(_) => "permission-denied",
+            ProtocolError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Decodes one request line (without its newline).
+pub fn decode_request(line: &[u8]) -> Result<Request, ProtocolError> {
+    if line.len() > MAX_FRAME {
+        return Err(ProtocolError::FrameTooLarge);
+    }
+    let wire: WireRequest = serde_json::from_slice(line).map_err(|e| {
+        let mut msg = e.to_string();
+        msg.truncate(200);
+        ProtocolError::Malformed(msg)
+    })?;
+    if wire.v != PROTOCOL_VERSION {
+        return Err(ProtocolError::UnsupportedVersion(wire.v));
+    }
+    match wire.op.as_str() {
+        "load" => decode_load(wire),
+        "resolve" => {
+            check_targets(&wire.targets)?;
+            Ok(Request::Resolve(wire.targets))
+        }
+        "status" => Ok(Request::Status),
+        other => Err(ProtocolError::UnknownOp(other.chars().take(64).collect())),
+    }
+}
+
+fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
+    check_targets(&wire.targets)?;
+    if !wire.params.is_empty() && wire.targets.len() != 1 {
+        return Err(ProtocolError::Invalid(
+            "params need exactly one target".into(),
+        ));
+    }
+    Ok(Request::Load(LoadRequest {
+        targets: wire.targets,
+        params: wire.params,
+        wait: wire.wait,
+        retry: wire.retry,
+        timeout_ms: wire.timeout_ms,
+    }))
+}
+
+fn check_targets(targets: &[String]) -> Result<(), ProtocolError> {
+    if targets.is_empty() {
+        return Err(ProtocolError::Invalid("no targets".into()));
+    }
+    if targets.len() > MAX_TARGETS {
+        return Err(ProtocolError::Invalid(format!(
+            "{} targets; the limit is {MAX_TARGETS}",
+            targets.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Request {
+    /// Encodes the request as one JSON line (with its newline), as the client sends it.
+    pub fn encode(&self) -> String {
+        let value = match self {
+            Request::Load(load) => serde_json::json!({
+                "v": PROTOCOL_VERSION,
+                "op": "load",
+                "targets": load.targets,
+                "params": load.params,
+                "wait": load.wait,
+                "retry": load.retry,
+                "timeout_ms": load.timeout_ms,
+            }),
+            Request::Resolve(targets) => serde_json::json!({
+                "v": PROTOCOL_VERSION, "op": "resolve", "targets": targets,
+            }),
+            Request::Status => serde_json::json!({"v": PROTOCOL_VERSION, "op": "status"}),
+        };
+        let mut line = value.to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// The outcome of one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutcomeKind {
+    /// Loaded now (by this request or the load it merged into).
+    Loaded,
+    /// Was already live; no syscall.
+    AlreadyLoaded,
+    /// Built into the kernel; no syscall.
+    Builtin,
+    /// No module matches the target; normal for udev.
+    NoMatch,
+    /// Every matching module is blacklisted.
+    Blacklisted,
+    /// The load failed; `failure` says which module and why.
+    Failed,
+    /// `wait: false`: accepted, loading in the background.
+    Queued,
+    /// The waiter's timeout passed; the load goes on.
+    TimedOut,
+    /// The target itself was refused (a path, control characters, too long...).
+    Invalid,
+}
+
+impl OutcomeKind {
+    /// True for outcomes that count as success for the client's exit status.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::Loaded
+                | OutcomeKind::AlreadyLoaded
+                | OutcomeKind::Builtin
+                | OutcomeKind::NoMatch
+                | OutcomeKind::Queued
+        )
+    }
+
+    /// The wire name (`already-loaded`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Loaded => "loaded",
+            OutcomeKind::AlreadyLoaded => "already-loaded",
+            OutcomeKind::Builtin => "builtin",
+            OutcomeKind::NoMatch => "no-match",
+            OutcomeKind::Blacklisted => "blacklisted",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Queued => "queued",
+            OutcomeKind::TimedOut => "timed-out",
+            OutcomeKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// Why a load failed: which module (the target's own, or a dependency) and the kernel's errno.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The module whose load failed (may be a dependency of the requested one).
+    pub module: String,
+    /// The errno, when the failure was a syscall's (absent for a failed install command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// Symbolic errno (`ENODEV`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<String>,
+    /// Human-readable description.
+    pub message: String,
+}
+
+/// One target's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetResult {
+    /// The target as requested.
+    pub target: String,
+    /// What happened.
+    pub outcome: OutcomeKind,
+    /// The module(s) the target resolved to (canonical names).
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// For `failed` and `invalid`: what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// True when this request shared another request's load (or a remembered failure) instead
+    /// of causing a syscall of its own.
+    #[serde(default)]
+    pub merged: bool,
+    /// Time from receiving the request to this result, in microseconds.
+    #[serde(default)]
+    pub elapsed_us: u64,
+}
+
+/// One module as `resolve` shows it, in load order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedModule {
+    /// Canonical name.
+    pub name: String,
+    /// `file`, `builtin` or `install`.
+    pub method: String,
+    /// Module file, or the install command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Options that would be passed.
+    #[serde(default)]
+    pub options: String,
+}
+
+/// The `resolve` reply for one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveResult {
+    /// The target as requested.
+    pub target: String,
+    /// `load`, `no-match`, `blacklisted`, `invalid` or `error`.
+    pub plan: String,
+    /// Every module that would be loaded, in order (dependencies and softdeps included).
+    #[serde(default)]
+    pub modules: Vec<ResolvedModule>,
+    /// For `invalid`/`error`, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A load in flight, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Module name.
+    pub module: String,
+    /// Milliseconds since the load started.
+    pub age_ms: u64,
+    /// Requests waiting on it (the one that started it included).
+    pub waiters: u64,
+}
+
+/// Failures counted by module and errno, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCount {
+    /// Module name.
+    pub module: String,
+    /// Symbolic errno or `install-command`.
+    pub error: String,
+    /// Load attempts that failed this way.
+    pub count: u64,
+}
+
+/// The `status` reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Daemon version.
+    pub version: String,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+    /// Request lines served (any operation).
+    pub requests: u64,
+    /// Load targets received.
+    pub targets: u64,
+    /// Module requests answered by another request's load or a remembered failure.
+    pub merged: u64,
+    /// Module requests answered from sysfs or builtin without a syscall.
+    pub already_loaded: u64,
+    /// `finit_module`/`init_module` calls and install commands run.
+    pub load_calls: u64,
+    /// Of those, how many failed.
+    pub failed_loads: u64,
+    /// Failures by module and errno.
+    pub failures: Vec<FailureCount>,
+    /// Loads in flight now.
+    pub in_flight: Vec<InFlight>,
+}
+
+/// An error reply's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable kind (see [`ProtocolError::kind`]).
+    pub kind: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// One reply line. Exactly one of `results`, `resolved`, `status` or `error` is present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Protocol version.
+    pub v: u32,
+    /// False when `error` is set.
+    pub ok: bool,
+    /// `load`: one entry per target, in request order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<TargetResult>>,
+    /// `resolve`: one entry per target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Vec<ResolveResult>>,
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusReport>,
+    /// The request could not be served at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    fn empty(ok: bool) -> Self {
+        Reply {
+            v: PROTOCOL_VERSION,
+            ok,
+            results: None,
+            resolved: None,
+            status: None,
+            error: None,
+        }
+    }
+
+    /// A `load` reply.
+    pub fn results(results: Vec<TargetResult>) -> Self {
+        Reply {
+            results: Some(results),
+            ..Reply::empty(true)
+        }
+    }
+
+    /// A `resolve` reply.
+    pub fn resolved(resolved: Vec<ResolveResult>) -> Self {
+        Reply {
+            resolved: Some(resolved),
+            ..Reply::empty(true)
+        }
+    }
+
+    /// A `status` reply.
+    pub fn status(status: StatusReport) -> Self {
+        Reply {
+            status: Some(status),
+            ..Reply::empty(true)
+        }
+    }
+
+    /// An error reply.
+    pub fn error(err: &ProtocolError) -> Self {
+        Reply {
+            error: Some(ErrorBody {
+                kind: err.kind().to_string(),
+                message: err.to_string(),
+            }),
+            ..Reply::empty(false)
+        }
+    }
+
+    /// Encodes the reply as one JSON line with its newline.
+    pub fn encode(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no
+        // user-implemented Serialize that errors.
+        let mut line = serde_json::to_string(self).expect("reply serializes");
+        line.push('\n');
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_round_trips() {
+        let req = Request::Load(LoadRequest {
+            targets: vec!["e1000".into()],
+            params: vec!["debug=1".into()],
+            wait: false,
+            retry: true,
+            timeout_ms: Some(500),
+        });
+        let line = req.encode();
+        assert!(line.ends_with('\n'));
+        assert_eq!(decode_request(line.trim_end().as_bytes()), Ok(req));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let req = decode_request(br#"{"v":1,"op":"load","targets":["x"]}"#).unwrap();
+        let Request::Load(load) = req else {
+            panic!("not a load: {req:?}")
+        };
+        assert!(load.wait);
+        assert!(!load.retry);
+        assert_eq!(load.timeout_ms, None);
+    }
+
+    #[test]
+    fn bad_requests_get_their_kind() {
+        let kind = |line: &[u8]| decode_request(line).unwrap_err().kind();
+        assert_eq!(kind(b"not json"), "malformed");
+        assert_eq!(kind(b"\xff\xfe"), "malformed");
+        assert_eq!(kind(br#"{"v":2,"op":"status"}"#), "unsupported-version");
+        assert_eq!(kind(br#"{"v":1,"op":"unload"}"#), "unknown-op");
+        assert_eq!(kind(br#"{"v":1,"op":"status","x":1}"#), "malformed");
+        assert_eq!(
+            kind(br#"{"v":1,"op":"load","targets":[]}"#),
+            "invalid-request"
+        );
+        assert_eq!(
+            kind(br#"{"v":1,"op":"load","targets":["a","b"],"params":["x=1"]}"#),
+            "invalid-request"
+        );
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(kind(deep.as_bytes()), "malformed");
+        assert_eq!(kind(&vec![b' '; MAX_FRAME + 1]), "frame-too-large");
+    }
+
+    #[test]
+    fn reply_round_trips() {
+        let reply = Reply::results(vec![TargetResult {
+            target: "acpi-cpufreq".into(),
+            outcome: OutcomeKind::Failed,
+            modules: vec!["acpi_cpufreq".into()],
+            failure: Some(Failure {
+                module: "acpi_cpufreq".into(),
+                errno: Some(19),
+                errno_name: Some("ENODEV".into()),
+                message: "No such device".into(),
+            }),
+            merged: true,
+            elapsed_us: 12,
+        }]);
+        let line = reply.encode();
+        assert!(line.contains(r#""outcome":"failed""#), "{line}");
+        let back: Reply = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, reply);
+    }
+}

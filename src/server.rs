@@ -1,0 +1,271 @@
+//! The socket side: where the listener comes from (systemd socket activation or our own bind),
+//! the accept loop, one task per connection, peer credentials, and orderly shutdown.
+//!
+//! A connection is a sequence of request lines, each answered by exactly one reply line, in
+//! order. Framing errors (a line over the frame limit, invalid UTF-8) are answered with an error
+//! reply and end the connection, since the stream position is no longer trustworthy. Nothing
+//! here knows libkmod or syscalls: requests go to the [`Service`].
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{decode_request, ProtocolError, Reply, MAX_FRAME};
+use crate::service::Service;
+
+/// How the listening socket could not be set up.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    /// Another process answers on the socket path.
+    #[error("{0} is in use by a running daemon; refusing to replace it")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Binding or adopting the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path (or `fd 3` for an inherited socket).
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Who may talk to the daemon besides root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// Allowed user ids.
+    pub uids: Vec<u32>,
+    /// Allowed group ids (primary or supplementary).
+    pub gids: Vec<u32>,
+}
+
+impl AccessPolicy {
+    /// Whether a peer with `uid`, primary `gid` and supplementary `groups` is served.
+    pub fn allows(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        uid == 0
+            || self.uids.contains(&uid)
+            || self.gids.contains(&gid)
+            || groups.iter().any(|g| self.gids.contains(g))
+    }
+}
+
+/// The first socket systemd passed us (`LISTEN_FDS`, `LISTEN_PID`), if any. The variables are
+/// removed so that children (install commands) do not think the socket is theirs.
+pub fn activated_listener() -> Result<Option<UnixListener>, ListenError> {
+    const SD_LISTEN_FDS_START: RawFd = 3;
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if !pid_matches || fds == 0 {
+        return Ok(None);
+    }
+    let adopt = || -> io::Result<UnixListener> {
+        // SAFETY: systemd hands us fd 3 as an open listening socket we now own; nothing else in
+        // this process uses fd 3 (LISTEN_PID matched our pid, and we read it once).
+        let std_listener =
+            unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) };
+        std_listener.set_nonblocking(true)?;
+        set_cloexec(SD_LISTEN_FDS_START)?;
+        UnixListener::from_std(std_listener)
+    };
+    adopt().map(Some).map_err(|source| ListenError::Io {
+        path: PathBuf::from("fd 3 (socket activation)"),
+        source,
+    })
+}
+
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Binds `path` with mode 0600. A stale socket file (nobody answers) is replaced; a live one is
+/// never stolen; a non-socket file is never removed.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ListenError> {
+    let io_err = |source| ListenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ListenError::NotASocket(path.into()))
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ListenError::InUse(path.into())),
+            Err(_) => {
+                info!(path = %path.display(), "replacing stale socket");
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    // Create the socket with no group/other access from the first instant (no chmod race).
+    let old_mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old_mask);
+    let listener = bound.map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting, lets every connection
+/// finish the request it is serving, and returns.
+pub async fn run(
+    listener: UnixListener,
+    service: Service,
+    access: AccessPolicy,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = prune.tick() => service.broker().prune_failures(),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = Connection { service: service.clone(), access: access.clone(), shutdown: shutdown.clone() };
+                    connections.spawn(conn.serve(stream));
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    info!(
+        connections = connections.len(),
+        "shutting down: finishing requests in progress"
+    );
+    while connections.join_next().await.is_some() {}
+}
+
+struct Connection {
+    service: Service,
+    access: AccessPolicy,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        if let Err(denied) = self.check_peer(read.as_ref()) {
+            let _ = write
+                .write_all(Reply::error(&denied).encode().as_bytes())
+                .await;
+            return;
+        }
+        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_FRAME));
+        loop {
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                next = lines.next() => next,
+            };
+            let (reply, last) = match next {
+                None => return,
+                Some(Ok(line)) => (self.answer(&line).await, false),
+                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                    (Reply::error(&ProtocolError::FrameTooLarge), true)
+                }
+                Some(Err(LinesCodecError::Io(err))) => {
+                    let reason = format!("unreadable request: {err}");
+                    (Reply::error(&ProtocolError::Malformed(reason)), true)
+                }
+            };
+            // A client that went away gets no reply; the loads it asked for go on regardless.
+            if write.write_all(reply.encode().as_bytes()).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    async fn answer(&self, line: &str) -> Reply {
+        match decode_request(line.as_bytes()) {
+            Ok(request) => self.service.handle(request).await,
+            Err(err) => {
+                debug!(error = %err, "bad request");
+                Reply::error(&err)
+            }
+        }
+    }
+
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), ProtocolError> {
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| ProtocolError::Internal(format!("cannot read peer credentials: {e}")))?;
+        let groups = if self.access.gids.is_empty() {
+            Vec::new()
+        } else {
+            peer_groups(stream.as_raw_fd())
+        };
+        if self.access.allows(cred.uid(), cred.gid(), &groups) {
+            return Ok(());
+        }
+        warn!(
+            uid = cred.uid(),
+            gid = cred.gid(),
+            pid = cred.pid(),
+            "refused peer: not allowed"
+        );
+        Err(ProtocolError::PermissionDenied(format!(
+            "uid {} is not allowed to use modbroker",
+            cred.uid()
+        )))
+    }
+}
+
+/// The peer's supplementary groups (`SO_PEERGROUPS`); empty if the kernel cannot say.
+fn peer_groups(fd: RawFd) -> Vec<u32> {
+    let mut groups = vec![0u32; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `groups` is a valid writable buffer of `len` bytes; the kernel writes at most
+        // `len` bytes and reports the size it needs in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<u32>();
+        if rc == 0 {
+            groups.truncate(count);
+            return groups;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            break;
+        }
+        groups.resize(count, 0);
+    }
+    Vec::new()
+}

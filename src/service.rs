@@ -1,0 +1,294 @@
+//! From a decoded request to its reply: validate each target, resolve it, hand the plan to the
+//! broker, and assemble exactly one result per target.
+//!
+//! The service sits between the server (which knows sockets) and the resolver and broker (which
+//! know libkmod and the kernel). It sees the resolver only through the small [`Resolve`] trait, so
+//! tests drive it with a fixed table instead of libkmod.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{join_all, BoxFuture};
+
+use crate::broker::{Broker, ModuleAnswer};
+use crate::kernel::ModuleOutcome;
+use crate::plan::{LoadMethod, ModuleNode, Plan};
+use crate::protocol::{
+    Failure, LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
+    TargetResult,
+};
+use crate::target::{validate_params, validate_target};
+
+/// Something that turns a validated target into a plan (libkmod in the daemon, a table in tests).
+pub trait Resolve: Send + Sync + 'static {
+    /// Resolves `target`; the error is a human-readable reason.
+    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Arc<Plan>, String>>;
+}
+
+/// Serves decoded requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    resolver: Arc<dyn Resolve>,
+    broker: Broker,
+    started: Instant,
+}
+
+impl Service {
+    /// A service resolving with `resolver` and loading through `broker`.
+    pub fn new(resolver: Arc<dyn Resolve>, broker: Broker) -> Self {
+        Service {
+            resolver,
+            broker,
+            started: Instant::now(),
+        }
+    }
+
+    /// The broker (for status and housekeeping).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, request: Request) -> Reply {
+        self.broker
+            .counters()
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        match request {
+            Request::Load(load) => Reply::results(self.load(load).await),
+            Request::Resolve(targets) => {
+                Reply::resolved(join_all(targets.iter().map(|t| self.resolve_one(t))).await)
+            }
+            Request::Status => Reply::status(self.status()),
+        }
+    }
+
+    async fn load(&self, request: LoadRequest) -> Vec<TargetResult> {
+        let counters = self.broker.counters();
+        counters
+            .targets
+            .fetch_add(request.targets.len() as u64, Ordering::Relaxed);
+        let params = match validate_params(&request.params) {
+            Ok(params) => params,
+            Err(err) => {
+                let message = err.to_string();
+                return request
+                    .targets
+                    .iter()
+                    .map(|t| invalid(t, &message))
+                    .collect();
+            }
+        };
+        let timeout = request.timeout_ms.map(Duration::from_millis);
+        let jobs = request.targets.iter().map(|target| {
+            let this = self.clone();
+            let (target, params) = (target.clone(), params.clone());
+            let retry = request.retry;
+            async move {
+                if !request.wait {
+                    let queued = queued(&target);
+                    tokio::spawn(async move { this.load_target(&target, &params, retry).await });
+                    return queued;
+                }
+                let started = Instant::now();
+                match timeout {
+                    None => this.load_target(&target, &params, retry).await,
+                    Some(limit) => {
+                        tokio::time::timeout(limit, this.load_target(&target, &params, retry))
+                            .await
+                            .unwrap_or_else(|_| timed_out(&target, started))
+                    }
+                }
+            }
+        });
+        join_all(jobs).await
+    }
+
+    /// Loads one target; never fails to produce a result.
+    pub async fn load_target(&self, target: &str, params: &str, retry: bool) -> TargetResult {
+        let started = Instant::now();
+        if let Err(err) = validate_target(target) {
+            return invalid(target, &err.to_string());
+        }
+        let plan = match self.resolver.resolve(target).await {
+            Ok(plan) => plan,
+            Err(message) => return resolve_failed(target, message, started),
+        };
+        let answers = match plan.as_ref() {
+            Plan::Load(nodes) => {
+                let loads = nodes
+                    .iter()
+                    .map(|node| self.broker.load(node.clone(), params.to_string(), retry));
+                join_all(loads).await
+            }
+            _ => Vec::new(),
+        };
+        plan_result(target, &plan, &answers, started)
+    }
+
+    async fn resolve_one(&self, target: &str) -> ResolveResult {
+        let mut result = ResolveResult {
+            target: target.to_string(),
+            plan: String::new(),
+            modules: Vec::new(),
+            message: None,
+        };
+        if let Err(err) = validate_target(target) {
+            result.plan = "invalid".into();
+            result.message = Some(err.to_string());
+            return result;
+        }
+        match self.resolver.resolve(target).await {
+            Err(message) => {
+                result.plan = "error".into();
+                result.message = Some(message);
+            }
+            Ok(plan) => describe_plan(&plan, &mut result),
+        }
+        result
+    }
+
+    fn status(&self) -> StatusReport {
+        let counters = self.broker.counters();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            requests: get(&counters.requests),
+            targets: get(&counters.targets),
+            merged: get(&counters.merged),
+            already_loaded: get(&counters.already_loaded),
+            load_calls: get(&counters.load_calls),
+            failed_loads: get(&counters.failed_loads),
+            failures: self.broker.failure_counts(),
+            in_flight: self.broker.in_flight(),
+        }
+    }
+}
+
+/// The result for `target` given its plan and, for `Plan::Load`, one answer per top module.
+pub fn plan_result(
+    target: &str,
+    plan: &Plan,
+    answers: &[ModuleAnswer],
+    started: Instant,
+) -> TargetResult {
+    let (outcome, failure, merged) = match plan {
+        Plan::NoMatch => (OutcomeKind::NoMatch, None, false),
+        Plan::Blacklisted(_) => (OutcomeKind::Blacklisted, None, false),
+        Plan::Load(_) => combine(answers),
+    };
+    TargetResult {
+        target: target.to_string(),
+        outcome,
+        modules: plan.module_names(),
+        failure,
+        merged,
+        elapsed_us: started.elapsed().as_micros() as u64,
+    }
+}
+
+/// Folds per-module answers into one target outcome: the first failure wins; otherwise
+/// `loaded` if anything was loaded now, else `already-loaded`, or `builtin` if all were built in.
+/// Merged means no answer needed a syscall of this request's own.
+fn combine(answers: &[ModuleAnswer]) -> (OutcomeKind, Option<Failure>, bool) {
+    let merged = !answers.is_empty() && answers.iter().all(|a| a.merged);
+    if let Some(failure) = answers.iter().find_map(|a| match &a.outcome {
+        ModuleOutcome::Failed(f) => Some(f.clone()),
+        _ => None,
+    }) {
+        return (OutcomeKind::Failed, Some(failure), merged);
+    }
+    let all = |want: &ModuleOutcome| answers.iter().all(|a| &a.outcome == want);
+    let kind = if all(&ModuleOutcome::Builtin) {
+        OutcomeKind::Builtin
+    } else if answers.iter().any(|a| a.outcome == ModuleOutcome::Loaded) {
+        OutcomeKind::Loaded
+    } else {
+        OutcomeKind::AlreadyLoaded
+    };
+    (kind, None, merged)
+}
+
+fn describe_plan(plan: &Plan, result: &mut ResolveResult) {
+    match plan {
+        Plan::NoMatch => result.plan = "no-match".into(),
+        Plan::Blacklisted(names) => {
+            result.plan = "blacklisted".into();
+            result.message = Some(format!("blacklisted: {}", names.join(", ")));
+        }
+        Plan::Load(nodes) => {
+            result.plan = "load".into();
+            for node in nodes {
+                for module in node.load_order() {
+                    if !result.modules.iter().any(|m| m.name == module.name) {
+                        result.modules.push(describe_module(module));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn describe_module(node: &ModuleNode) -> ResolvedModule {
+    let (method, detail) = match &node.method {
+        LoadMethod::File(path) => ("file", Some(path.display().to_string())),
+        LoadMethod::Builtin => ("builtin", None),
+        LoadMethod::Install(command) => ("install", Some(command.clone())),
+    };
+    ResolvedModule {
+        name: node.name.clone(),
+        method: method.into(),
+        detail,
+        options: node.options.clone(),
+    }
+}
+
+fn bare_result(
+    target: &str,
+    outcome: OutcomeKind,
+    failure: Option<Failure>,
+    started: Option<Instant>,
+) -> TargetResult {
+    TargetResult {
+        target: target.to_string(),
+        outcome,
+        modules: Vec::new(),
+        failure,
+        merged: false,
+        elapsed_us: started.map_or(0, |s| s.elapsed().as_micros() as u64),
+    }
+}
+
+fn message_failure(message: String) -> Failure {
+    Failure {
+        module: String::new(),
+        errno: None,
+        errno_name: None,
+        message,
+    }
+}
+
+fn invalid(target: &str, message: &str) -> TargetResult {
+    bare_result(
+        target,
+        OutcomeKind::Invalid,
+        Some(message_failure(message.to_string())),
+        None,
+    )
+}
+
+fn queued(target: &str) -> TargetResult {
+    bare_result(target, OutcomeKind::Queued, None, None)
+}
+
+fn timed_out(target: &str, started: Instant) -> TargetResult {
+    let failure = message_failure("timed out waiting; the load goes on".into());
+    bare_result(target, OutcomeKind::TimedOut, Some(failure), Some(started))
+}
+
+fn resolve_failed(target: &str, message: String, started: Instant) -> TargetResult {
+    let failure = message_failure(format!("cannot resolve: {message}"));
+    bare_result(target, OutcomeKind::Failed, Some(failure), Some(started))
+}

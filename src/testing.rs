@@ -1,0 +1,191 @@
+//! Test doubles: a scripted fake kernel and a fixed resolver, for unit tests, integration tests
+//! and benchmarks that must run on any machine (this one cannot load modules at all).
+//!
+//! [`FakeKernel`] records every load call, can fail a module with a given errno, and can *hold*
+//! a module's load until the test releases it, so tests wait on real events ("the load call has
+//! started") instead of sleeping.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use nix::errno::Errno;
+
+use crate::kernel::{InstallFailure, Kernel, ModuleState};
+use crate::plan::{ModuleNode, Plan};
+use crate::service::Resolve;
+
+#[derive(Default)]
+struct FakeState {
+    live: HashSet<String>,
+    builtin: HashSet<String>,
+    failing: HashMap<String, Errno>,
+    held: HashSet<String>,
+    delay: HashMap<String, Duration>,
+    calls: Vec<(String, String)>,
+}
+
+/// A kernel that loads nothing: it records calls and answers as scripted.
+#[derive(Default)]
+pub struct FakeKernel {
+    state: Mutex<FakeState>,
+    changed: Condvar,
+}
+
+impl FakeKernel {
+    /// A fake kernel with no modules loaded.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeKernel::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        // A panicking test thread must not hide the real failure behind a poisoned lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `name` as live (loaded outside the broker).
+    pub fn set_live(&self, name: &str) {
+        self.lock().live.insert(name.to_string());
+    }
+
+    /// Unloads `name` (as `rmmod` would).
+    pub fn remove(&self, name: &str) {
+        self.lock().live.remove(name);
+    }
+
+    /// Marks `name` as built in.
+    pub fn set_builtin(&self, name: &str) {
+        self.lock().builtin.insert(name.to_string());
+    }
+
+    /// Makes every load of `name` fail with `errno` (until [`FakeKernel::succeed`]).
+    pub fn fail(&self, name: &str, errno: Errno) {
+        self.lock().failing.insert(name.to_string(), errno);
+    }
+
+    /// Makes loads of `name` succeed again.
+    pub fn succeed(&self, name: &str) {
+        self.lock().failing.remove(name);
+    }
+
+    /// Makes each load of `name` take `delay` (for benchmarks; tests use [`FakeKernel::hold`]).
+    pub fn set_delay(&self, name: &str, delay: Duration) {
+        self.lock().delay.insert(name.to_string(), delay);
+    }
+
+    /// Loads of `name` block inside the "syscall" until [`FakeKernel::release`].
+    pub fn hold(&self, name: &str) {
+        self.lock().held.insert(name.to_string());
+    }
+
+    /// Lets held loads of `name` finish.
+    pub fn release(&self, name: &str) {
+        self.lock().held.remove(name);
+        self.changed.notify_all();
+    }
+
+    /// Load calls made for `name` so far.
+    pub fn calls(&self, name: &str) -> usize {
+        self.lock().calls.iter().filter(|(n, _)| n == name).count()
+    }
+
+    /// All load calls so far, in order, with their options.
+    pub fn call_log(&self) -> Vec<(String, String)> {
+        self.lock().calls.clone()
+    }
+
+    /// Blocks until at least `n` load calls for `name` have started.
+    pub fn wait_for_calls(&self, name: &str, n: usize) {
+        let mut state = self.lock();
+        while state.calls.iter().filter(|(c, _)| c == name).count() < n {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn record_and_wait(&self, name: &str, options: &str) -> Result<(), Errno> {
+        let mut state = self.lock();
+        state.calls.push((name.to_string(), options.to_string()));
+        self.changed.notify_all();
+        while state.held.contains(name) {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(delay) = state.delay.get(name).copied() {
+            drop(state);
+            std::thread::sleep(delay);
+            state = self.lock();
+        }
+        if let Some(errno) = state.failing.get(name) {
+            return Err(*errno);
+        }
+        if !state.live.insert(name.to_string()) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn state(&self, name: &str) -> ModuleState {
+        let state = self.lock();
+        if state.builtin.contains(name) {
+            ModuleState::Builtin
+        } else if state.live.contains(name) {
+            ModuleState::Live
+        } else {
+            ModuleState::Absent
+        }
+    }
+
+    fn load_file(&self, name: &str, _path: &Path, options: &str) -> Result<(), Errno> {
+        self.record_and_wait(name, options)
+    }
+
+    fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
+        self.record_and_wait(name, options)
+            .map_err(|e| InstallFailure(format!("{command}: {e}")))
+    }
+}
+
+/// A resolver answering from a fixed table; unknown targets are `no-match`.
+#[derive(Default)]
+pub struct FixedResolver {
+    plans: HashMap<String, Arc<Plan>>,
+}
+
+impl FixedResolver {
+    /// An empty table.
+    pub fn new() -> Self {
+        FixedResolver::default()
+    }
+
+    /// `target` resolves to `plan`.
+    pub fn with(mut self, target: &str, plan: Plan) -> Self {
+        self.plans.insert(target.to_string(), Arc::new(plan));
+        self
+    }
+
+    /// `target` resolves to the single module `node`.
+    pub fn with_module(self, target: &str, node: Arc<ModuleNode>) -> Self {
+        self.with(target, Plan::Load(vec![node]))
+    }
+}
+
+impl Resolve for FixedResolver {
+    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Arc<Plan>, String>> {
+        let plan = self
+            .plans
+            .get(target)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Plan::NoMatch));
+        Box::pin(async move { Ok(plan) })
+    }
+}
+
+/// A module node loaded from a made-up file, with the given hard dependencies.
+pub fn node(name: &str, deps: Vec<Arc<ModuleNode>>) -> Arc<ModuleNode> {
+    let mut node = ModuleNode::file(name, format!("/fake/{name}.ko"));
+    node.deps = deps;
+    Arc::new(node)
+}
