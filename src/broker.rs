@@ -22,10 +22,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::Semaphore;
+// tokio's clock, so tests can move time forward instead of sleeping through the failure window.
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
@@ -174,11 +176,11 @@ impl Broker {
                     Step::Done(answer) => return answer,
                     Step::Await { load, merged } => {
                         let _waiter = WaiterGuard::new(&broker, &node.name);
-                        let outcome = broker.await_as_child(&parent, &node.name, load).await;
+                        let outcome = broker.await_as_child(&parent, load).await;
                         return ModuleAnswer { outcome, merged };
                     }
                     Step::AwaitThenRetry(load) => {
-                        broker.await_as_child(&parent, &node.name, load).await;
+                        broker.await_as_child(&parent, load).await;
                     }
                 }
             }
@@ -210,15 +212,17 @@ impl Broker {
                 });
             }
         }
-        if let Some(flight) = map.in_flight.get_mut(&node.name) {
-            if flight.params != params {
-                return Step::AwaitThenRetry(flight.load.clone());
+        if let Some(flight) = map.in_flight.get(&node.name) {
+            let load = flight.load.clone();
+            let same_params = flight.params == params;
+            // Recorded under this same lock, so two loads deciding to wait on each other at the
+            // same instant cannot both miss the cycle.
+            mark_waiting(&mut map, parent, Some(&node.name));
+            if !same_params {
+                return Step::AwaitThenRetry(load);
             }
             counters.merged.fetch_add(1, Ordering::Relaxed);
-            return Step::Await {
-                load: flight.load.clone(),
-                merged: true,
-            };
+            return Step::Await { load, merged: true };
         }
         if let Some(remembered) = self.remembered_failure(&map, &node.name, params, retry) {
             counters.merged.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +232,7 @@ impl Broker {
             });
         }
         let load = self.spawn_load(node.clone(), params.to_string(), retry);
+        mark_waiting(&mut map, parent, Some(&node.name));
         map.in_flight.insert(
             node.name.clone(),
             Flight {
@@ -256,25 +261,11 @@ impl Broker {
         (fresh && !retry && remembered.params == params).then(|| remembered.failure.clone())
     }
 
-    /// Awaits `load` of `name`, recording for cycle checks that `parent`'s task is waiting on it.
-    async fn await_as_child(
-        &self,
-        parent: &Option<String>,
-        name: &str,
-        load: SharedLoad,
-    ) -> ModuleOutcome {
-        self.set_waiting_on(parent, Some(name));
+    /// Awaits `load` of `name`; then `parent`'s task (if any) is no longer waiting on anything.
+    async fn await_as_child(&self, parent: &Option<String>, load: SharedLoad) -> ModuleOutcome {
         let outcome = load.await;
-        self.set_waiting_on(parent, None);
+        mark_waiting(&mut self.lock(), parent.as_deref(), None);
         outcome
-    }
-
-    fn set_waiting_on(&self, parent: &Option<String>, name: Option<&str>) {
-        if let Some(parent) = parent {
-            if let Some(flight) = self.lock().in_flight.get_mut(parent) {
-                flight.waiting_on = name.map(str::to_string);
-            }
-        }
     }
 
     /// Spawns the task that loads `node`; returns its shareable handle. Called under the map lock,
@@ -437,6 +428,13 @@ impl Broker {
     /// Number of names in flight (tests check it drains to zero).
     pub fn in_flight_count(&self) -> usize {
         self.lock().in_flight.len()
+    }
+}
+
+/// Records what the load task of `parent` (if any) is waiting on, for [`waits_on`].
+fn mark_waiting(map: &mut MergeMap, parent: Option<&str>, name: Option<&str>) {
+    if let Some(flight) = parent.and_then(|p| map.in_flight.get_mut(p)) {
+        flight.waiting_on = name.map(str::to_string);
     }
 }
 

@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn refuses_paths_controls_and_oddities() {
         assert_eq!(validate_target(""), Err(TargetError::Empty));
-        assert_eq!(validate_target("../x"), Err(TargetError::BadStart('.')));
+        assert_eq!(validate_target("../x"), Err(TargetError::Path));
         assert_eq!(validate_target(".."), Err(TargetError::BadStart('.')));
         assert_eq!(validate_target("a/b"), Err(TargetError::Path));
         assert_eq!(validate_target("-r"), Err(TargetError::BadStart('-')));

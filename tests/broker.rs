@@ -1,0 +1,354 @@
+//! The merge, driven through the service with a fake kernel: bursts, shared dependencies, failure
+//! fan-out, the failure window, parameters, and cycles. Every wait here is on a real event (the
+//! fake kernel reporting a load call has started), never a sleep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::plan::{ModuleNode, Plan};
+use modbroker::protocol::{LoadRequest, OutcomeKind, Request, TargetResult};
+use modbroker::service::Service;
+use modbroker::testing::{node, FakeKernel, FixedResolver};
+use nix::errno::Errno;
+
+fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver, window: Duration) -> Service {
+    let settings = BrokerSettings {
+        failure_window: window,
+        max_parallel_loads: 4,
+    };
+    Service::new(Arc::new(resolver), Broker::new(kernel.clone(), settings))
+}
+
+fn load_request(target: &str, params: &[&str], retry: bool) -> Request {
+    Request::Load(LoadRequest {
+        targets: vec![target.to_string()],
+        params: params.iter().map(|p| p.to_string()).collect(),
+        wait: true,
+        retry,
+        timeout_ms: None,
+    })
+}
+
+async fn load(service: &Service, target: &str) -> TargetResult {
+    one_result(service, load_request(target, &[], false)).await
+}
+
+async fn one_result(service: &Service, request: Request) -> TargetResult {
+    let reply = service.handle(request).await;
+    let mut results = reply.results.expect("load reply has results");
+    assert_eq!(results.len(), 1, "one result per target");
+    results.remove(0)
+}
+
+/// Waits (off the async threads) until the fake kernel has seen `n` load calls for `name`.
+async fn calls_started(kernel: &Arc<FakeKernel>, name: &str, n: usize) {
+    let (kernel, name) = (kernel.clone(), name.to_string());
+    tokio::task::spawn_blocking(move || kernel.wait_for_calls(&name, n))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn burst_of_1000_makes_one_load_call() {
+    let kernel = FakeKernel::new();
+    kernel.hold("acpi_cpufreq");
+    let resolver = FixedResolver::new().with_module("cpu:type:x86", node("acpi_cpufreq", vec![]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let burst: Vec<_> = (0..1000)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { load(&service, "cpu:type:x86").await })
+        })
+        .collect();
+    calls_started(&kernel, "acpi_cpufreq", 1).await;
+    kernel.release("acpi_cpufreq");
+    let results: Vec<TargetResult> = join_all(burst).await.into_iter().map(Result::unwrap).collect();
+
+    assert_eq!(kernel.calls("acpi_cpufreq"), 1);
+    assert_eq!(results.len(), 1000);
+    // Requests that arrive after the load finished see a live module; all are told the truth.
+    assert!(results
+        .iter()
+        .all(|r| matches!(r.outcome, OutcomeKind::Loaded | OutcomeKind::AlreadyLoaded)));
+    assert_eq!(results.iter().filter(|r| !r.merged && r.outcome == OutcomeKind::Loaded).count(), 1);
+    assert_eq!(service.broker().in_flight_count(), 0, "in-flight map drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_dependency_loads_once() {
+    let kernel = FakeKernel::new();
+    kernel.hold("crc32c");
+    let crc = node("crc32c", vec![]);
+    let resolver = FixedResolver::new()
+        .with_module("btrfs", node("btrfs", vec![crc.clone()]))
+        .with_module("ext4", node("ext4", vec![crc.clone()]))
+        .with_module("f2fs", node("f2fs", vec![crc]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let requests: Vec<_> = ["btrfs", "ext4", "f2fs"]
+        .iter()
+        .cycle()
+        .take(300)
+        .map(|t| {
+            let service = service.clone();
+            tokio::spawn(async move { load(&service, t).await })
+        })
+        .collect();
+    calls_started(&kernel, "crc32c", 1).await;
+    kernel.release("crc32c");
+    let results = join_all(requests).await;
+
+    assert!(results.iter().all(|r| r.as_ref().unwrap().outcome.is_success()));
+    for module in ["crc32c", "btrfs", "ext4", "f2fs"] {
+        assert_eq!(kernel.calls(module), 1, "{module}");
+    }
+    // Dependencies load before their users.
+    let log: Vec<String> = kernel.call_log().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(log[0], "crc32c", "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failure_fans_out_to_every_waiter() {
+    let kernel = FakeKernel::new();
+    kernel.hold("acpi_cpufreq");
+    kernel.fail("acpi_cpufreq", Errno::ENODEV);
+    let resolver = FixedResolver::new().with_module("acpi-cpufreq", node("acpi_cpufreq", vec![]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { load(&service, "acpi-cpufreq").await })
+        })
+        .collect();
+    calls_started(&kernel, "acpi_cpufreq", 1).await;
+    kernel.release("acpi_cpufreq");
+    let results = join_all(burst).await;
+
+    assert_eq!(kernel.calls("acpi_cpufreq"), 1);
+    for r in results {
+        let r = r.unwrap();
+        assert_eq!(r.outcome, OutcomeKind::Failed);
+        let failure = r.failure.expect("failure details");
+        assert_eq!(failure.errno, Some(19));
+        assert_eq!(failure.errno_name.as_deref(), Some("ENODEV"));
+        assert_eq!(failure.module, "acpi_cpufreq");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_failure_names_the_dependency() {
+    let kernel = FakeKernel::new();
+    kernel.fail("libbase", Errno::ENOEXEC);
+    let resolver = FixedResolver::new().with_module("user", node("user", vec![node("libbase", vec![])]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let r = load(&service, "user").await;
+    assert_eq!(r.outcome, OutcomeKind::Failed);
+    assert_eq!(r.failure.unwrap().module, "libbase");
+    assert_eq!(kernel.calls("user"), 0, "no attempt after a dependency failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_window_answers_then_expires() {
+    let kernel = FakeKernel::new();
+    kernel.fail("mb_fail", Errno::ENODEV);
+    let resolver = FixedResolver::new().with_module("mb_fail", node("mb_fail", vec![]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let first = load(&service, "mb_fail").await;
+    assert_eq!(first.outcome, OutcomeKind::Failed);
+    assert!(!first.merged);
+
+    tokio::time::advance(Duration::from_secs(29)).await;
+    let late = load(&service, "mb_fail").await;
+    assert_eq!(late.outcome, OutcomeKind::Failed);
+    assert!(late.merged, "answered from the failure window");
+    assert_eq!(kernel.calls("mb_fail"), 1);
+
+    let retried = one_result(&service, load_request("mb_fail", &[], true)).await;
+    assert_eq!(retried.outcome, OutcomeKind::Failed);
+    assert_eq!(kernel.calls("mb_fail"), 2, "--retry bypasses the window");
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    kernel.succeed("mb_fail");
+    let after = load(&service, "mb_fail").await;
+    assert_eq!(after.outcome, OutcomeKind::Loaded);
+    assert_eq!(kernel.calls("mb_fail"), 3, "window expired: a new attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differing_parameters_are_not_merged() {
+    let kernel = FakeKernel::new();
+    kernel.hold("mb_ok");
+    let resolver = FixedResolver::new().with_module("mb_ok", node("mb_ok", vec![]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let first = {
+        let service = service.clone();
+        tokio::spawn(async move { one_result(&service, load_request("mb_ok", &["value=1"], false)).await })
+    };
+    calls_started(&kernel, "mb_ok", 1).await;
+    let second = {
+        let service = service.clone();
+        tokio::spawn(async move { one_result(&service, load_request("mb_ok", &["value=2"], false)).await })
+    };
+    let same = {
+        let service = service.clone();
+        tokio::spawn(async move { one_result(&service, load_request("mb_ok", &["value=1"], false)).await })
+    };
+    kernel.release("mb_ok");
+    let (first, second, same) = (first.await.unwrap(), second.await.unwrap(), same.await.unwrap());
+
+    assert_eq!(first.outcome, OutcomeKind::Loaded);
+    assert!(!first.merged);
+    assert!(!second.merged, "different parameters never merge");
+    assert_eq!(second.outcome, OutcomeKind::AlreadyLoaded, "it ran after the first load ended");
+    assert!(matches!(same.outcome, OutcomeKind::Loaded | OutcomeKind::AlreadyLoaded));
+    assert_eq!(kernel.call_log(), vec![("mb_ok".to_string(), "value=1".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_options_come_before_request_parameters() {
+    let kernel = FakeKernel::new();
+    let mut configured = ModuleNode::file("mb_ok", "/fake/mb_ok.ko");
+    configured.options = "value=7 debug=1".into();
+    let resolver = FixedResolver::new().with_module("mb_ok", Arc::new(configured));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let r = one_result(&service, load_request("mb_ok", &["value=9"], false)).await;
+    assert_eq!(r.outcome, OutcomeKind::Loaded);
+    assert_eq!(kernel.call_log()[0].1, "value=7 debug=1 value=9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_builtin_and_no_match_need_no_syscall() {
+    let kernel = FakeKernel::new();
+    kernel.set_live("e1000");
+    let mut builtin = ModuleNode::file("ext4", "");
+    builtin.method = modbroker::plan::LoadMethod::Builtin;
+    let resolver = FixedResolver::new()
+        .with_module("e1000", node("e1000", vec![]))
+        .with_module("ext4", Arc::new(builtin))
+        .with("bl", Plan::Blacklisted(vec!["pcspkr".into()]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    assert_eq!(load(&service, "e1000").await.outcome, OutcomeKind::AlreadyLoaded);
+    assert_eq!(load(&service, "ext4").await.outcome, OutcomeKind::Builtin);
+    assert_eq!(load(&service, "pci:v0000nothing").await.outcome, OutcomeKind::NoMatch);
+    let bl = load(&service, "bl").await;
+    assert_eq!(bl.outcome, OutcomeKind::Blacklisted);
+    assert!(!bl.outcome.is_success());
+    assert!(kernel.call_log().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn softdep_failure_does_not_fail_the_module() {
+    let kernel = FakeKernel::new();
+    kernel.fail("soft_pre", Errno::ENODEV);
+    let mut main = ModuleNode::file("main_mod", "/fake/main.ko");
+    main.pre = vec![node("soft_pre", vec![])];
+    main.post = vec![node("soft_post", vec![])];
+    let resolver = FixedResolver::new().with_module("main_mod", Arc::new(main));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    assert_eq!(load(&service, "main_mod").await.outcome, OutcomeKind::Loaded);
+    let order: Vec<String> = kernel.call_log().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(order, ["soft_pre", "main_mod", "soft_post"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn softdep_cycle_across_requests_does_not_deadlock() {
+    let kernel = FakeKernel::new();
+    kernel.hold("alpha");
+    kernel.hold("beta");
+    // alpha wants beta first and beta wants alpha first (softdeps in both directions).
+    let mut alpha = ModuleNode::file("alpha", "/fake/alpha.ko");
+    alpha.pre = vec![node("beta", vec![])];
+    let mut beta = ModuleNode::file("beta", "/fake/beta.ko");
+    beta.pre = vec![node("alpha", vec![])];
+    let resolver = FixedResolver::new()
+        .with_module("alpha", Arc::new(alpha))
+        .with_module("beta", Arc::new(beta));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let a = {
+        let service = service.clone();
+        tokio::spawn(async move { load(&service, "alpha").await })
+    };
+    let b = {
+        let service = service.clone();
+        tokio::spawn(async move { load(&service, "beta").await })
+    };
+    // Both syscalls start only once neither task waits on the other.
+    calls_started(&kernel, "alpha", 1).await;
+    calls_started(&kernel, "beta", 1).await;
+    kernel.release("alpha");
+    kernel.release("beta");
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(a.outcome.is_success() && b.outcome.is_success());
+    assert_eq!(kernel.calls("alpha"), 1);
+    assert_eq!(kernel.calls("beta"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_targets_and_params_get_their_own_result() {
+    let kernel = FakeKernel::new();
+    let service = service(&kernel, FixedResolver::new(), Duration::from_secs(30));
+    let reply = service
+        .handle(Request::Load(LoadRequest {
+            targets: vec!["../../etc/passwd".into(), "ok_name".into(), "a\u{7}b".into()],
+            params: vec![],
+            wait: true,
+            retry: false,
+            timeout_ms: None,
+        }))
+        .await;
+    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, [OutcomeKind::Invalid, OutcomeKind::NoMatch, OutcomeKind::Invalid]);
+
+    let injected = one_result(&service, load_request("ok_name", &["x=$(reboot)"], false)).await;
+    assert_eq!(injected.outcome, OutcomeKind::Invalid);
+    assert!(kernel.call_log().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_timeout_replies_and_the_load_goes_on() {
+    let kernel = FakeKernel::new();
+    kernel.hold("slow");
+    let resolver = FixedResolver::new().with_module("slow", node("slow", vec![]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let request = Request::Load(LoadRequest {
+        targets: vec!["slow".into()],
+        params: vec![],
+        wait: true,
+        retry: false,
+        timeout_ms: Some(50),
+    });
+    let r = one_result(&service, request).await;
+    assert_eq!(r.outcome, OutcomeKind::TimedOut);
+    assert_eq!(service.broker().in_flight_count(), 1, "the load is still in flight");
+    kernel.release("slow");
+    assert_eq!(load(&service, "slow").await.outcome, OutcomeKind::AlreadyLoaded);
+    assert_eq!(kernel.calls("slow"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_wait_replies_queued_and_loads() {
+    let kernel = FakeKernel::new();
+    let resolver = FixedResolver::new().with_module("bg", node("bg", vec![]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+    let request = Request::Load(LoadRequest {
+        targets: vec!["bg".into()],
+        params: vec![],
+        wait: false,
+        retry: false,
+        timeout_ms: None,
+    });
+    assert_eq!(one_result(&service, request).await.outcome, OutcomeKind::Queued);
+    calls_started(&kernel, "bg", 1).await;
+}
