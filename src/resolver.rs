@@ -416,8 +416,7 @@ impl KmodResolver {
         } else {
             matches
         };
-        let mut cut = usize::MAX;
-        let nodes = NodeBuilder::new(&mut self.nodes).list(&allowed, &mut cut);
+        let nodes = NodeBuilder::new(&mut self.nodes).list(&allowed, &mut false);
         Ok(if nodes.is_empty() {
             Plan::NoMatch
         } else {
@@ -451,8 +450,12 @@ fn load_method(m: &Module) -> Option<LoadMethod> {
     None
 }
 
-/// Builds [`ModuleNode`] trees, sharing complete nodes through the resolver's memo and cutting
-/// cycles (a module already on the current path is skipped).
+/// Builds [`ModuleNode`] trees, cutting cycles (a module already on the current path is skipped)
+/// and sharing nodes through the resolver's memo.
+///
+/// Only nodes with no cycle cut anywhere below them are memoized: such a tree is the same
+/// whatever path leads to it. A tree with a cut depends on where the cycle was entered (like
+/// libkmod's probe list), so it is rebuilt for each target (plans are still cached).
 struct NodeBuilder<'a> {
     memo: &'a mut HashMap<String, Arc<ModuleNode>>,
     /// Names of the modules being built, outermost first.
@@ -467,26 +470,24 @@ impl<'a> NodeBuilder<'a> {
         }
     }
 
-    /// Nodes for every module of `list`; `cut` is lowered to the shallowest path index at which
-    /// a cycle was cut below.
-    fn list(&mut self, list: &ModList, cut: &mut usize) -> Vec<Arc<ModuleNode>> {
+    /// Nodes for every module of `list`; sets `cut` if a cycle was cut below.
+    fn list(&mut self, list: &ModList, cut: &mut bool) -> Vec<Arc<ModuleNode>> {
         list.iter().filter_map(|m| self.node(&m, cut)).collect()
     }
 
-    fn node(&mut self, m: &Module, cut: &mut usize) -> Option<Arc<ModuleNode>> {
+    fn node(&mut self, m: &Module, cut: &mut bool) -> Option<Arc<ModuleNode>> {
         let name = m.name();
         if let Some(node) = self.memo.get(&name) {
             return Some(Arc::clone(node));
         }
-        if let Some(depth) = self.path.iter().position(|p| *p == name) {
+        if self.path.contains(&name) {
             debug!(module = %name, path = ?self.path, "dependency cycle cut");
-            *cut = (*cut).min(depth);
+            *cut = true;
             return None;
         }
         let method = load_method(m)?;
-        let depth = self.path.len();
         self.path.push(name.clone());
-        let mut sub_cut = usize::MAX;
+        let mut sub_cut = false;
         let deps = self.list(&m.dependencies(), &mut sub_cut);
         let (pre, post) = m.softdeps();
         let pre = self.list(&pre, &mut sub_cut);
@@ -500,11 +501,10 @@ impl<'a> NodeBuilder<'a> {
             pre,
             post,
         });
-        // Only a node whose tree does not depend on its ancestors may be shared.
-        if sub_cut >= depth {
-            self.memo.insert(name, Arc::clone(&node));
+        if sub_cut {
+            *cut = true;
         } else {
-            *cut = (*cut).min(sub_cut);
+            self.memo.insert(name, Arc::clone(&node));
         }
         Some(node)
     }
