@@ -206,8 +206,7 @@ impl Module {
 
     fn options(&self) -> String {
         // SAFETY: live module; the string (or NULL) is owned by the module and copied here.
-        unsafe { cstr_to_string(ffi::kmod_module_get_options(self.0.as_ptr())) }
-            .unwrap_or_default()
+        unsafe { cstr_to_string(ffi::kmod_module_get_options(self.0.as_ptr())) }.unwrap_or_default()
     }
 
     fn install_command(&self) -> Option<String> {
@@ -329,6 +328,16 @@ pub struct KmodResolver {
     nodes: HashMap<String, Arc<ModuleNode>>,
 }
 
+impl std::fmt::Debug for KmodResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmodResolver")
+            .field("module_dir", &self.spec.module_dir)
+            .field("cached_plans", &self.plans.len())
+            .field("cached_nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl KmodResolver {
     /// A resolver for the modules in `module_dir` (e.g. `/lib/modules/$(uname -r)`), reading
     /// configuration from `config_dirs`, or from libkmod's defaults (`/etc/modprobe.d`, ...) when
@@ -402,13 +411,13 @@ impl KmodResolver {
             return Ok(Plan::NoMatch);
         }
         let allowed = if is_alias(target, &matches) {
-            let allowed = self
-                .ctx
-                .not_blacklisted(&matches)
-                .map_err(|errno| ResolverError::Lookup {
-                    target: target.to_string(),
-                    errno,
-                })?;
+            let allowed =
+                self.ctx
+                    .not_blacklisted(&matches)
+                    .map_err(|errno| ResolverError::Lookup {
+                        target: target.to_string(),
+                        errno,
+                    })?;
             if allowed.0.is_null() {
                 return Ok(Plan::Blacklisted(matches.names()));
             }
@@ -534,8 +543,8 @@ impl ResolverHandle {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         thread::Builder::new()
             .name("modbroker-kmod".to_string())
-            .spawn(move || {
-                match KmodResolver::new(&module_dir, config_dirs.as_deref()) {
+            .spawn(
+                move || match KmodResolver::new(&module_dir, config_dirs.as_deref()) {
                     Ok(resolver) => {
                         let _ = ready_tx.send(Ok(()));
                         serve(resolver, rx);
@@ -543,8 +552,8 @@ impl ResolverHandle {
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
-                }
-            })
+                },
+            )
             .map_err(ResolverError::Spawn)?;
         ready_rx.recv().map_err(|_| ResolverError::ThreadGone)??;
         Ok(ResolverHandle { tx })

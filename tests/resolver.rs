@@ -72,7 +72,11 @@ impl Fixture {
     }
 
     fn resolver(&self) -> KmodResolver {
-        KmodResolver::new(&self.module_dir(), Some(&[self.conf_dir.clone()])).expect("resolver")
+        KmodResolver::new(
+            &self.module_dir(),
+            Some(std::slice::from_ref(&self.conf_dir)),
+        )
+        .expect("resolver")
     }
 
     /// Copies module `name` from the host tree, at the same relative path.
@@ -154,7 +158,9 @@ fn name_lookup_gives_file() {
     let plan = fx.resolver().resolve("e1000e").unwrap();
     let node = single(&plan);
     assert_eq!(node.name, "e1000e");
-    let path = fx.module_dir().join(host_module_path(&fx.host_dir, "e1000e"));
+    let path = fx
+        .module_dir()
+        .join(host_module_path(&fx.host_dir, "e1000e"));
     assert_eq!(node.method, LoadMethod::File(path));
     assert!(node.deps.is_empty() && node.pre.is_empty() && node.post.is_empty());
     assert_eq!(node.options, "");
@@ -211,7 +217,11 @@ fn unknown_targets_are_no_match() {
     let fx = Fixture::new("");
     let mut r = fx.resolver();
     for target in [UNKNOWN_MODALIAS, "no-such-module", "veth"] {
-        assert_eq!(*r.resolve(target).unwrap(), Plan::NoMatch, "target {target}");
+        assert_eq!(
+            *r.resolve(target).unwrap(),
+            Plan::NoMatch,
+            "target {target}"
+        );
     }
 }
 
@@ -335,7 +345,7 @@ fn errors() {
         "{err}"
     );
     let missing = fx.root.join("missing");
-    let err = KmodResolver::new(&missing, None).err().expect("must fail");
+    let err = KmodResolver::new(&missing, None).expect_err("must fail");
     assert!(
         matches!(&err, ResolverError::Context { module_dir, .. } if *module_dir == missing),
         "{err}"
@@ -371,8 +381,7 @@ async fn handle_serves_concurrent_requests() {
 
 #[tokio::test]
 async fn handle_reports_construction_errors() {
-    let err = ResolverHandle::spawn(PathBuf::from("/nonexistent/modules"), None)
-        .err()
-        .expect("must fail");
+    let err =
+        ResolverHandle::spawn(PathBuf::from("/nonexistent/modules"), None).expect_err("must fail");
     assert!(matches!(err, ResolverError::Context { .. }), "{err}");
 }
