@@ -385,3 +385,23 @@ async fn handle_reports_construction_errors() {
         ResolverHandle::spawn(PathBuf::from("/nonexistent/modules"), None).expect_err("must fail");
     assert!(matches!(err, ResolverError::Context { .. }), "{err}");
 }
+
+#[test]
+fn alias_matching_several_modules_drops_only_the_blacklisted() {
+    let fx = Fixture::new("alias testnet dummy\nalias testnet nlmon\nblacklist dummy\n");
+    let plan = fx.resolver().resolve("testnet").unwrap();
+    assert_eq!(names(load(&plan)), ["nlmon"]);
+}
+
+#[test]
+fn dependency_nodes_carry_their_own_configuration() {
+    let fx = Fixture::new("options stp foo=1\ninstall llc /bin/true\n");
+    let plan = fx.resolver().resolve("garp").unwrap();
+    let garp = single(&plan);
+    let stp = &garp.deps[1];
+    assert_eq!((stp.name.as_str(), stp.options.as_str()), ("stp", "foo=1"));
+    assert_eq!(
+        stp.deps[0].method,
+        LoadMethod::Install("/bin/true".to_string())
+    );
+}
