@@ -1,46 +1,595 @@
 //! Resolution of targets (module names, modaliases) into [`crate::plan::Plan`]s with libkmod.
-//! (Temporary stub with the real API; the libkmod implementation lands from the resolver branch.)
-#![allow(missing_docs)]
+//!
+//! [`KmodResolver`] owns one libkmod context and answers "what must be loaded for this target?"
+//! the way `modprobe` would: lookup (aliases, `modules.alias`, `modules.builtin`, `modules.dep`,
+//! `modprobe.d`), blacklist for alias lookups, install commands, options, hard dependencies in load
+//! order and softdeps. Answers are cached per target and nodes are shared per module name; both
+//! caches are dropped when libkmod reports that its indexes or configuration changed (checked at
+//! most once per second) or on [`KmodResolver::reload`].
+//!
+//! A libkmod context is not thread-safe, so [`KmodResolver`] is not `Send`. [`ResolverHandle`]
+//! runs one on a dedicated thread and serves async callers over a channel.
 
+use std::collections::HashMap;
+use std::ffi::{c_char, CStr, CString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::ptr::{self, NonNull};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use crate::plan::Plan;
+use kmod_sys as ffi;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
 
+use crate::plan::{LoadMethod, ModuleNode, Plan};
+
+/// How often, at most, libkmod is asked whether its indexes or configuration changed.
+const DEFAULT_VALIDATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bound on cached plans: when reached, the plan cache is emptied (it refills on demand).
+const MAX_CACHED_PLANS: usize = 4096;
+
+/// Why a resolution (or the resolver itself) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolverError {
-    #[error("resolver thread gone")]
-    Gone,
+    /// The libkmod context could not be created.
+    #[error("cannot create libkmod context for {}: {reason}", module_dir.display())]
+    Context {
+        /// The module directory the context was for.
+        module_dir: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// libkmod failed to look a target up (not "no match": that is [`Plan::NoMatch`]).
+    #[error("lookup of {target:?} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Lookup {
+        /// The target being resolved.
+        target: String,
+        /// Positive errno reported by libkmod.
+        errno: i32,
+    },
+    /// The resolver thread could not be started.
+    #[error("cannot start the resolver thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The resolver thread has exited (it panicked); no more requests can be served.
+    #[error("resolver thread is gone")]
+    ThreadGone,
 }
 
-pub struct KmodResolver;
+/// An owned libkmod context.
+struct Ctx(NonNull<ffi::kmod_ctx>);
+
+impl Ctx {
+    /// Creates a context; `config` is a NULL-terminated array of paths, or NULL for the defaults.
+    fn new(module_dir: &CStr, config: *const *const c_char) -> Option<Ctx> {
+        // SAFETY: `module_dir` is a valid C string; `config` is NULL or a NULL-terminated array
+        // of valid C strings (built by `ConfigPaths`). libkmod copies both.
+        NonNull::new(unsafe { ffi::kmod_new(module_dir.as_ptr(), config) }).map(Ctx)
+    }
+
+    fn load_resources(&self) -> Result<(), i32> {
+        // SAFETY: `self.0` is a live context owned by `self`.
+        let rc = unsafe { ffi::kmod_load_resources(self.0.as_ptr()) };
+        if rc < 0 {
+            Err(-rc)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True if indexes and configuration are unchanged since the context was created.
+    fn is_valid(&self) -> bool {
+        // SAFETY: `self.0` is a live context owned by `self`.
+        let rc = unsafe { ffi::kmod_validate_resources(self.0.as_ptr()) };
+        rc == ffi::kmod_resources_KMOD_RESOURCES_OK as i32
+    }
+
+    /// Modules matching `target`, like `modprobe` looks them up.
+    fn lookup(&self, target: &str) -> Result<ModList, ResolverError> {
+        let err = |errno| ResolverError::Lookup {
+            target: target.to_string(),
+            errno,
+        };
+        let c_target = CString::new(target).map_err(|_| err(libc::EINVAL))?;
+        let mut list = ptr::null_mut();
+        // SAFETY: live context, valid C string, `list` starts NULL as libkmod requires. On error
+        // libkmod frees what it built and leaves `list` NULL.
+        let rc = unsafe {
+            ffi::kmod_module_new_from_lookup(self.0.as_ptr(), c_target.as_ptr(), &mut list)
+        };
+        let list = ModList(list);
+        if rc < 0 {
+            return Err(err(-rc));
+        }
+        Ok(list)
+    }
+
+    /// The modules of `list` that are not blacklisted.
+    fn not_blacklisted(&self, list: &ModList) -> Result<ModList, i32> {
+        let mut out = ptr::null_mut();
+        // SAFETY: live context; `list.0` is a valid (possibly NULL) list we own; libkmod gives
+        // `out` its own references, released by `ModList::drop`.
+        let rc = unsafe {
+            ffi::kmod_module_apply_filter(
+                self.0.as_ptr(),
+                ffi::kmod_filter_KMOD_FILTER_BLACKLIST,
+                list.0,
+                &mut out,
+            )
+        };
+        let out = ModList(out);
+        if rc < 0 {
+            return Err(-rc);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference to the context; modules still alive hold their own.
+        unsafe { ffi::kmod_unref(self.0.as_ptr()) };
+    }
+}
+
+/// An owned libkmod list of modules (NULL is the empty list).
+struct ModList(*mut ffi::kmod_list);
+
+impl ModList {
+    fn iter(&self) -> ModIter<'_> {
+        ModIter {
+            list: self,
+            cur: self.0,
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.iter().map(|m| m.name()).collect()
+    }
+}
+
+impl Drop for ModList {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: we own the list and the module references in it; it is not used again.
+            unsafe { ffi::kmod_module_unref_list(self.0) };
+        }
+    }
+}
+
+/// Iterator over a [`ModList`], yielding a new reference to each module.
+struct ModIter<'a> {
+    list: &'a ModList,
+    cur: *mut ffi::kmod_list,
+}
+
+impl Iterator for ModIter<'_> {
+    type Item = Module;
+
+    fn next(&mut self) -> Option<Module> {
+        if self.cur.is_null() {
+            return None;
+        }
+        // SAFETY: `cur` is a node of `list`, which is alive for 'a; get_module takes a new
+        // reference (released by `Module::drop`); list_next returns NULL after the last node.
+        let module = unsafe {
+            let m = ffi::kmod_module_get_module(self.cur);
+            self.cur = ffi::kmod_list_next(self.list.0, self.cur);
+            m
+        };
+        // get_module never returns NULL for a non-NULL node; stop cleanly if it ever did.
+        NonNull::new(module).map(Module)
+    }
+}
+
+/// An owned reference to a libkmod module.
+struct Module(NonNull<ffi::kmod_module>);
+
+impl Module {
+    fn name(&self) -> String {
+        // SAFETY: live module; the name is never NULL and lives as long as the module.
+        unsafe { cstr_to_string(ffi::kmod_module_get_name(self.0.as_ptr())) }.unwrap_or_default()
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        // SAFETY: live module; the returned string (or NULL) is owned by the module.
+        let p = unsafe { ffi::kmod_module_get_path(self.0.as_ptr()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-NULL, NUL-terminated, valid while the module is alive; copied here.
+        let bytes = unsafe { CStr::from_ptr(p) }.to_bytes().to_vec();
+        Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
+    fn options(&self) -> String {
+        // SAFETY: live module; the string (or NULL) is owned by the module and copied here.
+        unsafe { cstr_to_string(ffi::kmod_module_get_options(self.0.as_ptr())) }.unwrap_or_default()
+    }
+
+    fn install_command(&self) -> Option<String> {
+        // SAFETY: live module; the string (or NULL) is owned by the config and copied here.
+        unsafe { cstr_to_string(ffi::kmod_module_get_install_commands(self.0.as_ptr())) }
+    }
+
+    /// Builtin per `modules.builtin` (or, failing that, the running kernel's `/sys/module`).
+    fn is_builtin(&self) -> bool {
+        // SAFETY: live module.
+        let state = unsafe { ffi::kmod_module_get_initstate(self.0.as_ptr()) };
+        state == ffi::kmod_module_initstate_KMOD_MODULE_BUILTIN as i32
+    }
+
+    /// Hard dependencies, in load order (libkmod reverses `modules.dep` for us).
+    fn dependencies(&self) -> ModList {
+        // SAFETY: live module; the returned list holds its own references (or is NULL).
+        ModList(unsafe { ffi::kmod_module_get_dependencies(self.0.as_ptr()) })
+    }
+
+    /// Softdeps (pre, post), each name already resolved through lookup by libkmod.
+    fn softdeps(&self) -> (ModList, ModList) {
+        let (mut pre, mut post) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: live module; both out pointers start NULL; the lists hold their own
+        // references and are released by `ModList::drop`, also on error.
+        let rc = unsafe { ffi::kmod_module_get_softdeps(self.0.as_ptr(), &mut pre, &mut post) };
+        let lists = (ModList(pre), ModList(post));
+        if rc < 0 {
+            warn!(module = %self.name(), errno = -rc, "cannot read softdeps; ignoring them");
+            return (ModList(ptr::null_mut()), ModList(ptr::null_mut()));
+        }
+        lists
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference to the module.
+        unsafe { ffi::kmod_module_unref(self.0.as_ptr()) };
+    }
+}
+
+/// Copies a C string owned by libkmod.
+///
+/// # Safety
+/// `p` must be NULL or a valid NUL-terminated string.
+unsafe fn cstr_to_string(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: guaranteed by the caller.
+    Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// Everything needed to (re)create a context.
+struct ContextSpec {
+    module_dir: PathBuf,
+    c_module_dir: CString,
+    /// `None`: libkmod's default configuration directories.
+    config_dirs: Option<Vec<CString>>,
+}
+
+impl ContextSpec {
+    fn new(module_dir: &Path, config_dirs: Option<&[PathBuf]>) -> Result<Self, ResolverError> {
+        let err = |reason: &str| ResolverError::Context {
+            module_dir: module_dir.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        if !module_dir.is_dir() {
+            return Err(err("not a directory"));
+        }
+        let to_c = |p: &Path| CString::new(p.as_os_str().as_bytes());
+        let c_module_dir = to_c(module_dir).map_err(|_| err("path contains NUL"))?;
+        let config_dirs = config_dirs
+            .map(|dirs| dirs.iter().map(|d| to_c(d)).collect::<Result<Vec<_>, _>>())
+            .transpose()
+            .map_err(|_| err("config path contains NUL"))?;
+        Ok(ContextSpec {
+            module_dir: module_dir.to_path_buf(),
+            c_module_dir,
+            config_dirs,
+        })
+    }
+
+    /// Creates a context and tries to mmap its indexes; returns whether that worked.
+    fn create(&self) -> Result<(Ctx, bool), ResolverError> {
+        let array: Option<Vec<*const c_char>> = self.config_dirs.as_ref().map(|dirs| {
+            let mut a: Vec<_> = dirs.iter().map(|d| d.as_ptr()).collect();
+            a.push(ptr::null());
+            a
+        });
+        let config = array.as_ref().map_or(ptr::null(), |a| a.as_ptr());
+        let ctx = Ctx::new(&self.c_module_dir, config).ok_or_else(|| ResolverError::Context {
+            module_dir: self.module_dir.clone(),
+            reason: "kmod_new failed".to_string(),
+        })?;
+        let loaded = match ctx.load_resources() {
+            Ok(()) => true,
+            Err(errno) => {
+                let e = std::io::Error::from_raw_os_error(errno);
+                warn!(dir = %self.module_dir.display(), "cannot load module indexes: {e}");
+                false
+            }
+        };
+        Ok((ctx, loaded))
+    }
+}
+
+/// Resolves targets into [`Plan`]s with one libkmod context. Not `Send`: use it from one thread
+/// (see [`ResolverHandle`]).
+pub struct KmodResolver {
+    spec: ContextSpec,
+    ctx: Ctx,
+    /// Whether `kmod_load_resources` succeeded; if not, the context is recreated at each check.
+    resources_loaded: bool,
+    validate_interval: Duration,
+    last_validated: Instant,
+    plans: HashMap<String, Arc<Plan>>,
+    nodes: HashMap<String, Arc<ModuleNode>>,
+}
+
+impl std::fmt::Debug for KmodResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmodResolver")
+            .field("module_dir", &self.spec.module_dir)
+            .field("cached_plans", &self.plans.len())
+            .field("cached_nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
 
 impl KmodResolver {
-    pub fn new(
-        _module_dir: &Path,
-        _config_dirs: Option<&[PathBuf]>,
-    ) -> Result<Self, ResolverError> {
-        Ok(KmodResolver)
+    /// A resolver for the modules in `module_dir` (e.g. `/lib/modules/$(uname -r)`), reading
+    /// configuration from `config_dirs`, or from libkmod's defaults (`/etc/modprobe.d`, ...) when
+    /// `None`.
+    pub fn new(module_dir: &Path, config_dirs: Option<&[PathBuf]>) -> Result<Self, ResolverError> {
+        let spec = ContextSpec::new(module_dir, config_dirs)?;
+        let (ctx, resources_loaded) = spec.create()?;
+        Ok(KmodResolver {
+            spec,
+            ctx,
+            resources_loaded,
+            validate_interval: DEFAULT_VALIDATE_INTERVAL,
+            last_validated: Instant::now(),
+            plans: HashMap::new(),
+            nodes: HashMap::new(),
+        })
     }
-    pub fn resolve(&mut self, _target: &str) -> Result<Arc<Plan>, ResolverError> {
-        Ok(Arc::new(Plan::NoMatch))
+
+    /// Sets how often, at most, indexes and configuration are checked for changes (default 1 s;
+    /// zero checks before every resolution).
+    pub fn set_validate_interval(&mut self, interval: Duration) {
+        self.validate_interval = interval;
+    }
+
+    /// Forces a new libkmod context (indexes and configuration re-read) and empties the caches.
+    /// On error the previous context stays in use.
+    pub fn reload(&mut self) -> Result<(), ResolverError> {
+        let (ctx, loaded) = self.spec.create()?;
+        self.ctx = ctx;
+        self.resources_loaded = loaded;
+        self.plans.clear();
+        self.nodes.clear();
+        self.last_validated = Instant::now();
+        info!(dir = %self.spec.module_dir.display(), "module indexes and configuration reloaded");
+        Ok(())
+    }
+
+    /// What loading `target` (a module name or a modalias) takes. Repeated targets get the same
+    /// `Arc` until indexes or configuration change.
+    pub fn resolve(&mut self, target: &str) -> Result<Arc<Plan>, ResolverError> {
+        self.revalidate();
+        if let Some(plan) = self.plans.get(target) {
+            return Ok(Arc::clone(plan));
+        }
+        let plan = Arc::new(self.build_plan(target)?);
+        debug!(target, plan = ?plan.module_names(), "resolved");
+        if self.plans.len() >= MAX_CACHED_PLANS {
+            self.plans.clear();
+        }
+        self.plans.insert(target.to_string(), Arc::clone(&plan));
+        Ok(plan)
+    }
+
+    /// Reloads if libkmod says indexes or configuration changed; at most once per interval.
+    fn revalidate(&mut self) {
+        if self.last_validated.elapsed() < self.validate_interval {
+            return;
+        }
+        self.last_validated = Instant::now();
+        if self.resources_loaded && self.ctx.is_valid() {
+            return;
+        }
+        if let Err(e) = self.reload() {
+            warn!("keeping the current libkmod context: {e}");
+        }
+    }
+
+    fn build_plan(&mut self, target: &str) -> Result<Plan, ResolverError> {
+        let matches = self.ctx.lookup(target)?;
+        if matches.0.is_null() {
+            return Ok(Plan::NoMatch);
+        }
+        let allowed = if is_alias(target, &matches) {
+            let allowed =
+                self.ctx
+                    .not_blacklisted(&matches)
+                    .map_err(|errno| ResolverError::Lookup {
+                        target: target.to_string(),
+                        errno,
+                    })?;
+            if allowed.0.is_null() {
+                return Ok(Plan::Blacklisted(matches.names()));
+            }
+            allowed
+        } else {
+            matches
+        };
+        let nodes = NodeBuilder::new(&mut self.nodes).list(&allowed, &mut false);
+        Ok(if nodes.is_empty() {
+            Plan::NoMatch
+        } else {
+            Plan::Load(nodes)
+        })
     }
 }
 
-#[derive(Clone)]
-pub struct ResolverHandle;
+/// Whether `target` named none of the matched modules (so it was an alias, and the blacklist
+/// applies, as in modprobe).
+fn is_alias(target: &str, matches: &ModList) -> bool {
+    let canonical = target.replace('-', "_");
+    !matches.iter().any(|m| m.name() == canonical)
+}
+
+/// How `m` gets loaded; `None` if it cannot be (no file and not builtin).
+///
+/// A file in `modules.dep` wins over the running kernel's `/sys/module` state, which is racy
+/// (a module being inserted briefly looks builtin) and must not end up in a cached plan.
+fn load_method(m: &Module) -> Option<LoadMethod> {
+    if let Some(cmd) = m.install_command() {
+        return Some(LoadMethod::Install(cmd));
+    }
+    if let Some(path) = m.path() {
+        return Some(LoadMethod::File(path));
+    }
+    if m.is_builtin() {
+        return Some(LoadMethod::Builtin);
+    }
+    warn!(module = %m.name(), "module has no file and is not builtin; skipping it");
+    None
+}
+
+/// Builds [`ModuleNode`] trees, cutting cycles (a module already on the current path is skipped)
+/// and sharing nodes through the resolver's memo.
+///
+/// Only nodes with no cycle cut anywhere below them are memoized: such a tree is the same
+/// whatever path leads to it. A tree with a cut depends on where the cycle was entered (like
+/// libkmod's probe list), so it is rebuilt for each target (plans are still cached).
+struct NodeBuilder<'a> {
+    memo: &'a mut HashMap<String, Arc<ModuleNode>>,
+    /// Names of the modules being built, outermost first.
+    path: Vec<String>,
+}
+
+impl<'a> NodeBuilder<'a> {
+    fn new(memo: &'a mut HashMap<String, Arc<ModuleNode>>) -> Self {
+        NodeBuilder {
+            memo,
+            path: Vec::new(),
+        }
+    }
+
+    /// Nodes for every module of `list`; sets `cut` if a cycle was cut below.
+    fn list(&mut self, list: &ModList, cut: &mut bool) -> Vec<Arc<ModuleNode>> {
+        list.iter().filter_map(|m| self.node(&m, cut)).collect()
+    }
+
+    fn node(&mut self, m: &Module, cut: &mut bool) -> Option<Arc<ModuleNode>> {
+        let name = m.name();
+        if let Some(node) = self.memo.get(&name) {
+            return Some(Arc::clone(node));
+        }
+        if self.path.contains(&name) {
+            debug!(module = %name, path = ?self.path, "dependency cycle cut");
+            *cut = true;
+            return None;
+        }
+        let method = load_method(m)?;
+        self.path.push(name.clone());
+        let mut sub_cut = false;
+        let deps = self.list(&m.dependencies(), &mut sub_cut);
+        let (pre, post) = m.softdeps();
+        let pre = self.list(&pre, &mut sub_cut);
+        let post = self.list(&post, &mut sub_cut);
+        self.path.pop();
+        let node = Arc::new(ModuleNode {
+            name: name.clone(),
+            method,
+            options: m.options(),
+            deps,
+            pre,
+            post,
+        });
+        if sub_cut {
+            *cut = true;
+        } else {
+            self.memo.insert(name, Arc::clone(&node));
+        }
+        Some(node)
+    }
+}
+
+/// A request to the resolver thread.
+enum Request {
+    Resolve(String, oneshot::Sender<Result<Arc<Plan>, ResolverError>>),
+    Reload(oneshot::Sender<Result<(), ResolverError>>),
+}
+
+/// A cheap, cloneable, thread-safe handle to a [`KmodResolver`] running on its own thread
+/// ("modbroker-kmod"). The thread exits when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct ResolverHandle {
+    tx: mpsc::Sender<Request>,
+}
 
 impl ResolverHandle {
+    /// Starts the resolver thread; returns once its [`KmodResolver`] exists (or failed to).
+    /// Blocks briefly (context creation), so call it before or outside the async hot path.
     pub fn spawn(
-        _module_dir: PathBuf,
-        _config_dirs: Option<Vec<PathBuf>>,
+        module_dir: PathBuf,
+        config_dirs: Option<Vec<PathBuf>>,
     ) -> Result<Self, ResolverError> {
-        Ok(ResolverHandle)
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        thread::Builder::new()
+            .name("modbroker-kmod".to_string())
+            .spawn(
+                move || match KmodResolver::new(&module_dir, config_dirs.as_deref()) {
+                    Ok(resolver) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve(resolver, rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            )
+            .map_err(ResolverError::Spawn)?;
+        ready_rx.recv().map_err(|_| ResolverError::ThreadGone)??;
+        Ok(ResolverHandle { tx })
     }
-    pub async fn resolve(&self, _target: &str) -> Result<Arc<Plan>, ResolverError> {
-        Ok(Arc::new(Plan::NoMatch))
+
+    /// Resolves `target` on the resolver thread (see [`KmodResolver::resolve`]).
+    pub async fn resolve(&self, target: &str) -> Result<Arc<Plan>, ResolverError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Resolve(target.to_string(), reply))?;
+        rx.await.map_err(|_| ResolverError::ThreadGone)?
     }
+
+    /// Forces a reload on the resolver thread (see [`KmodResolver::reload`]), e.g. on SIGHUP.
     pub async fn reload(&self) -> Result<(), ResolverError> {
-        Ok(())
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Reload(reply))?;
+        rx.await.map_err(|_| ResolverError::ThreadGone)?
     }
+
+    fn send(&self, request: Request) -> Result<(), ResolverError> {
+        self.tx.send(request).map_err(|_| ResolverError::ThreadGone)
+    }
+}
+
+/// The resolver thread's loop: serves requests until every handle is dropped.
+fn serve(mut resolver: KmodResolver, rx: mpsc::Receiver<Request>) {
+    for request in rx {
+        // A dropped reply receiver (caller gave up) is not an error.
+        match request {
+            Request::Resolve(target, reply) => {
+                let _ = reply.send(resolver.resolve(&target));
+            }
+            Request::Reload(reply) => {
+                let _ = reply.send(resolver.reload());
+            }
+        }
+    }
+    debug!("all resolver handles dropped; resolver thread exiting");
 }
