@@ -104,6 +104,14 @@ impl FakeKernel {
         }
     }
 
+    /// Blocks until at least `n` load calls (for any module) have started.
+    pub fn wait_for_total_calls(&self, n: usize) {
+        let mut state = self.lock();
+        while state.calls.len() < n {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn record_and_wait(&self, name: &str, options: &str) -> Result<(), Errno> {
         let mut state = self.lock();
         state.calls.push((name.to_string(), options.to_string()));
