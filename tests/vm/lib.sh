@@ -68,6 +68,22 @@ results_summary() { syscall_results "$1" | sort | uniq -c | awk '{printf "%s%sx%
 # module:module_load events (one per module that got past the duplicate
 # check into init) since trace_reset, for module NAME (or all).
 module_load_events() { grep -c "module_load: ${1:-}" "$TRACE/trace" || true; }
+# exec_span PATTERN: "N execs over S s" for programs whose exec'd filename
+# matches PATTERN since trace_reset (how concurrent a burst really was).
+exec_span() {
+	grep 'sched_process_exec:' "$TRACE/trace" | grep "filename=[^ ]*$1" |
+	awk '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break }
+		if (n == 0 || t < lo) lo = t; if (t > hi) hi = t; n++ }
+		END{printf "%d execs over %.3f s\n", n, hi - lo}' || true
+}
+# finit_span: "entries over A s, first entry to last exit B s" for finit_module.
+finit_span() {
+	grep 'sys_finit_module' "$TRACE/trace" |
+	awk '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break }
+		if (n == 0 || t < lo) lo = t; if (t > hi) hi = t; n++
+		if ($0 ~ /sys_finit_module\(/) { if (e == 0 || t < elo) elo = t; if (t > ehi) ehi = t; e++ } }
+		END{printf "%d entries over %.3f s, first entry to last exit %.3f s\n", e, ehi - elo, hi - lo}' || true
+}
 trace_dump() { grep -E 'finit_module|init_module|module_load' "$TRACE/trace" | sed 's/^/  trace: /' || true; }
 
 # --- kernel log
@@ -139,3 +155,60 @@ burst_rc_count() {
 }
 # burst_err_count DIR PATTERN: how many copies' stderr contains PATTERN.
 burst_err_count() { grep -l "$2" "$1"/err.* 2>/dev/null | wc -l; }
+
+# --- broker helpers
+SOCK=${MODBROKER_SOCKET:-/run/modbroker.sock}
+DAEMON_LOG=/tmp/modbrokerd.log
+
+# start_daemon: start modbrokerd in the background (stderr -> $DAEMON_LOG),
+# poll (bounded, 30 s) for its socket.  Sets DAEMON_PID.
+start_daemon() {
+	modbrokerd --socket "$SOCK" --module-dir "$MODDIR" --log-level info "$@" >"$DAEMON_LOG" 2>&1 &
+	DAEMON_PID=$!
+	t0=$(uptime_s)
+	tries=300
+	while [ "$tries" -gt 0 ]; do
+		if [ -S "$SOCK" ]; then
+			say "modbrokerd (pid $DAEMON_PID) listening on $SOCK after $(elapsed "$t0" "$(uptime_s)")s"
+			return 0
+		fi
+		daemon_alive || break
+		usleep 100000
+		tries=$((tries - 1))
+	done
+	daemon_alive && why="did not appear within 30 s" || why="never appeared: modbrokerd exited"
+	say "modbrokerd socket $SOCK $why; daemon log:"
+	sed 's/^/  modbrokerd: /' "$DAEMON_LOG"
+	return 1
+}
+stop_daemon() {
+	kill "$DAEMON_PID" 2>/dev/null || true
+	wait "$DAEMON_PID" 2>/dev/null || true
+}
+daemon_alive() { kill -0 "$DAEMON_PID" 2>/dev/null; }
+show_daemon_log() { tail -n "${1:-40}" "$DAEMON_LOG" | sed 's/^/  modbrokerd: /'; }
+
+# mb_run NAME ARGS...: run `modbroker ARGS...`, show its output, set
+# MB_RC / MB_OUT / MB_ERR (files /tmp/NAME.out, /tmp/NAME.err).
+mb_run() {
+	n=$1; shift
+	MB_OUT=/tmp/$n.out; MB_ERR=/tmp/$n.err; MB_RC=0
+	echo "  \$ modbroker $*"
+	modbroker "$@" >"$MB_OUT" 2>"$MB_ERR" || MB_RC=$?
+	sed 's/^/  stdout: /' "$MB_OUT"
+	sed 's/^/  stderr: /' "$MB_ERR"
+	echo "  exit: $MB_RC"
+}
+
+# json_num FILE FIELD: the number after "FIELD": in a JSON text (first match).
+json_num() { tr -d '\n' <"$1" | grep -o "\"$2\"[[:space:]]*:[[:space:]]*[0-9][0-9]*" | head -n1 | sed 's/.*:[[:space:]]*//'; }
+
+# e1000_modalias: modalias of the e1000 NIC qemu provides (8086:100e).
+e1000_modalias() {
+	for f in /sys/bus/pci/devices/*; do
+		if [ "$(cat "$f/vendor")" = 0x8086 ] && [ "$(cat "$f/device")" = 0x100e ]; then
+			cat "$f/modalias"; return 0
+		fi
+	done
+	return 1
+}

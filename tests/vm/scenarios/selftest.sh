@@ -31,10 +31,7 @@ check_eq "finit_module returned -19 (ENODEV)" "-19" "$(finit_results)"
 check "acpi_cpufreq not in /proc/modules" sh -c '! grep -q "^acpi_cpufreq " /proc/modules'
 
 step "e1000 via its PCI modalias"
-alias=
-for f in /sys/bus/pci/devices/*; do
-	[ "$(cat "$f/vendor")" = 0x8086 ] && [ "$(cat "$f/device")" = 0x100e ] && alias=$(cat "$f/modalias")
-done
+alias=$(e1000_modalias) || alias=
 say "e1000 modalias: $alias"
 check "found e1000 PCI device" test -n "$alias"
 check "modprobe <modalias> exits 0" modprobe "$alias"
