@@ -1,7 +1,7 @@
 # common.sh - shared host-side helpers for the VM test scripts (sourced, not run).
 # Sets REPO_ROOT, MB_VM_WORK, KVER and provides die/need.
 
-REPO_ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+REPO_ROOT=${REPO_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 MB_VM_WORK=${MB_VM_WORK:-$REPO_ROOT/build/vm}
 case $MB_VM_WORK in /*) ;; *) MB_VM_WORK=$REPO_ROOT/$MB_VM_WORK ;; esac
 

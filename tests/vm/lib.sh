@@ -84,6 +84,18 @@ finit_span() {
 		if ($0 ~ /sys_finit_module\(/) { if (e == 0 || t < elo) elo = t; if (t > ehi) ehi = t; e++ } }
 		END{printf "%d entries over %.3f s, first entry to last exit %.3f s\n", e, ehi - elo, hi - lo}' || true
 }
+# burst_overlapped PATTERN: true when the last exec of a program matching
+# PATTERN came before the first finit_module returned, i.e. every client of
+# a burst was running while the (first) load was still in flight.
+burst_overlapped() {
+	grep -E "sched_process_exec:.*filename=[^ ]*$1|sys_finit_module -> " "$TRACE/trace" |
+	awk '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break }
+		if ($0 ~ /sched_process_exec/) { if (t > lastexec) lastexec = t }
+		else if (firstexit == 0 || t < firstexit) firstexit = t }
+		END{ if (firstexit == 0) { print "no finit_module returned"; exit 1 }
+			printf "last client exec %.3f s, first finit_module return %.3f s\n", lastexec, firstexit
+			exit !(lastexec < firstexit) }'
+}
 trace_dump() { grep -E 'finit_module|init_module|module_load' "$TRACE/trace" | sed 's/^/  trace: /' || true; }
 
 # --- kernel log

@@ -14,7 +14,7 @@ N=${MB_BURST:-64}
 # mb_fail sleeps delay_ms in init; the burst passes a delay long enough for
 # all N clients (each a fresh process under TCG) to be connected while the
 # one load is in flight, so "one finit_module" is a fair expectation.
-FAIL_DELAY_MS=${MB_FAIL_DELAY_MS:-2000}
+FAIL_DELAY_MS=${MB_FAIL_DELAY_MS:-5000}
 
 step "start modbrokerd"
 rc=0; start_daemon || rc=$?
@@ -64,6 +64,8 @@ burst "$N" /tmp/bd modbroker load mb_fail "delay_ms=$FAIL_DELAY_MS"
 say "client $(exec_span /modbroker); finit_module: $(finit_span)"
 say "finit_module results: $(results_summary finit_module)"
 kmsg_show_since 'mb_fail'
+check "(d) all clients started while the load was in flight (else raise MB_FAIL_DELAY_MS)" burst_overlapped /modbroker
+cat /tmp/check.out
 check_eq "(d) exactly 1 finit_module call" 1 "$(finit_calls)"
 check_eq "(d) no init_module calls" 0 "$(init_module_calls)"
 check_eq "(d) exactly 1 'mb_fail: init attempt' in dmesg" 1 "$(kmsg_since 'mb_fail: init attempt')"

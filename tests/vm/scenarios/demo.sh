@@ -10,7 +10,7 @@ set -eu
 . /lib.sh
 
 N=${MB_BURST:-64}
-FAIL_DELAY_MS=${MB_FAIL_DELAY_MS:-2000}
+FAIL_DELAY_MS=${MB_FAIL_DELAY_MS:-5000}
 
 step "starting modbrokerd"
 rc=0; start_daemon || rc=$?
