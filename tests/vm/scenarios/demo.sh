@@ -10,16 +10,16 @@ set -eu
 . /lib.sh
 
 N=${MB_BURST:-64}
-FAIL_DELAY_MS=${MB_FAIL_DELAY_MS:-5000}
+FAIL_PARAMS=${MB_FAIL_PARAMS:-}
 
 step "starting modbrokerd"
 rc=0; start_daemon || rc=$?
 check_eq "modbrokerd is listening on $SOCK" 0 "$rc"
 [ "$rc" = 0 ] || finish
 
-step "$N clients at once: modbroker load mb_fail delay_ms=$FAIL_DELAY_MS (init fails with ENODEV)"
+step "$N clients at once: modbroker load mb_fail $FAIL_PARAMS (init fails with ENODEV)"
 trace_reset; kmsg_mark
-burst "$N" /tmp/d1 modbroker load mb_fail "delay_ms=$FAIL_DELAY_MS"
+burst "$N" /tmp/d1 modbroker load mb_fail $FAIL_PARAMS
 echo "  finit_module syscalls seen by the kernel: $(finit_calls)   (results: $(results_summary finit_module))"
 echo "  'mb_fail: init attempt' lines in dmesg:   $(kmsg_since 'mb_fail: init attempt')"
 echo "  clients that exited non-zero:             $(burst_rc_count /tmp/d1 nonzero) of $N"
