@@ -175,7 +175,7 @@ DAEMON_LOG=/tmp/modbrokerd.log
 # start_daemon: start modbrokerd in the background (stderr -> $DAEMON_LOG),
 # poll (bounded, 30 s) for its socket.  Sets DAEMON_PID.
 start_daemon() {
-	modbrokerd --socket "$SOCK" --module-dir "$MODDIR" --log-level info "$@" >"$DAEMON_LOG" 2>&1 &
+	NO_COLOR=1 modbrokerd --socket "$SOCK" --module-dir "$MODDIR" --log-level info "$@" >"$DAEMON_LOG" 2>&1 &
 	DAEMON_PID=$!
 	t0=$(uptime_s)
 	tries=300
@@ -198,7 +198,7 @@ stop_daemon() {
 	wait "$DAEMON_PID" 2>/dev/null || true
 }
 daemon_alive() { kill -0 "$DAEMON_PID" 2>/dev/null; }
-show_daemon_log() { tail -n "${1:-40}" "$DAEMON_LOG" | sed 's/^/  modbrokerd: /'; }
+show_daemon_log() { tail -n "${1:-40}" "$DAEMON_LOG" | sed "s/$(printf '\033')\[[0-9;]*m//g; s/^/  modbrokerd: /"; }
 
 # mb_run NAME ARGS...: run `modbroker ARGS...`, show its output, set
 # MB_RC / MB_OUT / MB_ERR (files /tmp/NAME.out, /tmp/NAME.err).
