@@ -59,7 +59,7 @@ mb_run c load "$alias"
 check_eq "(c) exit 0" 0 "$MB_RC"
 check "(c) e1000 in /proc/modules" is_loaded e1000
 
-step "(d) burst: $N x modbroker load mb_fail $FAIL_PARAMS"
+step "(d) burst: $N x modbroker load mb_fail${FAIL_PARAMS:+ $FAIL_PARAMS}"
 trace_reset; kmsg_mark
 burst "$N" /tmp/bd modbroker load mb_fail $FAIL_PARAMS
 say "client $(exec_span /modbroker); finit_module: $(finit_span)"
