@@ -1,0 +1,91 @@
+#!/bin/bash
+# build-initramfs.sh - build the gzip'd newc initramfs for modbroker's VM tests.
+#
+# Usage: tests/vm/build-initramfs.sh SCENARIO_FILE [OUTPUT]
+# Contents: static busybox (+ applet symlinks), /init, /lib.sh, SCENARIO_FILE
+# as /scenario.sh, the binaries $MODBROKERD and $MODBROKER (if set) with every
+# shared library ldd lists and the dynamic loader (paths preserved), and a
+# module tree /lib/modules/$KVER holding the modules in $MB_VM_MODULES plus
+# their modules.dep dependencies and softdeps (as `modprobe -D` resolves them),
+# modules.builtin*, modules.order, and the test modules under extra/, indexed
+# by a real `depmod -b` run on the staging root.
+# Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR.
+set -eu
+. "$(dirname "$0")/common.sh"
+
+scenario=${1:?usage: build-initramfs.sh SCENARIO_FILE [OUTPUT]}
+out=${2:-$MB_VM_WORK/initramfs.gz}
+[ -f "$scenario" ] || die "scenario file $scenario not found"
+
+need cpio cpio
+need gzip gzip
+need depmod kmod
+need modprobe kmod
+need ldd libc-bin
+need busybox busybox-static
+MB_VM_MODULES=${MB_VM_MODULES:-vfat btrfs nf_conntrack e1000 acpi-cpufreq}
+moddir=/lib/modules/$KVER
+testmods=${MB_TEST_MODULES_DIR:-$MB_VM_WORK/modules}
+
+busybox=$(command -v busybox)
+ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable' ||
+	die "$busybox is dynamically linked: install the Debian package 'busybox-static'"
+
+stage=$MB_VM_WORK/initramfs-root
+rm -rf "$stage"
+mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,root} "$stage$moddir"
+
+# --- busybox and its applets
+cp "$busybox" "$stage/bin/busybox"
+for applet in $("$busybox" --list-full); do
+	[ -e "$stage/$applet" ] && continue
+	mkdir -p "$stage/$(dirname "$applet")"
+	ln -s /bin/busybox "$stage/$applet"
+done
+
+# --- a dynamically linked binary plus its libraries and loader, paths preserved
+copy_with_libs() { # SRC DEST_IN_IMAGE
+	[ -x "$1" ] || die "binary $1 not found or not executable (build it: cargo build --release)"
+	install -D -m 0755 "$1" "$stage$2"
+	ldd "$1" | awk '/=> \//{print $3} /^[[:space:]]*\/[^ ]+ \(/{print $1}' | sort -u |
+	while read -r lib; do
+		[ -e "$stage$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$stage$lib"
+	done
+	if ldd "$1" | grep -q 'not found'; then
+		die "ldd $1 reports a missing library: $(ldd "$1" | grep 'not found')"
+	fi
+}
+[ -z "${MODBROKERD:-}" ] || copy_with_libs "$MODBROKERD" /usr/bin/modbrokerd
+[ -z "${MODBROKER:-}" ] || copy_with_libs "$MODBROKER" /usr/bin/modbroker
+
+# --- module tree
+for f in modules.builtin modules.builtin.modinfo modules.order; do
+	[ -f "$moddir/$f" ] && cp "$moddir/$f" "$stage$moddir/"
+done
+for m in $MB_VM_MODULES; do
+	deps=$(modprobe -S "$KVER" -D "$m") || die "modprobe -D $m failed for $KVER"
+	printf '%s\n' "$deps" | awk '$1=="insmod"{print $2}' | while read -r ko; do
+		case $ko in "$moddir"/*) ;; *) die "unexpected module path $ko" ;; esac
+		[ -e "$stage$ko" ] || install -D -m 0644 "$ko" "$stage$ko"
+	done
+done
+mkdir -p "$stage$moddir/extra"
+for m in mb_fail mb_ok mb_ok2 mb_base mb_user; do
+	[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
+	cp "$testmods/$m.ko" "$stage$moddir/extra/"
+done
+depmod -b "$stage" "$KVER" || die "depmod -b failed"
+grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
+	die "depmod did not record mb_user -> mb_base in modules.dep"
+
+# --- init, helper lib, scenario
+install -m 0755 "$REPO_ROOT/tests/vm/init" "$stage/init"
+install -m 0644 "$REPO_ROOT/tests/vm/lib.sh" "$stage/lib.sh"
+install -m 0755 "$scenario" "$stage/scenario.sh"
+echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
+echo "root:x:0:" >"$stage/etc/group"
+
+mkdir -p "$(dirname "$out")"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$out.tmp"
+mv "$out.tmp" "$out"
+echo "initramfs: $out ($(du -h "$out" | cut -f1), $(find "$stage$moddir" -name '*.ko' | wc -l) modules)" >&2

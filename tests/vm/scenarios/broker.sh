@@ -1,0 +1,131 @@
+#!/bin/sh
+# broker.sh - the real-kernel test of modbroker: modbrokerd serves the
+# module tree of the running kernel; modbroker clients load real Debian
+# modules (with dependencies, by alias, by PCI modalias), a module whose init
+# fails (acpi-cpufreq: ENODEV under qemu), and bursts of 64 identical
+# requests, checking with the syscall trace and dmesg that each burst costs
+# exactly one finit_module per module.  Ends with the daemon killed and the
+# client's direct-load fallback.
+# needs: broker
+set -eu
+. /lib.sh
+
+N=${MB_BURST:-64}
+# Extra parameters for the mb_fail burst, e.g. MB_FAIL_PARAMS=delay_ms=3000 to
+# keep the load in flight longer than the clients take to start (mb_fail's
+# default is 300 ms; the broker remembers a failure for its failure window,
+# so clients arriving after the load ended must not cause a second call).
+FAIL_PARAMS=${MB_FAIL_PARAMS:-}
+
+step "start modbrokerd"
+rc=0; start_daemon || rc=$?
+check_eq "modbrokerd is listening on $SOCK" 0 "$rc"
+[ "$rc" = 0 ] || finish
+
+step "(a) dependency load: modbroker load vfat"
+trace_reset
+mb_run a load vfat
+check_eq "(a) exit 0" 0 "$MB_RC"
+check "(a) stdout has a 'vfat: ' line" grep -q '^vfat: ' "$MB_OUT"
+check "(a) vfat in /proc/modules" is_loaded vfat
+check "(a) dependency fat in /proc/modules" is_loaded fat
+check_eq "(a) 2 finit_module calls (fat, vfat)" 2 "$(finit_calls)"
+proc_modules '^v?fat '
+
+step "(a2) several dependencies: modbroker load btrfs"
+trace_reset
+mb_run a2 load btrfs
+check_eq "(a2) exit 0" 0 "$MB_RC"
+for m in btrfs libcrc32c xor raid6_pq zstd_compress; do
+	check "(a2) $m in /proc/modules" is_loaded $m
+done
+say "finit_module calls: $(finit_calls) (results: $(results_summary finit_module)); kernel-requested modprobes: $(cat /run/kernel-modprobe.log 2>/dev/null | wc -l)"
+proc_modules '^(btrfs|libcrc32c|xor|raid6_pq|zstd_compress|crc32c[_a-z]*|blake2b_generic) '
+
+step "(b) failing init: modbroker load acpi-cpufreq"
+trace_reset
+mb_run b load acpi-cpufreq
+check "(b) exit non-zero" test "$MB_RC" != 0
+check "(b) stderr mentions ENODEV" grep -q ENODEV "$MB_ERR"
+check_eq "(b) 1 finit_module call" 1 "$(finit_calls)"
+check_eq "(b) kernel returned -19" "-19" "$(finit_results)"
+check "(b) acpi_cpufreq not loaded" sh -c '! grep -q "^acpi_cpufreq " /proc/modules'
+
+step "(c) PCI modalias: e1000"
+alias=$(e1000_modalias) || alias=
+say "e1000 NIC modalias: $alias"
+check "(c) qemu's e1000 NIC present" test -n "$alias"
+mb_run c load "$alias"
+check_eq "(c) exit 0" 0 "$MB_RC"
+check "(c) e1000 in /proc/modules" is_loaded e1000
+
+step "(d) burst: $N x modbroker load mb_fail${FAIL_PARAMS:+ $FAIL_PARAMS}"
+trace_reset; kmsg_mark
+burst "$N" /tmp/bd modbroker load mb_fail $FAIL_PARAMS
+say "client $(exec_span /modbroker); finit_module: $(finit_span)"
+say "finit_module results: $(results_summary finit_module)"
+kmsg_show_since 'mb_fail'
+say "overlap: $(burst_overlapped /modbroker || true)"
+check_eq "(d) exactly 1 finit_module call" 1 "$(finit_calls)"
+check_eq "(d) no init_module calls" 0 "$(init_module_calls)"
+check_eq "(d) exactly 1 'mb_fail: init attempt' in dmesg" 1 "$(kmsg_since 'mb_fail: init attempt')"
+check_eq "(d) all $N clients exited non-zero" "$N" "$(burst_rc_count /tmp/bd nonzero)"
+check_eq "(d) all $N clients' stderr mention ENODEV" "$N" "$(burst_err_count /tmp/bd ENODEV)"
+say "client 1 stderr: $(cat /tmp/bd/err.1)"
+say "client $N stdout: $(cat /tmp/bd/out.$N)"
+check "(d) mb_fail not loaded" sh -c '! grep -q "^mb_fail " /proc/modules'
+
+step "(e) burst: $N x modbroker load mb_user (depends on mb_base)"
+trace_reset; kmsg_mark
+burst "$N" /tmp/be modbroker load mb_user
+say "client $(exec_span /modbroker); finit_module: $(finit_span)"
+say "finit_module results: $(results_summary finit_module)"
+kmsg_show_since 'mb_(base|user)'
+check_eq "(e) exactly 2 finit_module calls" 2 "$(finit_calls)"
+check_eq "(e) exactly 1 'mb_base: init'" 1 "$(kmsg_since 'mb_base: init')"
+check_eq "(e) exactly 1 'mb_user: init'" 1 "$(kmsg_since 'mb_user: init')"
+check_eq "(e) all $N clients exited 0" "$N" "$(burst_rc_count /tmp/be 0)"
+check "(e) mb_base loaded" is_loaded mb_base
+check "(e) mb_user loaded" is_loaded mb_user
+proc_modules '^mb_(base|user) '
+
+step "(f) alias: modbroker load mbtest:ok"
+trace_reset; kmsg_mark
+mb_run f load mbtest:ok
+check_eq "(f) exit 0" 0 "$MB_RC"
+check "(f) mb_ok in /proc/modules" is_loaded mb_ok
+check_eq "(f) 1 finit_module call" 1 "$(finit_calls)"
+
+step "(g) no match: modbroker load no-such-alias:xyz"
+trace_reset
+mb_run g load no-such-alias:xyz
+check_eq "(g) exit 0 (no match is normal)" 0 "$MB_RC"
+check_eq "(g) no finit_module call" 0 "$(finit_calls)"
+
+step "(h) modbroker status --json"
+mb_run h status --json
+check_eq "(h) exit 0" 0 "$MB_RC"
+for field in requests merged load_calls failures in_flight; do
+	check "(h) status has \"$field\"" grep -q "\"$field\"" "$MB_OUT"
+done
+req=$(json_num "$MB_OUT" requests); merged=$(json_num "$MB_OUT" merged)
+say "requests=$req merged=$merged load_calls=$(json_num "$MB_OUT" load_calls) failed_loads=$(json_num "$MB_OUT" failed_loads)"
+check "(h) requests >= $((2 * N)) (two bursts)" test "${req:-0}" -ge $((2 * N))
+check "(h) nothing in flight" grep -Eq '"in_flight": *(\[\]|0)' "$MB_OUT"
+check "(h) daemon still running" daemon_alive
+
+step "(i) fallback: daemon stopped, modbroker load mb_ok2"
+stop_daemon
+say "daemon log (tail):"; show_daemon_log 30
+check "(i) daemon gone" sh -c "! kill -0 $DAEMON_PID 2>/dev/null"
+mb_run i1 load --no-fallback mbtest:ok2
+check "(i) --no-fallback exits non-zero" test "$MB_RC" != 0
+check "(i) --no-fallback did not load mb_ok2" sh -c '! grep -q "^mb_ok2 " /proc/modules'
+trace_reset
+mb_run i2 load mb_ok2
+check_eq "(i) exit 0" 0 "$MB_RC"
+check "(i) stderr says daemon unreachable" grep -q 'daemon unreachable' "$MB_ERR"
+check "(i) mb_ok2 in /proc/modules" is_loaded mb_ok2
+check_eq "(i) 1 finit_module call" 1 "$(finit_calls)"
+
+finish
