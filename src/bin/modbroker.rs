@@ -1,7 +1,8 @@
 //! `modbroker`: the client and admin CLI. Exec'd by udev once per uevent, so it stays small and
 //! synchronous. Asks the daemon; when no daemon answers, loads directly (unless `--no-fallback`).
 //!
-//! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued;
+//! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued
+//! (with `--udev` also blacklisted or ENODEV, as udev's builtin loader treats them);
 //! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
 //! the request (permission denied, malformed) or could not be talked to; 4 when the daemon is
 //! unreachable and `--no-fallback` was given.
@@ -50,6 +51,9 @@ enum Command {
         /// Fail instead of loading directly when the daemon is unreachable
         #[arg(long)]
         no_fallback: bool,
+        /// Exit status as udev's builtin kmod: blacklisted and ENODEV are not errors either
+        #[arg(long)]
+        udev: bool,
         /// Module name or modalias
         target: String,
         /// Module parameters, NAME=VALUE
@@ -82,9 +86,11 @@ fn main() -> ExitCode {
             timeout,
             retry,
             no_fallback,
+            udev,
             target,
             params,
         } => {
+            let mode = if udev { Mode::Udev } else { Mode::Strict };
             let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.001)));
             let request = Request::Load(LoadRequest {
                 targets: vec![target.clone()],
@@ -96,12 +102,12 @@ fn main() -> ExitCode {
             // Give the daemon a little longer than its own timeout, so its timed-out reply arrives.
             let wait = timeout.map(|t| t + Duration::from_secs(1));
             match client::call(&socket, &request, wait) {
-                Ok(reply) => report_results(reply),
+                Ok(reply) => report_results(reply, mode),
                 Err(err @ ClientError::Unreachable { .. }) if !no_fallback => {
                     eprintln!("modbroker: {err}: loading {target} directly, without merging");
                     let module_dir = cli.module_dir.unwrap_or_else(running_module_dir);
                     let result = load_direct(&SysKernel::default(), &module_dir, &target, &params);
-                    exit_for(&[result])
+                    exit_for(&[result], mode)
                 }
                 Err(err @ ClientError::Unreachable { .. }) => {
                     eprintln!("modbroker: {err}");
@@ -151,7 +157,26 @@ fn call_or_report(socket: &std::path::Path, request: &Request) -> Result<Reply, 
     }
 }
 
-fn report_results(reply: Reply) -> ExitCode {
+/// Which outcomes count as success for the exit status.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// loaded, already-loaded, builtin, no-match, queued.
+    Strict,
+    /// Also blacklisted and ENODEV, as udev's builtin `kmod load` treats them.
+    Udev,
+}
+
+impl Mode {
+    fn accepts(self, r: &TargetResult) -> bool {
+        let nodev = r.failure.as_ref().and_then(|f| f.errno) == Some(libc::ENODEV);
+        r.outcome.is_success()
+            || (self == Mode::Udev
+                && (r.outcome == OutcomeKind::Blacklisted
+                    || (r.outcome == OutcomeKind::Failed && nodev)))
+    }
+}
+
+fn report_results(reply: Reply, mode: Mode) -> ExitCode {
     if let Some(error) = reply.error {
         eprintln!(
             "modbroker: daemon refused: {} ({})",
@@ -159,14 +184,14 @@ fn report_results(reply: Reply) -> ExitCode {
         );
         return ExitCode::from(EXIT_REFUSED);
     }
-    exit_for(&reply.results.unwrap_or_default())
+    exit_for(&reply.results.unwrap_or_default(), mode)
 }
 
-fn exit_for(results: &[TargetResult]) -> ExitCode {
+fn exit_for(results: &[TargetResult], mode: Mode) -> ExitCode {
     for result in results {
         print_result(result);
     }
-    if results.iter().all(|r| r.outcome.is_success()) {
+    if results.iter().all(|r| mode.accepts(r)) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
