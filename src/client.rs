@@ -72,16 +72,18 @@ pub fn call(
     stream
         .set_read_timeout(timeout)
         .map_err(|e| failed(e.to_string()))?;
-    stream
-        .write_all(request.encode().as_bytes())
-        .map_err(unreachable)?;
+    // A daemon that refuses us may answer and close before reading our request; its reply is
+    // still readable after our write fails, and it (not the write error) decides.
+    let written = stream.write_all(request.encode().as_bytes());
     let mut line = String::new();
     let read = BufReader::new(stream.take(MAX_REPLY)).read_line(&mut line);
     match read {
-        Ok(0) => Err(unreachable(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "daemon closed the connection without replying",
-        ))),
+        Ok(0) => Err(unreachable(written.err().unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "daemon closed the connection without replying",
+            )
+        }))),
         Ok(_) => serde_json::from_str(&line).map_err(|e| failed(format!("unreadable reply: {e}"))),
         Err(e)
             if matches!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
@@ -176,12 +176,8 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
-        if let Err(denied) = self.check_peer(read.as_ref()) {
-            let _ = write
-                .write_all(Reply::error(&denied).encode().as_bytes())
-                .await;
-            return;
-        }
+        // A refused peer still gets exactly one (permission-denied) reply per request line.
+        let denied = self.check_peer(read.as_ref()).err();
         let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_FRAME));
         loop {
             let next = tokio::select! {
@@ -190,7 +186,16 @@ impl Connection {
             };
             let (reply, last) = match next {
                 None => return,
-                Some(Ok(line)) => (self.answer(&line).await, false),
+                Some(Ok(line)) => match &denied {
+                    Some(denied) => (Reply::error(denied), false),
+                    None => match self
+                        .answer_unless_gone(&line, lines.get_ref().as_ref())
+                        .await
+                    {
+                        Some(reply) => (reply, false),
+                        None => return,
+                    },
+                },
                 Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
                     (Reply::error(&ProtocolError::FrameTooLarge), true)
                 }
@@ -204,6 +209,23 @@ impl Connection {
                 return;
             }
         }
+    }
+
+    /// Answers `line`, unless the peer hangs up first: then its wait is dropped (the loads it
+    /// asked for go on; they are spawned tasks) so `status` does not count it as a waiter.
+    async fn answer_unless_gone(&self, line: &str, stream: &UnixStream) -> Option<Reply> {
+        let answer = self.answer(line);
+        tokio::pin!(answer);
+        tokio::select! {
+            reply = &mut answer => return Some(reply),
+            gone = peer_hung_up(stream) => if gone {
+                debug!("client hung up before its reply");
+                return None;
+            },
+        }
+        // More data, or a half-close (`socat` shuts down its writing side and waits): the
+        // client still wants its reply.
+        Some(answer.await)
     }
 
     async fn answer(&self, line: &str) -> Reply {
@@ -238,6 +260,26 @@ impl Connection {
             "uid {} is not allowed to use modbroker",
             cred.uid()
         )))
+    }
+}
+
+/// Waits until the socket has news; true if the peer closed the connection completely. A half
+/// close (shutdown of the peer's writing side) also wakes the read side, but only a full close
+/// raises `POLLHUP`, so ask poll(2) which one it was.
+async fn peer_hung_up(stream: &UnixStream) -> bool {
+    match stream.ready(Interest::READABLE).await {
+        Err(_) => true,
+        Ok(ready) if ready.is_read_closed() => {
+            let mut fds = [libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd for an open descriptor; timeout 0 never blocks.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+            rc > 0 && fds[0].revents & libc::POLLHUP != 0
+        }
+        Ok(_) => false,
     }
 }
 

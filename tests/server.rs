@@ -1,0 +1,425 @@
+//! The server over a real Unix socket, with a fake kernel behind it: framing and bad input, peer
+//! credentials, disconnects, socket binding rules, and the `modbroker` client binary's exit
+//! statuses and messages.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::protocol::{OutcomeKind, Reply, MAX_FRAME};
+use modbroker::server::{self, AccessPolicy, ListenError};
+use modbroker::service::Service;
+use modbroker::testing::{node, FakeKernel, FixedResolver};
+use nix::errno::Errno;
+use tokio_util::sync::CancellationToken;
+
+/// A server on a socket in a temp dir, running on its own runtime thread.
+struct TestServer {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    kernel: Arc<FakeKernel>,
+    service: Service,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    fn start(access: AccessPolicy) -> Self {
+        let kernel = FakeKernel::new();
+        kernel.fail("acpi_cpufreq", Errno::ENODEV);
+        let resolver = FixedResolver::new()
+            .with_module("mb_ok", node("mb_ok", vec![]))
+            .with_module("held", node("held", vec![]))
+            .with_module("acpi-cpufreq", node("acpi_cpufreq", vec![]))
+            .with_module("e1000", node("e1000", vec![]));
+        let service = Service::new(
+            Arc::new(resolver),
+            Broker::new(kernel.clone(), BrokerSettings::default()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Other users must reach the socket for the credential tests.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("modbroker.sock");
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (socket, service, shutdown) = (socket.clone(), service.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = server::bind_socket(&socket).unwrap();
+                    ready_tx.send(()).unwrap();
+                    server::run(listener, service, access, shutdown).await;
+                });
+            })
+        };
+        ready_rx.recv().expect("server started");
+        TestServer {
+            _dir: dir,
+            socket,
+            kernel,
+            service,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let stream = UnixStream::connect(&self.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    }
+
+    fn client(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends raw bytes and reads one reply line (None on EOF).
+fn exchange(stream: &mut UnixStream, bytes: &[u8]) -> Option<Reply> {
+    stream.write_all(bytes).unwrap();
+    read_reply(stream)
+}
+
+fn read_reply(stream: &mut UnixStream) -> Option<Reply> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream);
+    match reader.read_line(&mut line).unwrap() {
+        0 => None,
+        _ => {
+            Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}")))
+        }
+    }
+}
+
+fn error_kind(reply: &Reply) -> &str {
+    assert!(!reply.ok);
+    &reply.error.as_ref().expect("error body").kind
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_lines_get_error_replies_and_the_connection_goes_on() {
+    let server = TestServer::start(AccessPolicy::default());
+    let mut conn = server.connect();
+    for (line, kind) in [
+        (&b"hello\n"[..], "malformed"),
+        (
+            br#"{"v":9,"op":"status"}"#.as_slice(),
+            "unsupported-version",
+        ),
+        (
+            br#"{"v":1,"op":"rmmod","targets":["x"]}"#.as_slice(),
+            "unknown-op",
+        ),
+        (
+            br#"{"v":1,"op":"load","targets":[]}"#.as_slice(),
+            "invalid-request",
+        ),
+        (
+            br#"{"v":1,"op":"load","targets":"e1000"}"#.as_slice(),
+            "malformed",
+        ),
+    ] {
+        let mut bytes = line.to_vec();
+        if !bytes.ends_with(b"\n") {
+            bytes.push(b'\n');
+        }
+        let reply = exchange(&mut conn, &bytes).expect("a reply");
+        assert_eq!(
+            error_kind(&reply),
+            kind,
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    let reply = exchange(&mut conn, b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    assert!(reply.ok && reply.status.is_some());
+}
+
+#[test]
+fn oversized_frame_is_refused_and_the_connection_closed() {
+    let server = TestServer::start(AccessPolicy::default());
+    let mut conn = server.connect();
+    // No newline at all: the server must answer without buffering the endless line.
+    let reply = exchange(&mut conn, &vec![b'x'; MAX_FRAME + 100]).expect("a reply");
+    assert_eq!(error_kind(&reply), "frame-too-large");
+    assert!(read_reply(&mut conn).is_none(), "connection closed");
+    // Other clients are still served.
+    let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    assert!(reply.ok);
+}
+
+#[test]
+fn invalid_utf8_is_refused() {
+    let server = TestServer::start(AccessPolicy::default());
+    let mut conn = server.connect();
+    let reply = exchange(
+        &mut conn,
+        b"{\"v\":1,\"op\":\"load\",\"targets\":[\"\xff\xfe\"]}\n",
+    )
+    .unwrap();
+    assert_eq!(error_kind(&reply), "malformed");
+}
+
+#[test]
+fn every_target_of_a_request_gets_one_result_in_order() {
+    let server = TestServer::start(AccessPolicy::default());
+    let request = br#"{"v":1,"op":"load","targets":["e1000","acpi-cpufreq","nothing:here","a/b"]}"#;
+    let reply = exchange(&mut server.connect(), &[&request[..], b"\n"].concat()).unwrap();
+    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            OutcomeKind::Loaded,
+            OutcomeKind::Failed,
+            OutcomeKind::NoMatch,
+            OutcomeKind::Invalid
+        ]
+    );
+}
+
+#[test]
+fn disconnecting_client_does_not_cancel_the_load() {
+    let server = TestServer::start(AccessPolicy::default());
+    server.kernel.hold("held");
+    let mut first = server.connect();
+    first
+        .write_all(b"{\"v\":1,\"op\":\"load\",\"targets\":[\"held\"]}\n")
+        .unwrap();
+    server.kernel.wait_for_calls("held", 1);
+    drop(first);
+    let waiters = || {
+        server
+            .service
+            .broker()
+            .in_flight()
+            .first()
+            .map(|f| f.waiters)
+    };
+    // The server notices the disconnect: nobody waits, yet the load stays in flight.
+    while waiters() != Some(0) {
+        std::thread::yield_now();
+    }
+
+    let waiter = {
+        let mut second = server.connect();
+        std::thread::spawn(move || {
+            exchange(
+                &mut second,
+                b"{\"v\":1,\"op\":\"load\",\"targets\":[\"held\"]}\n",
+            )
+        })
+    };
+    // The second request is merged into the first one's load, which is still in flight.
+    while waiters() != Some(1) {
+        std::thread::yield_now();
+    }
+    server.kernel.release("held");
+    let reply = waiter.join().unwrap().unwrap();
+    let result = &reply.results.unwrap()[0];
+    assert_eq!(result.outcome, OutcomeKind::Loaded);
+    assert!(result.merged);
+    assert_eq!(server.kernel.calls("held"), 1);
+    assert_eq!(server.service.broker().in_flight_count(), 0);
+}
+
+fn as_nobody(cmd: &mut Command, gid: u32) -> Output {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "credential tests must run as root (make test does)"
+    );
+    cmd.uid(65534).gid(gid).output().unwrap()
+}
+
+#[test]
+fn unprivileged_peer_is_refused_and_nothing_loads() {
+    let server = TestServer::start(AccessPolicy::default());
+    // Let the file mode pass everyone, so that the daemon's own check is what refuses.
+    std::fs::set_permissions(&server.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(
+        server
+            .client(&["load", "mb_ok"])
+            .env_remove("MODBROKER_SOCKET"),
+        65534,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("directly"),
+        "a refusal never falls back"
+    );
+    assert!(server.kernel.call_log().is_empty());
+}
+
+#[test]
+fn allowed_group_is_served() {
+    let access = AccessPolicy {
+        uids: vec![],
+        gids: vec![4242],
+    };
+    let server = TestServer::start(access);
+    std::fs::set_permissions(&server.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(&mut server.client(&["load", "mb_ok"]), 4242);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(server.kernel.calls("mb_ok"), 1);
+}
+
+#[test]
+fn client_exit_status_and_failure_line() {
+    let server = TestServer::start(AccessPolicy::default());
+    let out = server.client(&["load", "acpi-cpufreq"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line per failure: {err}");
+    assert!(
+        err.contains("module acpi_cpufreq: ENODEV (errno 19)"),
+        "{err}"
+    );
+
+    let out = server
+        .client(&["load", "--udev", "acpi-cpufreq"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "ENODEV is normal for udev");
+
+    let out = server
+        .client(&["load", "pci:v0000FFFFd00000000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "no-match is success");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+
+    let out = server
+        .client(&["load", "mb_ok", "x=$(reboot)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid parameter"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = server.client(&["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["failed_loads"], 1);
+    assert_eq!(status["failures"][0]["error"], "ENODEV");
+}
+
+#[test]
+fn client_falls_back_when_no_daemon_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let module_dir = dir.path().join("modules");
+    std::fs::create_dir(&module_dir).unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_modbroker"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--module-dir")
+            .arg(&module_dir)
+            .arg("load")
+            .args(extra)
+            .arg("pci:v0000FFFFd00000000")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("daemon unreachable"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+
+    let out = run(&["--no-fallback"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+}
+
+#[test]
+fn socket_binding_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+
+    // A stale socket file (nobody listening) is replaced, and the new one is 0600.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let live = server::bind_socket(&path).expect("stale socket replaced");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // A live one is never stolen.
+    assert!(matches!(
+        server::bind_socket(&path),
+        Err(ListenError::InUse(_))
+    ));
+    drop(live);
+
+    // A regular file is never removed.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep").unwrap();
+    assert!(matches!(
+        server::bind_socket(&file),
+        Err(ListenError::NotASocket(_))
+    ));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}
+
+#[test]
+fn idle_client_does_not_block_others() {
+    let server = TestServer::start(AccessPolicy::default());
+    let _idle = server.connect();
+    let mut partial = server.connect();
+    partial.write_all(b"{\"v\":1,\"op\":").unwrap();
+    let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    assert!(reply.ok);
+}
+
+#[test]
+fn half_closed_client_still_gets_its_reply() {
+    // `socat` and `nc -N` shut down their writing side after the request and wait for the reply.
+    let server = TestServer::start(AccessPolicy::default());
+    server.kernel.hold("held");
+    let mut conn = server.connect();
+    conn.write_all(b"{\"v\":1,\"op\":\"load\",\"targets\":[\"held\"]}\n")
+        .unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    server.kernel.wait_for_calls("held", 1);
+    server.kernel.release("held");
+    let reply = read_reply(&mut conn).expect("reply after half-close");
+    assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
+}
