@@ -1,0 +1,72 @@
+# modbroker — build, test, demo, install.
+#
+#   make test      install missing prerequisites, then every test: fmt, clippy, cargo test,
+#                  and the real-kernel tests in a qemu VM (tests/vm)
+#   make demo      install missing prerequisites, build, boot the VM and show the broker
+#                  merging a burst of same-name requests on a real kernel
+#   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
+#   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+UDEVDIR    ?= $(PREFIX)/lib/udev/rules.d
+DOCDIR     ?= $(PREFIX)/share/doc/modbroker
+CARGO      ?= cargo
+# VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
+VM_TESTS   ?= selftest broker
+
+RELEASE_BINS = target/release/modbrokerd target/release/modbroker
+
+.PHONY: all build deps test lint unit-test vm-test demo install uninstall bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+deps:
+	tools/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit-test:
+	$(CARGO) test --locked
+
+vm-test: build
+	tests/vm/run-all.sh $(VM_TESTS)
+
+test: deps lint unit-test vm-test
+
+demo: deps build
+	tests/vm/run.sh demo
+
+bench: deps build
+	$(CARGO) bench --locked
+	tests/vm/bench.sh
+
+install: build
+	install -D -m 0755 target/release/modbrokerd $(DESTDIR)$(BINDIR)/modbrokerd
+	install -D -m 0755 target/release/modbroker $(DESTDIR)$(BINDIR)/modbroker
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
+	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker.service > $(DESTDIR)$(UNITDIR)/modbroker.service
+	install -m 0644 systemd/modbroker.socket $(DESTDIR)$(UNITDIR)/modbroker.socket
+	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-modbroker.rules > $(DESTDIR)$(UDEVDIR)/80-modbroker.rules
+	ln -sfn /dev/null $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	install -D -m 0644 config/modbroker.toml $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 docs/protocol.md $(DESTDIR)$(DOCDIR)/protocol.md
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
+	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket
+	rm -f $(DESTDIR)$(UDEVDIR)/80-modbroker.rules $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml"
+
+clean:
+	$(CARGO) clean
+	rm -rf build

@@ -1,0 +1,187 @@
+//! The real `modbrokerd` binary on this host, against Debian's real module tree: start-up by
+//! binding and by systemd socket activation, resolution through libkmod, refusal to steal a live
+//! socket, and orderly exit on SIGTERM. (This host cannot load modules; loading is proven in the
+//! VM test, tests/vm.)
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian's module tree (package linux-image-amd64; `make test` installs it).
+fn debian_tree() -> PathBuf {
+    let mut trees: Vec<PathBuf> = std::fs::read_dir("/lib/modules")
+        .expect("/lib/modules missing: install linux-image-amd64")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("kernel").is_dir() && p.join("modules.dep.bin").is_file())
+        .collect();
+    trees.sort();
+    trees
+        .pop()
+        .expect("no module tree under /lib/modules: install linux-image-amd64")
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(mut cmd: Command, socket: PathBuf) -> Self {
+        let child = cmd.stderr(Stdio::piped()).spawn().expect("daemon starts");
+        let mut daemon = Daemon { child, socket };
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Polls (bounded) until the daemon answers `status`, failing early if it exited.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = self.child.stderr.take().map(std::io::read_to_string);
+                panic!("daemon exited early ({status}): {out:?}");
+            }
+            if client(&self.socket, &["status"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        let log = std::io::read_to_string(self.child.stderr.take().unwrap()).unwrap();
+        (status, log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn daemon_command(socket: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--module-dir")
+        .arg(debian_tree())
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/modbroker.toml"
+        ));
+    cmd
+}
+
+fn client(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_modbroker"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn bound_daemon_resolves_with_libkmod_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    let daemon = Daemon::spawn(daemon_command(&socket), socket.clone());
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let out = client(&socket, &["resolve", "vfat"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let fat = shown.find(" fat ").expect("fat is a dependency of vfat");
+    let vfat = shown.find(" vfat ").expect("vfat itself");
+    assert!(fat < vfat, "dependencies first: {shown}");
+
+    let out = client(
+        &socket,
+        &[
+            "load",
+            "--no-fallback",
+            "pci:v0000FFFFd0000FFFFsv0sd0bc0sc0i0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "no-match is success: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("no-match"));
+
+    let out = client(&socket, &["load", "--no-fallback", "../../tmp/evil"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not paths"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A second daemon must not steal the live socket.
+    let second = daemon_command(&socket).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("in use"),
+        "{}",
+        text(&second.stderr)
+    );
+
+    let (status, _log) = daemon.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+    assert!(!socket.exists(), "the daemon removes the socket it bound");
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let daemon = Daemon::spawn(daemon_command(&socket), socket.clone());
+    assert!(client(&socket, &["status"]).status.success());
+    drop(daemon);
+}
+
+#[test]
+fn socket_activation_by_systemd() {
+    let activate = Path::new("/usr/bin/systemd-socket-activate");
+    assert!(
+        activate.exists(),
+        "systemd-socket-activate missing: install the systemd package"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let unused = dir.path().join("never-bound.sock");
+    let mut cmd = Command::new(activate);
+    // systemd-socket-activate listens, then execs the daemon on the first connection with
+    // LISTEN_FDS=1; the daemon's own --socket must then stay unused.
+    cmd.arg("--listen")
+        .arg(&socket)
+        .arg(env!("CARGO_BIN_EXE_modbrokerd"))
+        .arg("--socket")
+        .arg(&unused)
+        .arg("--module-dir")
+        .arg(debian_tree());
+    let daemon = Daemon::spawn(cmd, socket.clone());
+    let out = client(&socket, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["requests"].as_u64().unwrap() >= 1);
+    assert!(!unused.exists(), "an activated daemon binds nothing itself");
+    drop(daemon);
+}

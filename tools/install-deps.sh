@@ -1,0 +1,33 @@
+#!/bin/bash
+# install-deps.sh - install what building and testing modbroker needs, on Debian (12 or later),
+# skipping packages that are already there. Used by `make test` and `make demo`.
+#
+# Build: libkmod-dev (libkmod), libclang-dev + clang (bindgen for kmod-sys), pkg-config.
+# VM test: qemu-system-x86, linux-image-amd64 (Debian's kernel and module tree),
+#   linux-headers-amd64 + gcc + make (test modules), busybox-static (the VM's userland),
+#   kmod (depmod/modprobe), cpio, udev (systemd-udevd for the coldplug test).
+# Daemon tests: systemd (systemd-socket-activate, systemd-analyze).
+set -eu
+
+packages="libkmod-dev libclang-dev clang pkg-config gcc make
+qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
+python3"
+
+missing=
+for p in $packages; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then
+	echo "install-deps: all packages present"
+	exit 0
+fi
+echo "install-deps: installing$missing"
+if [ "$(id -u)" != 0 ]; then
+	SUDO=sudo
+else
+	SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $missing
