@@ -8,15 +8,18 @@
 //!
 //! Every method here blocks; async callers run them on tokio's blocking pool.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::errno::Errno;
-use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::kmod::{finit_module, init_module, ModuleInitFlags};
 
+use crate::module_file::{
+    decompress, kernel_compression, Compression, MODULE_INIT_COMPRESSED_FILE,
+};
 use crate::plan::{LoadMethod, ModuleNode};
 use crate::protocol::Failure;
 
@@ -53,13 +56,43 @@ pub trait Kernel: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct SysKernel {
     sys_module: PathBuf,
+    /// The format the kernel decompresses itself (`/sys/module/compression`), read once.
+    kernel_compression: Option<String>,
 }
 
 impl Default for SysKernel {
     fn default() -> Self {
+        SysKernel::with_sysfs(PathBuf::from("/sys/module"))
+    }
+}
+
+impl SysKernel {
+    /// A kernel whose `/sys/module` is at `sys_module` (tests point it at a fixture).
+    pub fn with_sysfs(sys_module: PathBuf) -> Self {
+        let kernel_compression = kernel_compression(&sys_module);
         SysKernel {
-            sys_module: PathBuf::from("/sys/module"),
+            sys_module,
+            kernel_compression,
         }
+    }
+
+    fn insert_compressed(
+        &self,
+        path: &Path,
+        compression: Compression,
+        options: &CStr,
+    ) -> Result<(), Errno> {
+        if self.kernel_compression.as_deref() == Some(compression.sysfs_name()) {
+            let file = File::open(path).map_err(|e| io_errno(&e))?;
+            let flags = ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE);
+            return finit_module(&file, options, flags);
+        }
+        let image = decompress(path, compression).map_err(|e| match e.raw_os_error() {
+            Some(raw) => Errno::from_raw(raw),
+            // Corrupt or truncated compressed data: not a loadable module.
+            None => Errno::ENOEXEC,
+        })?;
+        init_module(&image, options)
     }
 }
 
@@ -76,9 +109,12 @@ impl Kernel for SysKernel {
     }
 
     fn load_file(&self, _name: &str, path: &Path, options: &str) -> Result<(), Errno> {
-        let file = File::open(path).map_err(|e| io_errno(&e))?;
         // Options were validated (no NUL can reach here), but fail cleanly rather than panic.
         let options = CString::new(options).map_err(|_| Errno::EINVAL)?;
+        if let Some(compression) = Compression::of(path) {
+            return self.insert_compressed(path, compression, &options);
+        }
+        let file = File::open(path).map_err(|e| io_errno(&e))?;
         finit_module(&file, &options, ModuleInitFlags::empty())
     }
 
@@ -209,5 +245,74 @@ pub fn join_options(configured: &str, requested: &str) -> String {
         (_, true) => configured.to_string(),
         (true, false) => requested.to_string(),
         (false, false) => format!("{configured} {requested}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel that answers every load with one errno and reports one state.
+    struct Scripted(Errno, ModuleState);
+
+    impl Kernel for Scripted {
+        fn state(&self, _name: &str) -> ModuleState {
+            self.1
+        }
+        fn load_file(&self, _: &str, _: &Path, _: &str) -> Result<(), Errno> {
+            Err(self.0)
+        }
+        fn run_install(&self, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn eexist_counts_as_loaded_only_when_live() {
+        let node = ModuleNode::file("m", "/x/m.ko");
+        let live = attempt_load(&Scripted(Errno::EEXIST, ModuleState::Live), &node, "");
+        assert_eq!(live, ModuleOutcome::AlreadyLoaded);
+        let going = attempt_load(&Scripted(Errno::EEXIST, ModuleState::Going), &node, "");
+        let ModuleOutcome::Failed(failure) = going else {
+            panic!("a module that is not live is a failure: {going:?}")
+        };
+        assert_eq!(failure.errno_name.as_deref(), Some("EEXIST"));
+        let nodev = attempt_load(&Scripted(Errno::ENODEV, ModuleState::Absent), &node, "");
+        assert_eq!(
+            nodev,
+            ModuleOutcome::Failed(errno_failure("m", Errno::ENODEV))
+        );
+    }
+
+    #[test]
+    fn install_commands_run_through_sh_with_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let command = format!(
+            "echo \"$MODPROBE_MODULE $CMDLINE_OPTS\" > {}",
+            out.display()
+        );
+        run_install_command("mb_ok", &command, "value=3 debug=1").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "mb_ok value=3 debug=1\n"
+        );
+        let refused = run_install_command("mb_ok", "/bin/false", "").unwrap_err();
+        assert!(refused.0.contains("failed"), "{}", refused.0);
+    }
+
+    #[test]
+    fn sysfs_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = SysKernel::with_sysfs(dir.path().to_path_buf());
+        std::fs::create_dir_all(dir.path().join("loaded")).unwrap();
+        std::fs::write(dir.path().join("loaded/initstate"), "live\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("coming")).unwrap();
+        std::fs::write(dir.path().join("coming/initstate"), "coming\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("builtin")).unwrap();
+        assert_eq!(kernel.state("loaded"), ModuleState::Live);
+        assert_eq!(kernel.state("coming"), ModuleState::Coming);
+        assert_eq!(kernel.state("builtin"), ModuleState::Builtin);
+        assert_eq!(kernel.state("absent"), ModuleState::Absent);
     }
 }
