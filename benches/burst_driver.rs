@@ -14,7 +14,7 @@
 //! name (`ENODEV`, `EEXIST`, `EBUSY`...). Output is one line:
 //!
 //! ```text
-//! MB-BENCH: burst mode=broker n=64 secs=0.412 first=0.405 outcomes=ENODEV:64
+//! MB-BENCH: burst mode=broker n=64 secs=0.412 first=0.405 median=0.41 daemon_min=0.39 daemon_max=0.40 outcomes=ENODEV:64
 //! ```
 //!
 //! Std threads and blocking sockets only: no async runtime.
@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request};
 use nix::errno::Errno;
 
-/// One prepared caller: makes its call when run and says what it was told.
-type Call = Box<dyn FnOnce() -> String + Send>;
+/// One prepared caller: makes its call when run and says what it was told, plus (broker mode)
+/// the daemon's own `elapsed_us` for the request.
+type Call = Box<dyn FnOnce() -> (String, Option<u64>) + Send>;
 
 fn usage() -> ExitCode {
     eprintln!("usage: mb-burst broker N SOCKET TARGET | mb-burst direct N MODULE.ko [PARAMS]");
@@ -55,15 +56,16 @@ fn raise_nofile(want: u64) {
     }
 }
 
-/// What the daemon told one caller.
-fn describe_reply(line: &str) -> String {
+/// What the daemon told one caller, and how long the daemon says it took.
+fn describe_reply(line: &str) -> (String, Option<u64>) {
     let Ok(reply) = serde_json::from_str::<Reply>(line) else {
-        return "unreadable-reply".into();
+        return ("unreadable-reply".into(), None);
     };
     if let Some(err) = reply.error {
-        return format!("error-{}", err.kind);
+        return (format!("error-{}", err.kind), None);
     }
-    match reply.results.as_ref().and_then(|r| r.first()) {
+    let first = reply.results.as_ref().and_then(|r| r.first());
+    let told = match first {
         Some(r) if r.outcome == OutcomeKind::Failed => r
             .failure
             .as_ref()
@@ -72,7 +74,8 @@ fn describe_reply(line: &str) -> String {
         Some(r) if r.outcome == OutcomeKind::Loaded => "success".into(),
         Some(r) => r.outcome.as_str().into(),
         None => "no-result".into(),
-    }
+    };
+    (told, first.map(|r| r.elapsed_us))
 }
 
 fn broker_call(socket: &str, target: &str) -> Call {
@@ -87,13 +90,13 @@ fn broker_call(socket: &str, target: &str) -> Call {
     .encode();
     Box::new(move || {
         if let Err(e) = stream.write_all(line.as_bytes()) {
-            return format!("write-error-{:?}", e.kind());
+            return (format!("write-error-{:?}", e.kind()), None);
         }
         let mut reply = String::new();
         match BufReader::new(&stream).read_line(&mut reply) {
-            Ok(0) => "closed-without-reply".into(),
+            Ok(0) => ("closed-without-reply".into(), None),
             Ok(_) => describe_reply(&reply),
-            Err(e) => format!("read-error-{:?}", e.kind()),
+            Err(e) => (format!("read-error-{:?}", e.kind()), None),
         }
     })
 }
@@ -111,17 +114,21 @@ fn direct_call(path: &str, params: &str) -> Call {
                 0 as libc::c_int,
             )
         };
-        if rc == 0 {
+        let told = if rc == 0 {
             "success".into()
         } else {
             format!("{:?}", Errno::last())
-        }
+        };
+        (told, None)
     })
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, n) = match (args.first(), args.get(1).and_then(|n| n.parse::<usize>().ok())) {
+    let (mode, n) = match (
+        args.first(),
+        args.get(1).and_then(|n| n.parse::<usize>().ok()),
+    ) {
         (Some(mode), Some(n)) if n > 0 => (mode.as_str(), n),
         _ => return usage(),
     };
@@ -164,19 +171,31 @@ fn main() -> ExitCode {
     let start = Instant::now();
     barrier.wait();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut first, mut last) = (Duration::MAX, Duration::ZERO);
+    let mut took = Vec::with_capacity(n);
+    let mut daemon_us = Vec::new();
     for t in threads {
-        let (done, outcome) = t.join().expect("caller thread");
-        let took = done.duration_since(start);
-        first = first.min(took);
-        last = last.max(took);
+        let (done, (outcome, elapsed_us)) = t.join().expect("caller thread");
+        took.push(done.duration_since(start).as_secs_f64());
+        daemon_us.extend(elapsed_us);
         *outcomes.entry(outcome).or_default() += 1;
     }
+    took.sort_by(f64::total_cmp);
+    daemon_us.sort_unstable();
     let tally: Vec<String> = outcomes.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    // The daemon's own view (request received to result ready), when it replied.
+    let daemon = match (daemon_us.first(), daemon_us.last()) {
+        (Some(lo), Some(hi)) => format!(
+            " daemon_min={:.3} daemon_max={:.3}",
+            *lo as f64 / 1e6,
+            *hi as f64 / 1e6
+        ),
+        _ => String::new(),
+    };
     println!(
-        "MB-BENCH: burst mode={mode} n={n} secs={:.3} first={:.3} outcomes={}",
-        last.as_secs_f64(),
-        first.as_secs_f64(),
+        "MB-BENCH: burst mode={mode} n={n} secs={:.3} first={:.3} median={:.3}{daemon} outcomes={}",
+        took[n - 1],
+        took[0],
+        took[n / 2],
         tally.join(",")
     );
     ExitCode::SUCCESS

@@ -100,7 +100,11 @@ fn fake_server(waiters: usize, rows: &mut Vec<[String; 4]>) {
         let mut reply = String::new();
         BufReader::new(s).read_line(&mut reply).expect("reply");
         let reply: Reply = serde_json::from_str(&reply).expect("reply json");
-        if reply.results.as_ref().and_then(|r| r.first()).map(|r| r.outcome)
+        if reply
+            .results
+            .as_ref()
+            .and_then(|r| r.first())
+            .map(|r| r.outcome)
             == Some(modbroker::protocol::OutcomeKind::Loaded)
         {
             loaded += 1;

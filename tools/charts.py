@@ -6,7 +6,7 @@ Usage:
   tools/charts.py coldplug COLDPLUG.csv OUT.svg
 
 burst: the CSV written by tests/vm/bench.sh (build/vm/bench/burst.csv), columns
-  n,mode,secs,first_secs,init_attempts,finit_calls,outcomes
+  n,mode,secs,first_secs,median_secs,daemon_max_secs,init_attempts,finit_calls,outcomes
   with mode "direct" or "broker". Chart: time until every caller answered vs N
   (log-scale N), one line per mode, the single load (direct, N=1) as a dashed line,
   init attempts written next to each point.
@@ -20,10 +20,17 @@ coldplug: columns
 
 import csv
 import math
+import os
 import sys
 from xml.sax.saxutils import escape
 
 COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+# The broker is always blue, the thing it is compared with always red.
+FIXED = {"broker": "#1f77b4", "direct": "#d62728", "builtin": "#d62728"}
+
+
+def color_for(mode, i):
+    return FIXED.get(mode, COLORS[(i + 2) % len(COLORS)])
 FONT = 'font-family="sans-serif"'
 
 
@@ -108,7 +115,7 @@ class Panel:
         py = self.py(y)
         return [
             f'<line x1="{self.x0}" y1="{py:.1f}" x2="{self.x0 + self.w}" y2="{py:.1f}" stroke="{color}" stroke-dasharray="6 4"/>',
-            f'<text x="{self.x0 + 6}" y="{py - 5:.1f}" font-size="10" fill="{color}" {FONT}>{escape(text)}</text>',
+            f'<text x="{self.x0 + self.w - 6}" y="{py + 14:.1f}" text-anchor="end" font-size="10" fill="{color}" {FONT}>{escape(text)}</text>',
         ]
 
 
@@ -146,7 +153,7 @@ def burst_chart(rows):
     names = {"direct": "direct finit_module (N threads)", "broker": "modbrokerd (N connections)"}
     entries = []
     for i, mode in enumerate(sorted(modes, key=lambda m: (m != "direct", m))):
-        color = COLORS[i % len(COLORS)]
+        color = color_for(mode, i)
         pts = sorted(modes[mode], key=lambda r: int(r["n"]))
         labels = [f'{r.get("init_attempts", "")} init' for r in pts]
         body += p.series([(int(r["n"]), float(r["secs"])) for r in pts], color, labels)
@@ -176,7 +183,7 @@ def coldplug_chart(rows):
                   "vCPUs" + (" (log scale)" if xlog else ""), ylabel)
         body += p.axes()
         for i, mode in enumerate(sorted(modes)):
-            color = COLORS[i % len(COLORS)]
+            color = color_for(mode, i)
             pts = sorted(modes[mode], key=lambda r: int(r["vcpus"]))
             body += p.series([(int(r["vcpus"]), float(r[key])) for r in pts], color)
             if j == 0:
@@ -195,6 +202,7 @@ def main(argv):
         sys.stderr.write(f"charts.py: no rows in {src}\n")
         return 1
     text = burst_chart(rows) if kind == "burst" else coldplug_chart(rows)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     with open(dst, "w") as f:
         f.write(text)
     print(f"charts.py: wrote {dst}", file=sys.stderr)

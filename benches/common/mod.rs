@@ -203,7 +203,8 @@ pub fn cpu_secs(pid: u32) -> f64 {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &text[text.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz
@@ -226,7 +227,7 @@ pub fn load_line(target: &str) -> String {
     .encode()
 }
 
-/// `nproc`, the CPU model and the kernel release, for the report header.
+/// `nproc`, the CPU model, the kernel release and the load average, for the report header.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -238,5 +239,12 @@ pub fn machine() -> String {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpus} CPUs, {model}, Linux {}", kernel.trim())
+    // Other work on the machine skews every number here; say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cpus} CPUs, {model}, Linux {}; load average at start {}",
+        kernel.trim(),
+        load.join(" ")
+    )
 }

@@ -33,7 +33,7 @@ need python3 python3
 	echo "- command: \`tests/vm/bench.sh $parts\`"
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "- commit: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-	echo "- host: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r)"
+	echo "- host: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- VM: qemu TCG, ${MB_VM_SMP:-4} vCPUs, ${MB_VM_MEM:-1024} MiB, guest kernel $KVER"
 	echo
 } >"$report"
@@ -71,17 +71,17 @@ kv() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 case " $vm_parts " in *" burst "*)
 	MB_VM_EXTRA_BINS="$target/release/mb-burst=/usr/bin/mb-burst" run_vm bench-burst
 	csv=$out/burst.csv
-	echo "n,mode,secs,first_secs,init_attempts,finit_calls,outcomes" >"$csv"
+	echo "n,mode,secs,first_secs,median_secs,daemon_max_secs,init_attempts,finit_calls,outcomes" >"$csv"
 	tr -d '\r' <"$MB_VM_WORK/bench-burst.log" | grep '^MB-BENCH: burst ' | while read -r line; do
-		echo "$(kv "$line" n),$(kv "$line" mode),$(kv "$line" secs),$(kv "$line" first),$(kv "$line" attempts),$(kv "$line" finit),\"$(kv "$line" outcomes)\""
+		echo "$(kv "$line" n),$(kv "$line" mode),$(kv "$line" secs),$(kv "$line" first),$(kv "$line" median),$(kv "$line" daemon_max),$(kv "$line" attempts),$(kv "$line" finit),\"$(kv "$line" outcomes)\""
 	done >>"$csv"
 	{
 		echo "## burst: N concurrent loads of mb_fail (init sleeps 300 ms, fails ENODEV)"
 		echo
-		echo "Time from release until every caller had its answer; init attempts = \"mb_fail: init attempt\" lines in dmesg; finit = traced finit_module syscalls. Single load = direct, N=1."
+		echo "Time from release until every caller had its answer (first / median caller in brackets); init attempts = \"mb_fail: init attempt\" lines in dmesg; finit = traced finit_module syscalls; daemon = longest \`elapsed_us\` in the replies (request read to result ready, inside modbrokerd). Single load = direct, N=1."
 		echo
-		echo "| N | direct: time | direct: init attempts | direct: finit | direct: callers told | broker: time | broker: init attempts | broker: finit | broker: callers told | broker / single load |"
-		echo "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |"
+		echo "| N | direct: time (first / median) | direct: init attempts | direct: finit | direct: callers told | broker: time (first / median) | broker: daemon | broker: init attempts | broker: finit | broker: callers told | broker / single load |"
+		echo "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"
 		python3 - "$csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -92,8 +92,10 @@ for n in sorted({int(r["n"]) for r in rows}):
     ratio = f'{float(b["secs"]) / single:.2f}x' if b and single else ""
     def cell(r, k, unit=""):
         return f'{r[k]}{unit}' if r else ""
-    print(f'| {n} | {cell(d,"secs"," s")} | {cell(d,"init_attempts")} | {cell(d,"finit_calls")} | {cell(d,"outcomes")} '
-          f'| {cell(b,"secs"," s")} | {cell(b,"init_attempts")} | {cell(b,"finit_calls")} | {cell(b,"outcomes")} | {ratio} |')
+    def time(r):
+        return f'{r["secs"]} s ({r["first_secs"]} / {r["median_secs"]})' if r else ""
+    print(f'| {n} | {time(d)} | {cell(d,"init_attempts")} | {cell(d,"finit_calls")} | {cell(d,"outcomes")} '
+          f'| {time(b)} | {cell(b,"daemon_max_secs"," s")} | {cell(b,"init_attempts")} | {cell(b,"finit_calls")} | {cell(b,"outcomes")} | {ratio} |')
 PY
 		echo
 		echo "Target: broker time within 1.1x of a single load at every N, one init attempt, every caller told the truth (ENODEV)."
