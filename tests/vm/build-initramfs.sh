@@ -9,7 +9,8 @@
 # their modules.dep dependencies and softdeps (as `modprobe -D` resolves them),
 # modules.builtin*, modules.order, and the test modules under extra/, indexed
 # by a real `depmod -b` run on the staging root.
-# Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR.
+# Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR,
+# MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries).
 set -eu
 . "$(dirname "$0")/common.sh"
 
@@ -57,6 +58,14 @@ copy_with_libs() { # SRC DEST_IN_IMAGE
 }
 [ -z "${MODBROKERD:-}" ] || copy_with_libs "$MODBROKERD" /usr/bin/modbrokerd
 [ -z "${MODBROKER:-}" ] || copy_with_libs "$MODBROKER" /usr/bin/modbroker
+# MB_VM_EXTRA_BINS: more binaries for the image, space separated, each SRC
+# (same path in the image) or SRC=DEST, copied with their libraries.
+for spec in ${MB_VM_EXTRA_BINS:-}; do
+	case $spec in
+	*=*) copy_with_libs "${spec%%=*}" "${spec#*=}" ;;
+	*) copy_with_libs "$spec" "$spec" ;;
+	esac
+done
 
 # --- module tree
 for f in modules.builtin modules.builtin.modinfo modules.order; do

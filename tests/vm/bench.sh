@@ -1,0 +1,142 @@
+#!/bin/bash
+# bench.sh - run modbroker's benchmarks and print their tables (markdown).
+#
+# Usage: tests/vm/bench.sh [host] [burst] [startup]     (default: all three)
+#   host     cargo bench --bench request_path and --bench memory (fake kernel,
+#            on this machine)
+#   burst    VM: N concurrent loads of mb_fail, direct finit_module vs
+#            modbrokerd, N in $MB_BENCH_NS (scenarios/bench-burst.sh)
+#   startup  VM: whole-process cost of `modbroker load` vs kmod and busybox
+#            modprobe of a loaded module (scenarios/bench-startup.sh)
+# Builds the release binaries with --features bench-tools (for mb-burst),
+# boots the VMs through run.sh, extracts the "MB-BENCH:" lines, writes CSVs
+# and the report to $MB_VM_WORK/bench/ (report.md holds every table plus the
+# command, machine and date) and the burst chart to docs/bench-burst.svg.
+# Reports numbers only: it fails when a run fails, never because of a time.
+# Env: CARGO_TARGET_DIR, MB_BENCH_NS, MB_BENCH_REPS, MB_VM_SMP, MB_VM_TIMEOUT
+# (default 1800 here), plus everything run.sh takes.
+set -eu
+. "$(dirname "$0")/common.sh"
+
+parts=${*:-host burst startup}
+target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+out=$MB_VM_WORK/bench
+mkdir -p "$out"
+report=$out/report.md
+export MB_VM_TIMEOUT=${MB_VM_TIMEOUT:-1800}
+
+need cargo cargo
+need python3 python3
+{
+	echo "# modbroker benchmarks"
+	echo
+	echo "- command: \`tests/vm/bench.sh $parts\`"
+	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "- commit: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+	echo "- host: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), Linux $(uname -r); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "- VM: qemu TCG, ${MB_VM_SMP:-4} vCPUs, ${MB_VM_MEM:-1024} MiB, guest kernel $KVER"
+	echo
+} >"$report"
+
+case " $parts " in *" host "*)
+	echo "== host benchmarks (cargo bench)" >&2
+	(cd "$REPO_ROOT" && cargo bench --bench request_path) | tee "$out/request_path.md"
+	(cd "$REPO_ROOT" && cargo bench --bench memory) | tee "$out/memory.md"
+	{ sed 's/^# /## /' "$out/request_path.md"; echo; sed 's/^# /## /' "$out/memory.md"; echo; } >>"$report"
+	;;
+esac
+
+vm_parts=
+case " $parts " in *" burst "*) vm_parts="$vm_parts burst" ;; esac
+case " $parts " in *" startup "*) vm_parts="$vm_parts startup" ;; esac
+if [ -n "$vm_parts" ]; then
+	echo "== building release binaries with mb-burst" >&2
+	(cd "$REPO_ROOT" && cargo build --release --features bench-tools --bins) >&2
+	export MODBROKERD=$target/release/modbrokerd MODBROKER=$target/release/modbroker
+fi
+
+# run_vm SCENARIO: boot it (console to $MB_VM_WORK/SCENARIO.log), fail loudly.
+run_vm() {
+	echo "== VM: $1 (console log $MB_VM_WORK/$1.log)" >&2
+	if ! "$REPO_ROOT/tests/vm/run.sh" "$1" >"$out/$1.run" 2>&1; then
+		tail -n 40 "$out/$1.run" >&2
+		die "VM scenario $1 failed (see $MB_VM_WORK/$1.log)"
+	fi
+	grep '^== ' "$out/$1.run" >&2 || true
+}
+
+# kv LINE KEY: the value of KEY=... in an MB-BENCH line.
+kv() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+case " $vm_parts " in *" burst "*)
+	MB_VM_EXTRA_BINS="$target/release/mb-burst=/usr/bin/mb-burst" run_vm bench-burst
+	csv=$out/burst.csv
+	echo "n,mode,secs,first_secs,median_secs,daemon_max_secs,init_attempts,finit_calls,outcomes" >"$csv"
+	tr -d '\r' <"$MB_VM_WORK/bench-burst.log" | grep '^MB-BENCH: burst ' | while read -r line; do
+		echo "$(kv "$line" n),$(kv "$line" mode),$(kv "$line" secs),$(kv "$line" first),$(kv "$line" median),$(kv "$line" daemon_max),$(kv "$line" attempts),$(kv "$line" finit),\"$(kv "$line" outcomes)\""
+	done >>"$csv"
+	{
+		echo "## burst: N concurrent loads of mb_fail (init sleeps 300 ms, fails ENODEV)"
+		echo
+		echo "Time from release until every caller had its answer (first / median caller in brackets); init attempts = \"mb_fail: init attempt\" lines in dmesg; finit = traced finit_module syscalls; daemon = longest \`elapsed_us\` in the replies (request read to result ready, inside modbrokerd). Single load = direct, N=1."
+		echo
+		echo "| N | direct: time (first / median) | direct: init attempts | direct: finit | direct: callers told | broker: time (first / median) | broker: daemon | broker: init attempts | broker: finit | broker: callers told | broker / single load |"
+		echo "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"
+		python3 - "$csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+by = {(r["mode"], int(r["n"])): r for r in rows}
+single = float(by[("direct", 1)]["secs"]) if ("direct", 1) in by else None
+for n in sorted({int(r["n"]) for r in rows}):
+    d, b = by.get(("direct", n), {}), by.get(("broker", n), {})
+    ratio = f'{float(b["secs"]) / single:.2f}x' if b and single else ""
+    def cell(r, k, unit=""):
+        return f'{r[k]}{unit}' if r else ""
+    def time(r):
+        return f'{r["secs"]} s ({r["first_secs"]} / {r["median_secs"]})' if r else ""
+    print(f'| {n} | {time(d)} | {cell(d,"init_attempts")} | {cell(d,"finit_calls")} | {cell(d,"outcomes")} '
+          f'| {time(b)} | {cell(b,"daemon_max_secs"," s")} | {cell(b,"init_attempts")} | {cell(b,"finit_calls")} | {cell(b,"outcomes")} | {ratio} |')
+PY
+		echo
+		echo "Target: broker time within 1.1x of a single load at every N, one init attempt, every caller told the truth (ENODEV)."
+		echo
+	} | tee -a "$report"
+	python3 "$REPO_ROOT/tools/charts.py" burst "$csv" "$REPO_ROOT/docs/bench-burst.svg" >&2
+	;;
+esac
+
+case " $vm_parts " in *" startup "*)
+	MB_VM_EXTRA_BINS="/usr/bin/kmod" run_vm bench-startup
+	csv=$out/startup.csv
+	echo "cmd,reps,secs,ms_per_call,failures" >"$csv"
+	tr -d '\r' <"$MB_VM_WORK/bench-startup.log" | grep '^MB-BENCH: startup ' | while read -r line; do
+		echo "$(kv "$line" cmd),$(kv "$line" reps),$(kv "$line" secs),$(kv "$line" ms_per_call),$(kv "$line" failures)"
+	done >>"$csv"
+	{
+		echo "## client start-up: whole process, module already loaded"
+		echo
+		echo "Each command run back to back ${MB_BENCH_REPS:-300} times from busybox sh, two rounds (second in reverse order); ms per call = wall time / calls (includes the shell's fork + exec)."
+		echo
+		echo "| command | round 1 ms/call | round 2 ms/call | failures |"
+		echo "| --- | ---: | ---: | ---: |"
+		python3 - "$csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+names = {"busybox-true": "`/bin/busybox true` (fork+exec floor)", "modbroker": "`modbroker load e1000`",
+         "kmod-modprobe": "`modprobe -q e1000` (kmod)", "busybox-modprobe": "`busybox modprobe -q e1000`"}
+order = []
+for r in rows:
+    if r["cmd"] not in order:
+        order.append(r["cmd"])
+for c in order:
+    rs = [r for r in rows if r["cmd"] == c]
+    ms = [r["ms_per_call"] for r in rs] + [""]
+    print(f'| {names.get(c, c)} | {ms[0]} | {ms[1]} | {sum(int(r["failures"]) for r in rs)} |')
+PY
+		echo
+		echo "Target: modbroker at most half of modprobe's time."
+		echo
+	} | tee -a "$report"
+	;;
+esac
+echo "== report: $report" >&2

@@ -1,0 +1,57 @@
+#!/bin/sh
+# bench-startup.sh - VM benchmark (run by tests/vm/bench.sh, not by
+# run-all.sh): cost of one whole client process asking for a module that is
+# already loaded, run back to back $MB_BENCH_REPS (default 300) times each:
+# `modbroker load e1000` (daemon running), kmod's `modprobe -q e1000`
+# (/usr/bin/kmod copied into the image via MB_VM_EXTRA_BINS, called through a
+# `modprobe` symlink), busybox `modprobe -q e1000`, and `/bin/busybox true`
+# (the floor: fork + exec of a static binary from this shell). Prints one
+# "MB-BENCH: startup ..." line per command. Passes if every command succeeded
+# every time; timings are reported, never judged.
+# needs: broker
+set -eu
+. /lib.sh
+
+REPS=${MB_BENCH_REPS:-300}
+MOD=${MB_BENCH_MODULE:-e1000}
+
+rc=0; start_daemon || rc=$?
+check_eq "daemon started" 0 "$rc"
+[ "$rc" = 0 ] || finish
+mb_run first load "$MOD"
+check_eq "$MOD loaded through the broker" 0 "$MB_RC"
+check "$MOD in /proc/modules" is_loaded "$MOD"
+
+mkdir -p /tmp/kmod-bin
+ln -sf /usr/bin/kmod /tmp/kmod-bin/modprobe
+check "kmod modprobe runs" /tmp/kmod-bin/modprobe -q "$MOD"
+
+# loop NAME CMD...: run CMD $REPS times back to back; print ms per call.
+loop() {
+	name=$1; shift
+	fails=0; i=0
+	t0=$(uptime_s)
+	while [ "$i" -lt "$REPS" ]; do
+		"$@" >/dev/null 2>&1 || fails=$((fails + 1))
+		i=$((i + 1))
+	done
+	t1=$(uptime_s)
+	ms=$(awk "BEGIN{printf \"%.2f\", ($t1 - $t0) * 1000 / $REPS}")
+	echo "MB-BENCH: startup cmd=$name reps=$REPS secs=$(elapsed "$t0" "$t1") ms_per_call=$ms failures=$fails"
+	check_eq "$name: no failures" 0 "$fails"
+}
+
+step "whole-process cost, $REPS calls each, $MOD already loaded"
+loop busybox-true /bin/busybox true
+loop modbroker modbroker load "$MOD"
+loop kmod-modprobe /tmp/kmod-bin/modprobe -q "$MOD"
+loop busybox-modprobe /bin/busybox modprobe -q "$MOD"
+# Second round in reverse order, so drift in the VM shows up.
+loop busybox-modprobe /bin/busybox modprobe -q "$MOD"
+loop kmod-modprobe /tmp/kmod-bin/modprobe -q "$MOD"
+loop modbroker modbroker load "$MOD"
+loop busybox-true /bin/busybox true
+mb_run status status
+stop_daemon
+
+finish
