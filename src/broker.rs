@@ -194,6 +194,11 @@ impl Broker {
         retry: bool,
         parent: Option<&str>,
     ) -> Step {
+        // In-flight loads and remembered failures first: in a burst almost every request ends
+        // here, without reading sysfs.
+        if let Some(step) = self.join_existing(&mut self.lock(), node, params, retry, parent) {
+            return step;
+        }
         let counters = &self.inner.counters;
         if let Some(outcome) = settled_outcome(self.inner.kernel.as_ref(), node) {
             counters.already_loaded.fetch_add(1, Ordering::Relaxed);
@@ -203,33 +208,9 @@ impl Broker {
             });
         }
         let mut map = self.lock();
-        if let Some(parent) = parent {
-            if waits_on(&map, &node.name, parent) {
-                debug!(module = %node.name, %parent, "dependency cycle: not waiting");
-                return Step::Done(ModuleAnswer {
-                    outcome: ModuleOutcome::AlreadyLoaded,
-                    merged: true,
-                });
-            }
-        }
-        if let Some(flight) = map.in_flight.get(&node.name) {
-            let load = flight.load.clone();
-            let same_params = flight.params == params;
-            // Recorded under this same lock, so two loads deciding to wait on each other at the
-            // same instant cannot both miss the cycle.
-            mark_waiting(&mut map, parent, Some(&node.name));
-            if !same_params {
-                return Step::AwaitThenRetry(load);
-            }
-            counters.merged.fetch_add(1, Ordering::Relaxed);
-            return Step::Await { load, merged: true };
-        }
-        if let Some(remembered) = self.remembered_failure(&map, &node.name, params, retry) {
-            counters.merged.fetch_add(1, Ordering::Relaxed);
-            return Step::Done(ModuleAnswer {
-                outcome: ModuleOutcome::Failed(remembered),
-                merged: true,
-            });
+        // Someone may have started the load while we read sysfs.
+        if let Some(step) = self.join_existing(&mut map, node, params, retry, parent) {
+            return step;
         }
         let load = self.spawn_load(node.clone(), params.to_string(), retry);
         mark_waiting(&mut map, parent, Some(&node.name));
@@ -247,6 +228,45 @@ impl Broker {
             load,
             merged: false,
         }
+    }
+
+    /// The step for a module already in flight (or remembered as failed), if it is.
+    fn join_existing(
+        &self,
+        map: &mut MergeMap,
+        node: &Arc<ModuleNode>,
+        params: &str,
+        retry: bool,
+        parent: Option<&str>,
+    ) -> Option<Step> {
+        let counters = &self.inner.counters;
+        if let Some(parent) = parent {
+            if waits_on(map, &node.name, parent) {
+                debug!(module = %node.name, %parent, "dependency cycle: not waiting");
+                return Some(Step::Done(ModuleAnswer {
+                    outcome: ModuleOutcome::AlreadyLoaded,
+                    merged: true,
+                }));
+            }
+        }
+        if let Some(flight) = map.in_flight.get(&node.name) {
+            let load = flight.load.clone();
+            let same_params = flight.params == params;
+            // Recorded under this same lock, so two loads deciding to wait on each other at the
+            // same instant cannot both miss the cycle.
+            mark_waiting(map, parent, Some(&node.name));
+            if !same_params {
+                return Some(Step::AwaitThenRetry(load));
+            }
+            counters.merged.fetch_add(1, Ordering::Relaxed);
+            return Some(Step::Await { load, merged: true });
+        }
+        let remembered = self.remembered_failure(map, &node.name, params, retry)?;
+        counters.merged.fetch_add(1, Ordering::Relaxed);
+        Some(Step::Done(ModuleAnswer {
+            outcome: ModuleOutcome::Failed(remembered),
+            merged: true,
+        }))
     }
 
     fn remembered_failure(

@@ -15,7 +15,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -530,7 +530,20 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct ResolverHandle {
     tx: mpsc::Sender<Request>,
+    /// Plans recently answered by the thread, served without a cross-thread round trip. During
+    /// coldplug every CPU sends the same modalias within milliseconds; one trip to the libkmod
+    /// thread per target and second is enough. Entries live [`FRONT_CACHE_TTL`], so an index
+    /// change (which the thread checks for at most once a second) shows within about 2 s.
+    front: Arc<Mutex<FrontCache>>,
 }
+
+/// Target → (when the thread answered, its plan).
+type FrontCache = HashMap<String, (Instant, Arc<Plan>)>;
+
+/// How long the handle's front cache serves a plan without asking the thread again.
+pub const FRONT_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Front cache entries kept at most (then the cache is emptied and refilled).
+const FRONT_CACHE_MAX: usize = 4096;
 
 impl ResolverHandle {
     /// Starts the resolver thread; returns once its [`KmodResolver`] exists (or failed to).
@@ -556,21 +569,46 @@ impl ResolverHandle {
             )
             .map_err(ResolverError::Spawn)?;
         ready_rx.recv().map_err(|_| ResolverError::ThreadGone)??;
-        Ok(ResolverHandle { tx })
+        Ok(ResolverHandle {
+            tx,
+            front: Arc::default(),
+        })
     }
 
     /// Resolves `target` on the resolver thread (see [`KmodResolver::resolve`]).
     pub async fn resolve(&self, target: &str) -> Result<Arc<Plan>, ResolverError> {
+        if let Some(plan) = self.cached(target) {
+            return Ok(plan);
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Request::Resolve(target.to_string(), reply))?;
-        rx.await.map_err(|_| ResolverError::ThreadGone)?
+        let plan = rx.await.map_err(|_| ResolverError::ThreadGone)??;
+        let mut front = self.front_cache();
+        if front.len() >= FRONT_CACHE_MAX {
+            front.clear();
+        }
+        front.insert(target.to_string(), (Instant::now(), plan.clone()));
+        Ok(plan)
+    }
+
+    fn cached(&self, target: &str) -> Option<Arc<Plan>> {
+        let front = self.front_cache();
+        let (at, plan) = front.get(target)?;
+        (at.elapsed() < FRONT_CACHE_TTL).then(|| plan.clone())
+    }
+
+    fn front_cache(&self) -> std::sync::MutexGuard<'_, FrontCache> {
+        // Plain data; a panic elsewhere cannot leave it inconsistent.
+        self.front.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forces a reload on the resolver thread (see [`KmodResolver::reload`]), e.g. on SIGHUP.
     pub async fn reload(&self) -> Result<(), ResolverError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Reload(reply))?;
-        rx.await.map_err(|_| ResolverError::ThreadGone)?
+        let reloaded = rx.await.map_err(|_| ResolverError::ThreadGone)?;
+        self.front_cache().clear();
+        reloaded
     }
 
     fn send(&self, request: Request) -> Result<(), ResolverError> {

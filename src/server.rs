@@ -24,6 +24,9 @@ use tracing::{debug, info, warn};
 use crate::protocol::{decode_request, ProtocolError, Reply, MAX_FRAME};
 use crate::service::Service;
 
+/// Initial read buffer per connection.
+const READ_BUFFER_START: usize = 512;
+
 /// How the listening socket could not be set up.
 #[derive(Debug, Error)]
 pub enum ListenError {
@@ -178,7 +181,10 @@ impl Connection {
         let (read, mut write) = stream.into_split();
         // A refused peer still gets exactly one (permission-denied) reply per request line.
         let denied = self.check_peer(read.as_ref()).err();
-        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_FRAME));
+        // Requests are a few hundred bytes: start the buffer small (the default 8 KiB per
+        // connection would dominate memory with 10,000 waiting clients); it grows as needed.
+        let codec = LinesCodec::new_with_max_length(MAX_FRAME);
+        let mut lines = FramedRead::with_capacity(read, codec, READ_BUFFER_START);
         loop {
             let next = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
