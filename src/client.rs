@@ -2,6 +2,11 @@
 //! nothing but std. `modbroker` is exec'd by udev once per uevent, so it must start fast: no async
 //! runtime, no threads.
 //!
+//! The client links neither libkmod nor the loader: when no daemon answers, it runs
+//! `modbrokerd --oneshot` (the same library code, loading directly without merging) and reads
+//! its one JSON result. Keeping libkmod (and the libcrypto, libzstd and liblzma it pulls in) out
+//! of the client's start-up is most of what makes it cheaper to exec than modprobe.
+//!
 //! The client tells apart a daemon that cannot be reached (no socket, connection refused, the
 //! daemon died before replying: the caller may fall back to loading directly) from a daemon that
 //! answered (even with a refusal: final, never a reason to fall back).
@@ -14,7 +19,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::config::DEFAULT_SOCKET_PATH;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Reply, Request, TargetResult};
 
 /// Largest reply line the client accepts (a `status` with many failures, or thousands of
 /// targets, stays well below this).
@@ -96,4 +101,37 @@ pub fn call(
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(unreachable(e)),
         Err(e) => Err(failed(e.to_string())),
     }
+}
+
+/// Loads `target` without a daemon, by running `modbrokerd --oneshot` (found beside this
+/// executable, else on `$PATH`) and returning the result it prints.
+pub fn load_without_daemon(
+    module_dir: Option<&Path>,
+    target: &str,
+    params: &[String],
+) -> Result<TargetResult, String> {
+    let daemon = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("modbrokerd")))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("modbrokerd"));
+    let mut cmd = std::process::Command::new(&daemon);
+    cmd.arg("--oneshot");
+    if let Some(dir) = module_dir {
+        cmd.arg("--module-dir").arg(dir);
+    }
+    cmd.arg("--").arg(target).args(params);
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", daemon.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} --oneshot failed ({})",
+            daemon.display(),
+            out.status
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("unreadable result from {} --oneshot: {e}", daemon.display()))
 }

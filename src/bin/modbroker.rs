@@ -13,9 +13,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use modbroker::client::{self, ClientError};
-use modbroker::config::running_module_dir;
-use modbroker::direct::load_direct;
-use modbroker::kernel::SysKernel;
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
 
 #[derive(Parser)]
@@ -105,9 +102,13 @@ fn main() -> ExitCode {
                 Ok(reply) => report_results(reply, mode),
                 Err(err @ ClientError::Unreachable { .. }) if !no_fallback => {
                     eprintln!("modbroker: {err}: loading {target} directly, without merging");
-                    let module_dir = cli.module_dir.unwrap_or_else(running_module_dir);
-                    let result = load_direct(&SysKernel::default(), &module_dir, &target, &params);
-                    exit_for(&[result], mode)
+                    match client::load_without_daemon(cli.module_dir.as_deref(), &target, &params) {
+                        Ok(result) => exit_for(&[result], mode),
+                        Err(err) => {
+                            eprintln!("modbroker: {target}: failed: {err}");
+                            ExitCode::from(EXIT_FAILED)
+                        }
+                    }
                 }
                 Err(err @ ClientError::Unreachable { .. }) => {
                     eprintln!("modbroker: {err}");

@@ -9,6 +9,7 @@ use clap::Parser;
 use futures_util::future::BoxFuture;
 use modbroker::broker::Broker;
 use modbroker::config::{Config, DEFAULT_CONFIG_PATH};
+use modbroker::direct::load_direct;
 use modbroker::kernel::SysKernel;
 use modbroker::plan::Plan;
 use modbroker::resolver::ResolverHandle;
@@ -37,6 +38,13 @@ struct Args {
     /// error, warn, info, debug, trace (or a tracing filter) [default: info]
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Load TARGET directly (no daemon, no merging), print its result as JSON, exit: the
+    /// client's fallback when no daemon answers
+    #[arg(long, requires = "oneshot_args")]
+    oneshot: bool,
+    /// With --oneshot: TARGET [PARAM=VALUE...]
+    #[arg(requires = "oneshot", value_name = "TARGET [PARAM...]")]
+    oneshot_args: Vec<String>,
 }
 
 /// The libkmod resolver thread, as the service sees it.
@@ -64,12 +72,23 @@ fn main() -> anyhow::Result<()> {
         config.log_level = level;
     }
     init_logging(&config.log_level)?;
+    if args.oneshot {
+        return oneshot(&config, &args.oneshot_args);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("modbrokerd")
         .build()
         .context("cannot start the async runtime")?
         .block_on(serve(config))
+}
+
+/// `--oneshot TARGET [PARAM...]`: one direct load; the result goes to stdout as one JSON line.
+fn oneshot(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    let (target, params) = args.split_first().context("--oneshot needs a TARGET")?;
+    let result = load_direct(&SysKernel::default(), &config.module_dir(), target, params);
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
