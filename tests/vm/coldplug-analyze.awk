@@ -21,7 +21,8 @@
 # result seen: r_0, r_EEXIST, ...), distinct_attempted, modules_loaded
 # (modules in /proc/modules after minus before), modules_after, loaded_list,
 # eexist_live, eexist_concurrent, ebusy, unattributed, attrib_mismatch,
-# client_execs, kernel_modprobe_requests, load_events.
+# client_execs, kernel_modprobe_requests, load_events, after_list (all of
+# /proc/modules after settle, sorted by the VM).
 
 function errname(e) {
 	if (e == 0) return "0"
@@ -51,7 +52,7 @@ function modname(path,    n) {
 	next
 }
 /^MB-MODULE-BEFORE: / { before[$2] = 1; next }
-/^MB-MODULE: / { after[$2] = 1; nafter++; next }
+/^MB-MODULE: / { after[$2] = 1; nafter++; alist = alist (alist == "" ? "" : ",") $2; next }
 /^MB-TRACE: / {
 	# thread id: "comm-TID (TGID) [CPU]" (tgid column when record-tgid is on)
 	if (!match($0, /-[0-9]+ +(\( *[-0-9]+\) +)?\[[0-9]+\]/)) next
@@ -115,4 +116,5 @@ END {
 	print "orphan_exits=" orphan_exits + 0; print "load_events=" load_events + 0
 	print "client_execs=" info["client_execs"]; print "kernel_modprobe_requests=" info["kernel_modprobe_requests"]
 	print "loaded_list=" list
+	print "after_list=" alist
 }
