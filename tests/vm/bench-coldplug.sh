@@ -8,12 +8,15 @@
 #
 # Usage: tests/vm/bench-coldplug.sh
 # Env: MB_BENCH_CPUS ("8 16 32"), MB_BENCH_KERNELS ("6.1 6.12"), plus
-#      run.sh's (MB_VM_MEM 3072, MB_VM_TIMEOUT 900 s per boot, ...).
+#      run.sh's (MB_VM_MEM 3072, MB_VM_TIMEOUT 900 s per boot, ...);
+#      MB_BENCH_REPORT_ONLY=1 boots nothing and rebuilds the two files from the
+#      per-run $MB_VM_WORK/coldplug-bench-*.kv files already there.
 # Writes (rewritten after every pair, so partial results survive):
 #   $MB_VM_WORK/bench-coldplug.md   markdown tables, paste into BENCHMARKS.md
 #   $MB_VM_WORK/bench-coldplug.csv  one row per boot, for charts
 # Targets reported per broker column: load calls == distinct modules
-# attempted, zero EBUSY, trigger+settle at most 0.6x the builtin's.
+# attempted, zero EBUSY, trigger+settle at most 0.6x the builtin's, plus the
+# same modules in /proc/modules as the builtin run and passing VM checks.
 set -eu
 . "$(dirname "$0")/coldplug-lib.sh"
 
@@ -43,6 +46,7 @@ target_rows() { # KV... (builtin, broker, builtin, broker, ...)
 		[ "$(cp_get "$k" calls)" -le "$(cp_get "$k" distinct_attempted)" ] || t="$t calls>modules"
 		[ "$(cp_get "$k" ebusy)" = 0 ] || t="$t EBUSY"
 		awk -v r="$r" 'BEGIN{ exit !(r != "n/a" && r <= 0.6) }' || t="$t settle>0.6x"
+		[ "$(cp_get "$k" after_list)" = "$(cp_get "$b" after_list)" ] || t="$t modules-differ"
 		[ "$(cp_get "$k" vm_result)" = PASS ] || t="$t VM-checks-failed"
 		tgt="$tgt | ${t:- yes} |"
 	done
@@ -55,7 +59,7 @@ write_md() {
 		echo "### Coldplug: udev builtin \`kmod load\` vs modbroker"
 		echo
 		echo "- command: \`tests/vm/bench-coldplug.sh\` (MB_BENCH_CPUS=\"$cpus_list\", MB_BENCH_KERNELS=\"$kernels\")"
-		echo "- started: $started; host: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(free -g | awk '/^Mem:/{print $2}') GiB RAM"
+		echo "- started: $started$([ "${MB_BENCH_REPORT_ONLY:-0}" = 1 ] && echo " (tables rebuilt from earlier runs' .kv files)"); host: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(free -g | awk '/^Mem:/{print $2}') GiB RAM"
 		echo "- VM: $(qemu-system-x86_64 --version | head -n1), TCG (-accel tcg,thread=multi -cpu max), -m $MB_VM_MEM, -nic none -device e1000; initramfs with the whole module tree ($(echo "${MB_VM_COMPRESS:-lz4}"))"
 		echo "- udev: host's systemd-udevd $(dpkg-query -W -f '${Version}' udev 2>/dev/null), \`udevadm trigger --type=devices --action=add\` + \`udevadm settle\`; libkmod $(dpkg-query -W -f '${Version}' kmod 2>/dev/null)"
 		echo "- counting: syscall tracepoints sys_{enter,exit}_{finit,init}_module; calls attributed to modules by a kprobe on do_sys_openat2 (see tests/vm/README.md)"
@@ -64,7 +68,23 @@ write_md() {
 	} >"$md"
 }
 
+report_only=${MB_BENCH_REPORT_ONLY:-0}
+[ "$report_only" = 1 ] || rm -f "$MB_VM_WORK"/bench-coldplug-k*.md
 for kn in $kernels; do
+	if [ "$report_only" = 1 ]; then
+		kvs=
+		for smp in $cpus_list; do
+			for mode in builtin broker; do
+				f=$MB_VM_WORK/coldplug-bench-$kn-$smp-$mode.kv
+				[ -f "$f" ] || continue
+				kvs="$kvs $f"; csv_row "$f"
+			done
+		done
+		[ -n "$kvs" ] || continue
+		# shellcheck disable=SC2086
+		{ echo "#### Kernel $(cp_get $(echo $kvs | cut -d" " -f1) kernel)"; echo; cp_table $kvs; target_rows $kvs; echo; } >"$MB_VM_WORK/bench-coldplug-k$kn.md"
+		continue
+	fi
 	case $kn in
 	6.1) unset MB_VM_MODROOT MB_VM_KERNEL; export KVER=$host_kver ;;
 	6.12)
