@@ -9,8 +9,16 @@
 # their modules.dep dependencies and softdeps (as `modprobe -D` resolves them),
 # modules.builtin*, modules.order, and the test modules under extra/, indexed
 # by a real `depmod -b` run on the staging root.
+# MB_VM_MODULES=all instead puts the kernel's whole module tree in (from
+# $MB_VM_MODROOT/lib/modules/$KVER, default the host's), without test modules.
+# MB_VM_UDEV=1 adds the host's udev: systemd-udevd, udevadm, the helpers in
+# /lib/udev, rules.d, hwdb.bin, /etc/udev, kmod as /sbin/modprobe with
+# modprobe.d, and udev/80-modbroker.rules as /usr/share/modbroker/ (not active;
+# the coldplug scenario installs it in broker mode).
+# MB_VM_COMPRESS: gzip (default), zstd, lz4 or none.
 # Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR,
-# MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries).
+#      MB_VM_MODROOT, MB_VM_UDEV, MB_VM_COMPRESS,
+#      MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries).
 set -eu
 . "$(dirname "$0")/common.sh"
 
@@ -19,13 +27,21 @@ out=${2:-$MB_VM_WORK/initramfs.gz}
 [ -f "$scenario" ] || die "scenario file $scenario not found"
 
 need cpio cpio
-need gzip gzip
+compress=${MB_VM_COMPRESS:-gzip}
+case $compress in
+gzip) need gzip gzip; compressor="gzip -1" ;;
+zstd) need zstd zstd; compressor="zstd -1 -T0 -q" ;;
+lz4) need lz4 lz4; compressor="lz4 -l -1 -q" ;;
+none) compressor=cat ;;
+*) die "MB_VM_COMPRESS=$compress: use gzip, zstd, lz4 or none" ;;
+esac
 need depmod kmod
 need modprobe kmod
 need ldd libc-bin
 need busybox busybox-static
 MB_VM_MODULES=${MB_VM_MODULES:-vfat btrfs nf_conntrack e1000 acpi-cpufreq}
 moddir=/lib/modules/$KVER
+srcmoddir=$MB_VM_MODROOT$moddir
 testmods=${MB_TEST_MODULES_DIR:-$MB_VM_WORK/modules}
 
 busybox=$(command -v busybox)
@@ -69,23 +85,57 @@ done
 
 # --- module tree
 for f in modules.builtin modules.builtin.modinfo modules.order; do
-	[ -f "$moddir/$f" ] && cp "$moddir/$f" "$stage$moddir/"
+	[ -f "$srcmoddir/$f" ] && cp "$srcmoddir/$f" "$stage$moddir/"
 done
-for m in $MB_VM_MODULES; do
-	deps=$(modprobe -S "$KVER" -D "$m") || die "modprobe -D $m failed for $KVER"
-	printf '%s\n' "$deps" | awk '$1=="insmod"{print $2}' | while read -r ko; do
-		case $ko in "$moddir"/*) ;; *) die "unexpected module path $ko" ;; esac
-		[ -e "$stage$ko" ] || install -D -m 0644 "$ko" "$stage$ko"
+if [ "$MB_VM_MODULES" = all ]; then
+	cp -a "$srcmoddir/kernel" "$stage$moddir/kernel"
+	depmod -b "$stage" "$KVER" || die "depmod -b failed"
+else
+	[ -z "$MB_VM_MODROOT" ] || die "MB_VM_MODROOT needs MB_VM_MODULES=all"
+	for m in $MB_VM_MODULES; do
+		deps=$(modprobe -S "$KVER" -D "$m") || die "modprobe -D $m failed for $KVER"
+		printf '%s\n' "$deps" | awk '$1=="insmod"{print $2}' | while read -r ko; do
+			case $ko in "$moddir"/*) ;; *) die "unexpected module path $ko" ;; esac
+			[ -e "$stage$ko" ] || install -D -m 0644 "$ko" "$stage$ko"
+		done
 	done
-done
-mkdir -p "$stage$moddir/extra"
-for m in mb_fail mb_ok mb_ok2 mb_base mb_user; do
-	[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
-	cp "$testmods/$m.ko" "$stage$moddir/extra/"
-done
-depmod -b "$stage" "$KVER" || die "depmod -b failed"
-grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
-	die "depmod did not record mb_user -> mb_base in modules.dep"
+	mkdir -p "$stage$moddir/extra"
+	for m in mb_fail mb_ok mb_ok2 mb_base mb_user; do
+		[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
+		cp "$testmods/$m.ko" "$stage$moddir/extra/"
+	done
+	depmod -b "$stage" "$KVER" || die "depmod -b failed"
+	grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
+		die "depmod did not record mb_user -> mb_base in modules.dep"
+fi
+
+# --- udev (MB_VM_UDEV=1)
+if [ "${MB_VM_UDEV:-0}" = 1 ]; then
+	need /usr/bin/udevadm udev
+	need /lib/systemd/systemd-udevd udev
+	need /usr/bin/kmod kmod
+	copy_with_libs /usr/bin/udevadm /usr/bin/udevadm
+	copy_with_libs /lib/systemd/systemd-udevd /lib/systemd/systemd-udevd
+	ln -sf /usr/bin/udevadm "$stage/bin/udevadm" # rules call /bin/udevadm
+	for h in /lib/udev/*; do
+		[ -f "$h" ] && [ -x "$h" ] || continue
+		if file -b "$h" 2>/dev/null | grep -q ELF || head -c 4 "$h" | grep -q ELF; then
+			copy_with_libs "$h" "$h"
+		else
+			install -D -m 0755 "$h" "$stage$h"
+		fi
+	done
+	[ ! -x /lib/systemd/systemd-sysctl ] || copy_with_libs /lib/systemd/systemd-sysctl /lib/systemd/systemd-sysctl
+	cp -a /lib/udev/rules.d "$stage/lib/udev/"
+	[ ! -f /lib/udev/hwdb.bin ] || cp /lib/udev/hwdb.bin "$stage/lib/udev/"
+	rm -rf "$stage/etc/udev" && cp -a /etc/udev "$stage/etc/udev"
+	copy_with_libs /usr/bin/kmod /usr/bin/kmod
+	ln -sf /usr/bin/kmod "$stage/sbin/modprobe"
+	for d in /lib/modprobe.d /etc/modprobe.d; do
+		[ ! -d "$d" ] || { mkdir -p "$stage$d" && cp -a "$d/." "$stage$d/"; }
+	done
+	install -D -m 0644 "$REPO_ROOT/udev/80-modbroker.rules" "$stage/usr/share/modbroker/80-modbroker.rules"
+fi
 
 # --- init, helper lib, scenario
 install -m 0755 "$REPO_ROOT/tests/vm/init" "$stage/init"
@@ -93,8 +143,10 @@ install -m 0644 "$REPO_ROOT/tests/vm/lib.sh" "$stage/lib.sh"
 install -m 0755 "$scenario" "$stage/scenario.sh"
 echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
 echo "root:x:0:" >"$stage/etc/group"
+# udev rules name system groups (disk, kvm, ...): give them the host's list.
+[ "${MB_VM_UDEV:-0}" != 1 ] || cp /etc/group "$stage/etc/group"
 
 mkdir -p "$(dirname "$out")"
-(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$out.tmp"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | $compressor >"$out.tmp"
 mv "$out.tmp" "$out"
-echo "initramfs: $out ($(du -h "$out" | cut -f1), $(find "$stage$moddir" -name '*.ko' | wc -l) modules)" >&2
+echo "initramfs: $out ($(du -h "$out" | cut -f1), $(find "$stage$moddir" -name '*.ko*' | wc -l) modules, $compress)" >&2

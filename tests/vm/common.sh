@@ -1,5 +1,8 @@
 # common.sh - shared host-side helpers for the VM test scripts (sourced, not run).
-# Sets REPO_ROOT, MB_VM_WORK, KVER and provides die/need.
+# Sets REPO_ROOT, MB_VM_WORK, KVER, MB_VM_MODROOT and provides die/need.
+# MB_VM_MODROOT (default empty = the host) is a directory holding
+# lib/modules/$KVER and boot/vmlinuz-$KVER of a kernel that is not installed
+# (tests/vm/fetch-kernel-6.12.sh prepares one); KVER must then be set too.
 
 REPO_ROOT=${REPO_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 MB_VM_WORK=${MB_VM_WORK:-$REPO_ROOT/build/vm}
@@ -26,5 +29,10 @@ pick_kver() {
 	echo "$best"
 }
 
+MB_VM_MODROOT=${MB_VM_MODROOT:-}
+if [ -n "$MB_VM_MODROOT" ]; then
+	[ -n "${KVER:-}" ] || die "MB_VM_MODROOT=$MB_VM_MODROOT needs KVER"
+	[ -d "$MB_VM_MODROOT/lib/modules/$KVER/kernel" ] || die "$MB_VM_MODROOT/lib/modules/$KVER/kernel missing (run tests/vm/fetch-kernel-6.12.sh)"
+fi
 KVER=${KVER:-$(pick_kver)}
-[ -d "/lib/modules/$KVER/kernel" ] || die "/lib/modules/$KVER/kernel missing: install 'linux-image-amd64' (or set KVER)"
+[ -d "$MB_VM_MODROOT/lib/modules/$KVER/kernel" ] || die "/lib/modules/$KVER/kernel missing: install 'linux-image-amd64' (or set KVER)"

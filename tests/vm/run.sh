@@ -8,7 +8,10 @@
 # "MB-RESULT: PASS".  A missing tool fails the run, never skips it.
 # Env: MODBROKERD, MODBROKER (default target/release/{modbrokerd,modbroker}),
 #      MB_VM_SMP (4), MB_VM_MEM (1024), MB_VM_TIMEOUT (300 s), KVER,
-#      MB_VM_WORK (build/vm), MB_VM_MODULES, MB_VM_APPEND (extra kernel args).
+#      MB_VM_WORK (build/vm), MB_VM_MODULES, MB_VM_APPEND (extra kernel args),
+#      MB_VM_KERNEL (default /boot/vmlinuz-$KVER),
+#      MB_VM_INITRD (boot this prebuilt initramfs; skips both build steps),
+#      MB_VM_LOG (console log, default $MB_VM_WORK/SCENARIO.log).
 set -eu
 . "$(dirname "$0")/common.sh"
 
@@ -18,7 +21,7 @@ sfile=$REPO_ROOT/tests/vm/scenarios/$scenario.sh
 
 need qemu-system-x86_64 qemu-system-x86
 need timeout coreutils
-kernel=/boot/vmlinuz-$KVER
+kernel=${MB_VM_KERNEL:-/boot/vmlinuz-$KVER}
 [ -r "$kernel" ] || die "$kernel not readable: install 'linux-image-amd64'"
 
 # Scenarios that need the broker say so with a "# needs: broker" line.
@@ -32,13 +35,19 @@ fi
 
 mkdir -p "$MB_VM_WORK"
 t0=$(date +%s.%N)
-"$REPO_ROOT/tests/modules/build.sh" >/dev/null
-t1=$(date +%s.%N)
-initrd=$MB_VM_WORK/initramfs-$scenario.gz
-"$REPO_ROOT/tests/vm/build-initramfs.sh" "$sfile" "$initrd"
+if [ -n "${MB_VM_INITRD:-}" ]; then
+	[ -f "$MB_VM_INITRD" ] || die "MB_VM_INITRD=$MB_VM_INITRD not found"
+	initrd=$MB_VM_INITRD
+	t1=$t0
+else
+	"$REPO_ROOT/tests/modules/build.sh" >/dev/null
+	t1=$(date +%s.%N)
+	initrd=$MB_VM_WORK/initramfs-$scenario.gz
+	"$REPO_ROOT/tests/vm/build-initramfs.sh" "$sfile" "$initrd"
+fi
 t2=$(date +%s.%N)
 
-log=$MB_VM_WORK/$scenario.log
+log=${MB_VM_LOG:-$MB_VM_WORK/$scenario.log}
 smp=${MB_VM_SMP:-4}
 tmo=${MB_VM_TIMEOUT:-300}
 echo "== booting $KVER, $smp vcpus, scenario $scenario (timeout ${tmo}s), log $log"
