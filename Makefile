@@ -15,7 +15,7 @@ UDEVDIR    ?= $(PREFIX)/lib/udev/rules.d
 DOCDIR     ?= $(PREFIX)/share/doc/modbroker
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
-VM_TESTS   ?= selftest broker
+VM_TESTS   ?= selftest broker coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
@@ -45,8 +45,8 @@ demo: deps build
 	tests/vm/run.sh demo
 
 bench: deps build
-	$(CARGO) bench --locked
 	tests/vm/bench.sh
+	tests/vm/bench-coldplug.sh
 
 install: build
 	install -D -m 0755 target/release/modbrokerd $(DESTDIR)$(BINDIR)/modbrokerd
