@@ -54,6 +54,9 @@ pub struct Config {
     pub allowed_gids: Vec<u32>,
     /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter directive).
     pub log_level: String,
+    /// Exit after this many seconds without connections or loads (0: never). Only honoured
+    /// when socket-activated, so that systemd restarts the daemon on the next connection.
+    pub idle_exit_secs: u64,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             log_level: "info".into(),
+            idle_exit_secs: 0,
         }
     }
 }

@@ -17,7 +17,7 @@
 //! One module per concern, each opening with a doc comment saying what it is for:
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
 //! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
-//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
+//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply), [`notify`] (systemd notifications),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`client`] (blocking client) and
 //! [`direct`] (loading without the daemon). [`testing`] holds the fake kernel used by tests.
 //!
@@ -34,6 +34,7 @@ pub mod config;
 pub mod direct;
 pub mod kernel;
 pub mod module_file;
+pub mod notify;
 pub mod plan;
 pub mod protocol;
 pub mod resolver;

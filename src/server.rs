@@ -143,15 +143,38 @@ pub async fn run(
     access: AccessPolicy,
     shutdown: CancellationToken,
 ) {
+    run_with_idle_exit(listener, service, access, shutdown, None).await
+}
+
+/// [`run`], and also return after `idle_exit` without connections or loads in flight (for a
+/// socket-activated daemon: systemd starts it again on the next connection).
+pub async fn run_with_idle_exit(
+    listener: UnixListener,
+    service: Service,
+    access: AccessPolicy,
+    shutdown: CancellationToken,
+    idle_exit: Option<Duration>,
+) {
     let mut connections = JoinSet::new();
     let mut prune = tokio::time::interval(Duration::from_secs(60));
+    let mut idle_check = tokio::time::interval(Duration::from_secs(1));
+    let mut last_busy = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = prune.tick() => service.broker().prune_failures(),
+            _ = idle_check.tick(), if idle_exit.is_some() => {
+                if !connections.is_empty() || service.broker().in_flight_count() > 0 {
+                    last_busy = tokio::time::Instant::now();
+                } else if idle_exit.is_some_and(|idle| last_busy.elapsed() >= idle) {
+                    info!("idle: exiting until the next connection");
+                    break;
+                }
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    last_busy = tokio::time::Instant::now();
                     let conn = Connection { service: service.clone(), access: access.clone(), shutdown: shutdown.clone() };
                     connections.spawn(conn.serve(stream));
                 }
@@ -165,9 +188,15 @@ pub async fn run(
     }
     info!(
         connections = connections.len(),
-        "shutting down: finishing requests in progress"
+        loads = service.broker().in_flight_count(),
+        "shutting down: finishing requests and loads in progress"
     );
     while connections.join_next().await.is_some() {}
+    // Loads nobody waits on any more (`wait: false`, clients gone) still get to finish: a module
+    // half-way through its init must not be abandoned by a daemon restart.
+    while service.broker().in_flight_count() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 struct Connection {

@@ -1,8 +1,11 @@
 //! `modbrokerd`: the broker daemon. Socket-activated by systemd (modbroker.socket) or binding its
 //! own socket; resolves with libkmod on one thread, merges loads, answers every waiter.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,6 +14,7 @@ use modbroker::broker::Broker;
 use modbroker::config::{Config, DEFAULT_CONFIG_PATH};
 use modbroker::direct::load_direct;
 use modbroker::kernel::SysKernel;
+use modbroker::notify::Notifier;
 use modbroker::plan::Plan;
 use modbroker::resolver::ResolverHandle;
 use modbroker::server::{self, AccessPolicy};
@@ -18,6 +22,8 @@ use modbroker::service::{Resolve, Service};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +100,17 @@ fn oneshot(config: &Config, args: &[String]) -> anyhow::Result<()> {
 fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid log level {level:?}"))?;
+    // Under systemd, stderr is a stream to the journal: log to the journal directly, with
+    // priorities and fields, instead of plain lines.
+    if stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("modbrokerd".into()))
+                .init();
+            return Ok(());
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -102,7 +119,19 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True when `$JOURNAL_STREAM` (set by systemd) names the file stderr is connected to.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", stat.st_dev, stat.st_ino)
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let notifier = Arc::new(Notifier::from_env());
     let module_dir = config.module_dir();
     let resolver = ResolverHandle::spawn(module_dir.clone(), None)
         .with_context(|| format!("cannot open the module tree {}", module_dir.display()))?;
@@ -119,15 +148,49 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Some(config.socket.clone()),
         ),
     };
-    info!(socket = %bound_path.as_deref().unwrap_or("socket activation".as_ref()).display(), module_dir = %module_dir.display(), "modbrokerd ready");
+    // Idle exit only makes sense when systemd holds the socket and can start us again.
+    let idle_exit = (bound_path.is_none() && config.idle_exit_secs > 0)
+        .then(|| Duration::from_secs(config.idle_exit_secs));
+    let socket_name = bound_path
+        .as_deref()
+        .unwrap_or("socket activation".as_ref());
+    info!(socket = %socket_name.display(), module_dir = %module_dir.display(), "modbrokerd ready");
+    notifier.notify("READY=1");
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone(), resolver));
-    server::run(listener, service, access, shutdown).await;
+    if notifier.is_active() {
+        tokio::spawn(keep_status_current(notifier.clone(), service.clone()));
+    }
+    server::run_with_idle_exit(listener, service, access, shutdown, idle_exit).await;
+    notifier.notify("STOPPING=1");
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);
     }
     info!("modbrokerd stopped");
     Ok(())
+}
+
+/// Keeps systemd's `STATUS=` line (shown by `systemctl status`) current, every 2 s when changed.
+async fn keep_status_current(notifier: Arc<Notifier>, service: Service) {
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let c = service.broker().counters();
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        let line = format!(
+            "STATUS={} requests, {} merged, {} loads, {} failed, {} in flight",
+            get(&c.requests),
+            get(&c.merged),
+            get(&c.load_calls),
+            get(&c.failed_loads),
+            service.broker().in_flight_count()
+        );
+        if line != last {
+            notifier.notify(&line);
+            last = line;
+        }
+    }
 }
 
 /// SIGTERM/SIGINT: shut down in order. SIGHUP: reload the kmod indexes and configuration.
