@@ -19,7 +19,7 @@ VM_TESTS   ?= selftest broker coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build deps test lint unit-test vm-test demo install uninstall bench clean
+.PHONY: all build deps test lint check-units unit-test vm-test demo install uninstall bench clean
 
 all: build
 
@@ -39,7 +39,10 @@ unit-test:
 vm-test: build
 	tests/vm/run-all.sh $(VM_TESTS)
 
-test: deps lint unit-test vm-test
+check-units: build
+	tools/check-units.sh
+
+test: deps lint check-units unit-test vm-test
 
 demo: deps build
 	tests/vm/run.sh demo

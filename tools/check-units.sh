@@ -1,0 +1,25 @@
+#!/bin/bash
+# check-units.sh - check the systemd units as a distro reviewer would: install into a staging
+# root, `systemd-analyze verify` both units there, and require `systemd-analyze security` to rate
+# the service's exposure 2.0 or lower ("OK"). Run by `make test`.
+set -eu
+cd "$(dirname "$0")/.."
+command -v systemd-analyze >/dev/null || { echo "systemd-analyze missing: install the Debian package 'systemd'" >&2; exit 1; }
+stage=build/stage
+rm -rf "$stage"
+make --no-print-directory install DESTDIR="$stage" PREFIX=/usr >/dev/null
+# The units call /bin/kill (ExecReload); verify checks that every command exists under --root.
+install -D -m 0755 "$(command -v kill)" "$stage/bin/kill"
+units="$stage/usr/lib/systemd/system/modbroker.socket $stage/usr/lib/systemd/system/modbroker.service"
+# shellcheck disable=SC2086
+systemd-analyze verify --root="$stage" $units
+echo "check-units: systemd-analyze verify: ok"
+report=$(systemd-analyze security --offline=true --root="$stage" modbroker.service 2>&1) || true
+echo "$report" | tail -n 1
+# --threshold is on the 0..100 scale: 20 means an exposure level of 2.0.
+if ! systemd-analyze security --offline=true --root="$stage" --threshold=20 modbroker.service >/dev/null 2>&1; then
+	echo "$report" | grep '✗' >&2
+	echo "check-units: exposure above 2.0" >&2
+	exit 1
+fi
+echo "check-units: security exposure at most 2.0: ok"
