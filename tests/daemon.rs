@@ -70,16 +70,21 @@ impl Drop for Daemon {
 }
 
 fn daemon_command(socket: &Path) -> Command {
+    let shipped = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/modbroker.toml"
+    ));
+    daemon_command_with(socket, shipped)
+}
+
+fn daemon_command_with(socket: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
     cmd.arg("--socket")
         .arg(socket)
         .arg("--module-dir")
         .arg(debian_tree())
         .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/modbroker.toml"
-        ));
+        .arg(config);
     cmd
 }
 
@@ -184,4 +189,85 @@ fn socket_activation_by_systemd() {
     assert!(status["requests"].as_u64().unwrap() >= 1);
     assert!(!unused.exists(), "an activated daemon binds nothing itself");
     drop(daemon);
+}
+
+#[test]
+fn notifies_systemd_ready_status_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut cmd = daemon_command(&socket);
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    let daemon = Daemon::spawn(cmd, socket.clone());
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    // READY=1 comes first; a STATUS= line follows within the 2 s status period.
+    while !messages.iter().any(|m: &String| m.starts_with("STATUS=")) {
+        let n = notify.recv(&mut buf).expect("notification within 30 s");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(messages[0], "READY=1");
+    assert!(
+        messages.iter().any(|m| m.contains("requests")),
+        "{messages:?}"
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    let stopping = std::iter::from_fn(|| {
+        let n = notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .find(|m| m == "STOPPING=1");
+    assert!(stopping.is_some(), "STOPPING=1 sent on SIGTERM");
+}
+
+#[test]
+fn socket_activated_daemon_exits_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("modbroker.toml");
+    std::fs::write(&config, "idle_exit_secs = 1\n").unwrap();
+    let socket = dir.path().join("activated.sock");
+    let mut cmd = Command::new("/usr/bin/systemd-socket-activate");
+    cmd.arg("--listen")
+        .arg(&socket)
+        .arg(env!("CARGO_BIN_EXE_modbrokerd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--module-dir")
+        .arg(debian_tree());
+    let mut daemon = Daemon::spawn(cmd, socket.clone());
+    // No connections and no loads: the daemon leaves on its own (systemd would restart it on
+    // the next connection). Bounded wait for the exit, no fixed sleep.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "daemon did not exit when idle");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bound_daemon_ignores_idle_exit() {
+    // Without socket activation nobody would start the daemon again: idle exit stays off.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("modbroker.toml");
+    std::fs::write(&config, "idle_exit_secs = 1\n").unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    let mut daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
+    // Let three idle checks pass (the daemon checks once a second), asking status in between.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "bound daemon exited"
+        );
+    }
+    assert!(client(&socket, &["status"]).status.success());
 }
