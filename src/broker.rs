@@ -106,7 +106,8 @@ pub struct Counters {
 
 struct Inner {
     kernel: Arc<dyn Kernel>,
-    settings: BrokerSettings,
+    /// The failure window in milliseconds; changeable while serving (SIGHUP).
+    failure_window_ms: AtomicU64,
     map: Mutex<MergeMap>,
     permits: Semaphore,
     counters: Counters,
@@ -136,12 +137,24 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 kernel,
-                settings,
+                failure_window_ms: AtomicU64::new(settings.failure_window.as_millis() as u64),
                 map: Mutex::new(MergeMap::default()),
                 permits,
                 counters: Counters::default(),
             }),
         }
+    }
+
+    /// The current failure window.
+    pub fn failure_window(&self) -> Duration {
+        Duration::from_millis(self.inner.failure_window_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the failure window (configuration reload); remembered failures are judged
+    /// against the new window from now on.
+    pub fn set_failure_window(&self, window: Duration) {
+        let ms = window.as_millis() as u64;
+        self.inner.failure_window_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The counters, for the server to count requests and for `status`.
@@ -277,7 +290,7 @@ impl Broker {
         retry: bool,
     ) -> Option<Failure> {
         let remembered = map.failures.get(name)?;
-        let fresh = remembered.at.elapsed() < self.inner.settings.failure_window;
+        let fresh = remembered.at.elapsed() < self.failure_window();
         (fresh && !retry && remembered.params == params).then(|| remembered.failure.clone())
     }
 
@@ -441,7 +454,7 @@ impl Broker {
     /// Forgets expired remembered failures (the server calls this now and then so the map does
     /// not grow with every module that ever failed).
     pub fn prune_failures(&self) {
-        let window = self.inner.settings.failure_window;
+        let window = self.failure_window();
         self.lock().failures.retain(|_, f| f.at.elapsed() < window);
     }
 

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -44,6 +45,27 @@ pub enum ListenError {
         /// Why.
         source: io::Error,
     },
+}
+
+/// The access policy as the server holds it: shared, and replaceable while serving (SIGHUP).
+#[derive(Debug, Clone, Default)]
+pub struct SharedAccess(Arc<RwLock<AccessPolicy>>);
+
+impl SharedAccess {
+    /// Replaces the policy; connections accepted from now on are checked against it.
+    pub fn set(&self, policy: AccessPolicy) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    fn get(&self) -> AccessPolicy {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl From<AccessPolicy> for SharedAccess {
+    fn from(policy: AccessPolicy) -> Self {
+        SharedAccess(Arc::new(RwLock::new(policy)))
+    }
 }
 
 /// Who may talk to the daemon besides root.
@@ -140,10 +162,10 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ListenError> {
 pub async fn run(
     listener: UnixListener,
     service: Service,
-    access: AccessPolicy,
+    access: impl Into<SharedAccess>,
     shutdown: CancellationToken,
 ) {
-    run_with_idle_exit(listener, service, access, shutdown, None).await
+    run_with_idle_exit(listener, service, access.into(), shutdown, None).await
 }
 
 /// [`run`], and also return after `idle_exit` without connections or loads in flight (for a
@@ -151,7 +173,7 @@ pub async fn run(
 pub async fn run_with_idle_exit(
     listener: UnixListener,
     service: Service,
-    access: AccessPolicy,
+    access: SharedAccess,
     shutdown: CancellationToken,
     idle_exit: Option<Duration>,
 ) {
@@ -201,7 +223,7 @@ pub async fn run_with_idle_exit(
 
 struct Connection {
     service: Service,
-    access: AccessPolicy,
+    access: SharedAccess,
     shutdown: CancellationToken,
 }
 
@@ -277,12 +299,13 @@ impl Connection {
         let cred = stream
             .peer_cred()
             .map_err(|e| ProtocolError::Internal(format!("cannot read peer credentials: {e}")))?;
-        let groups = if self.access.gids.is_empty() {
+        let access = self.access.get();
+        let groups = if access.gids.is_empty() {
             Vec::new()
         } else {
             peer_groups(stream.as_raw_fd())
         };
-        if self.access.allows(cred.uid(), cred.gid(), &groups) {
+        if access.allows(cred.uid(), cred.gid(), &groups) {
             return Ok(());
         }
         warn!(

@@ -271,3 +271,50 @@ fn bound_daemon_ignores_idle_exit() {
     }
     assert!(client(&socket, &["status"]).status.success());
 }
+
+#[test]
+fn sighup_reloads_the_access_list() {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "must run as root (make test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("modbroker.toml");
+    std::fs::write(&config, "allowed_uids = []\n").unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    let daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
+    // Let the file mode pass everyone, so that the daemon's own check is what decides.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_nobody = || {
+        Command::new(env!("CARGO_BIN_EXE_modbroker"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("status")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(as_nobody().status.code(), Some(3), "refused before reload");
+
+    std::fs::write(&config, "allowed_uids = [65534]\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    // The reload is asynchronous: poll (bounded) until the new list applies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !as_nobody().status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not apply allowed_uids"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, log) = daemon.terminate();
+    assert!(status.success());
+    assert!(log.contains("configuration reloaded"), "{log}");
+}
