@@ -5,6 +5,8 @@
 #   make demo      install missing prerequisites, build, boot the VM and show the broker
 #                  merging a burst of same-name requests on a real kernel
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
+#   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
+#                  a scratch dpkg root
 #   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
 
 PREFIX     ?= /usr/local
@@ -19,7 +21,7 @@ VM_TESTS   ?= selftest broker coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build deps test lint check-units unit-test vm-test demo install uninstall bench clean
+.PHONY: all build deps deb test lint check-units unit-test vm-test demo install uninstall bench clean
 
 all: build
 
@@ -42,7 +44,10 @@ vm-test: build
 check-units: build
 	tools/check-units.sh
 
-test: deps lint check-units unit-test vm-test
+deb: build
+	tools/make-deb.sh
+
+test: deps lint check-units deb unit-test vm-test
 
 demo: deps build
 	tests/vm/run.sh demo

@@ -9,7 +9,9 @@ stage=build/stage
 rm -rf "$stage"
 make --no-print-directory install DESTDIR="$stage" PREFIX=/usr >/dev/null
 # The units call /bin/kill (ExecReload); verify checks that every command exists under --root.
-install -D -m 0755 "$(command -v kill)" "$stage/bin/kill"
+kill_bin=$(ls /bin/kill /usr/bin/kill 2>/dev/null | head -n1)
+[ -n "$kill_bin" ] || { echo "kill missing: install the Debian package 'procps'" >&2; exit 1; }
+install -D -m 0755 "$kill_bin" "$stage/bin/kill"
 units="$stage/usr/lib/systemd/system/modbroker.socket $stage/usr/lib/systemd/system/modbroker.service"
 # shellcheck disable=SC2086
 systemd-analyze verify --root="$stage" $units

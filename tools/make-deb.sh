@@ -1,0 +1,56 @@
+#!/bin/bash
+# make-deb.sh - build an installable Debian package of modbroker from `make install`'s output,
+# with dpkg-deb (no cargo-deb needed): build/modbroker_VERSION_ARCH.deb. Then, unless
+# --no-check, install it into a scratch dpkg root to prove it installs and removes cleanly.
+# Run by `make deb` (and, with the check, by `make test`).
+set -eu
+cd "$(dirname "$0")/.."
+command -v dpkg-deb >/dev/null || { echo "dpkg-deb missing: install the Debian package 'dpkg'" >&2; exit 1; }
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+arch=$(dpkg --print-architecture)
+root=build/deb/root
+deb=build/modbroker_${version}_${arch}.deb
+rm -rf build/deb
+make --no-print-directory install DESTDIR="$root" PREFIX=/usr >/dev/null
+install -d "$root/DEBIAN"
+install -m 0755 debian/postinst debian/prerm debian/postrm "$root/DEBIAN/"
+echo /etc/modbroker/modbroker.toml >"$root/DEBIAN/conffiles"
+size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+cat >"$root/DEBIAN/control" <<CONTROL
+Package: modbroker
+Version: $version
+Architecture: $arch
+Maintainer: modbroker developers <modbroker-security@lists.invalid>
+Depends: libc6 (>= 2.34), libkmod2, udev, kmod
+Section: admin
+Priority: optional
+Installed-Size: $size
+Homepage: https://modbroker.invalid/
+Description: kernel module-load broker: one finit_module per module name
+ udev asks to load the same kernel module once per device (on a big server,
+ once per CPU). modbrokerd merges every request for one module name into a
+ single finit_module call and gives every caller its true outcome; the
+ modbroker client replaces udev's builtin "kmod load" and falls back to
+ loading directly when the daemon is not running.
+CONTROL
+dpkg-deb --root-owner-group --build "$root" "$deb" >/dev/null
+echo "make-deb: built $deb"
+[ "${1:-}" = --no-check ] && exit 0
+
+# Install into a scratch root (no effect on this machine: maintainer scripts see DPKG_ROOT).
+scratch=$PWD/build/deb/scratch
+rm -rf "$scratch"
+mkdir -p "$scratch/var/lib/dpkg/info" "$scratch/var/lib/dpkg/updates"
+touch "$scratch/var/lib/dpkg/status"
+dpkg --root="$scratch" --force-script-chrootless --force-depends --log=/dev/null -i "$deb" >/dev/null
+for f in usr/bin/modbrokerd usr/bin/modbroker usr/lib/systemd/system/modbroker.socket \
+	usr/lib/systemd/system/modbroker.service usr/lib/udev/rules.d/80-modbroker.rules \
+	etc/modbroker/modbroker.toml; do
+	[ -e "$scratch/$f" ] || { echo "make-deb: $f missing after install" >&2; exit 1; }
+done
+[ "$(readlink "$scratch/etc/udev/rules.d/80-drivers.rules")" = /dev/null ] ||
+	{ echo "make-deb: udev mask missing after install" >&2; exit 1; }
+"$scratch/usr/bin/modbroker" --version >/dev/null
+dpkg --root="$scratch" --force-script-chrootless --log=/dev/null -r modbroker >/dev/null
+[ ! -e "$scratch/usr/bin/modbrokerd" ] || { echo "make-deb: files left after removal" >&2; exit 1; }
+echo "make-deb: installs and removes cleanly in a scratch root"
