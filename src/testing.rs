@@ -25,6 +25,9 @@ struct FakeState {
     held: HashSet<String>,
     delay: HashMap<String, Duration>,
     calls: Vec<(String, String)>,
+    /// Calls per module inside the "syscall" right now, and the most ever at once.
+    active: HashMap<String, usize>,
+    max_active: HashMap<String, usize>,
 }
 
 /// A kernel that loads nothing: it records calls and answers as scripted.
@@ -112,10 +115,33 @@ impl FakeKernel {
         }
     }
 
+    /// The most load calls for `name` that were ever running at the same time.
+    pub fn max_concurrent(&self, name: &str) -> usize {
+        self.lock().max_active.get(name).copied().unwrap_or(0)
+    }
+
     fn record_and_wait(&self, name: &str, options: &str) -> Result<(), Errno> {
         let mut state = self.lock();
         state.calls.push((name.to_string(), options.to_string()));
+        let active = state.active.entry(name.to_string()).or_default();
+        *active += 1;
+        let now = *active;
+        let max = state.max_active.entry(name.to_string()).or_default();
+        *max = (*max).max(now);
         self.changed.notify_all();
+        let result = self.finish_call(state, name);
+        let mut state = self.lock();
+        if let Some(active) = state.active.get_mut(name) {
+            *active -= 1;
+        }
+        result
+    }
+
+    fn finish_call<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, FakeState>,
+        name: &str,
+    ) -> Result<(), Errno> {
         while state.held.contains(name) {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
