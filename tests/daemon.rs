@@ -318,3 +318,42 @@ fn sighup_reloads_the_access_list() {
     assert!(status.success());
     assert!(log.contains("configuration reloaded"), "{log}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn ten_thousand_idle_connections_are_cheap_and_harmless() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= 10_100,
+        "RLIMIT_NOFILE hard limit {hard} is below 10,100"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    let daemon = Daemon::spawn(daemon_command(&socket), socket.clone());
+    let before = rss_kib(daemon.child.id());
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..10_000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    // The daemon (which raises its own descriptor limit) still answers a new client.
+    let out = client(&socket, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let during = rss_kib(daemon.child.id());
+    assert!(
+        during - before < 64 * 1024,
+        "10,000 idle connections cost {} KiB",
+        during - before
+    );
+    drop(idle);
+    assert!(client(&socket, &["status"]).status.success());
+    eprintln!("daemon RSS: {before} KiB idle, {during} KiB with 10,000 idle connections");
+}

@@ -423,3 +423,78 @@ fn half_closed_client_still_gets_its_reply() {
     let reply = read_reply(&mut conn).expect("reply after half-close");
     assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
 }
+
+#[test]
+fn thousands_of_targets_each_get_a_result() {
+    let server = TestServer::start(AccessPolicy::default());
+    let targets: Vec<String> = (0..modbroker::protocol::MAX_TARGETS)
+        .map(|i| format!("x{i}"))
+        .collect();
+    let line = format!(
+        "{}\n",
+        serde_json::json!({"v": 1, "op": "load", "targets": targets})
+    );
+    let reply = exchange(&mut server.connect(), line.as_bytes()).unwrap();
+    let results = reply.results.unwrap();
+    assert_eq!(results.len(), targets.len());
+    assert!(results.iter().all(|r| r.outcome == OutcomeKind::NoMatch));
+
+    let too_many: Vec<String> = (0..=modbroker::protocol::MAX_TARGETS)
+        .map(|i| format!("{i}"))
+        .collect();
+    let line = format!(
+        "{}\n",
+        serde_json::json!({"v": 1, "op": "load", "targets": too_many})
+    );
+    let reply = exchange(&mut server.connect(), line.as_bytes()).unwrap();
+    assert_eq!(error_kind(&reply), "invalid-request");
+}
+
+#[test]
+fn hostile_targets_are_invalid_one_by_one() {
+    let server = TestServer::start(AccessPolicy::default());
+    let overlong = "a".repeat(modbroker::target::MAX_TARGET_LEN + 1);
+    let targets = [
+        "",
+        "..",
+        "../../lib/modules/evil.ko",
+        "/tmp/x.ko",
+        "a\u{1}b",
+        "tab\there",
+        "-f",
+        &overlong,
+        "e1000",
+    ];
+    let line = format!(
+        "{}\n",
+        serde_json::json!({"v": 1, "op": "load", "targets": targets})
+    );
+    let reply = exchange(&mut server.connect(), line.as_bytes()).unwrap();
+    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    let mut expected = vec![OutcomeKind::Invalid; targets.len() - 1];
+    expected.push(OutcomeKind::Loaded);
+    assert_eq!(outcomes, expected);
+    assert_eq!(server.kernel.call_log().len(), 1, "only e1000 was loaded");
+}
+
+#[test]
+fn client_that_never_reads_does_not_block_others() {
+    let server = TestServer::start(AccessPolicy::default());
+    let mut greedy = server.connect();
+    // Far more replies than a socket buffer holds, never read: that connection's writer stalls.
+    let request = b"{\"v\":1,\"op\":\"status\"}\n".repeat(20_000);
+    greedy.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < request.len() {
+        match greedy.write(&request[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    assert!(reply.ok, "others are still served");
+    drop(greedy);
+    let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    assert!(reply.ok);
+}

@@ -167,6 +167,7 @@ fn init_logging(level: &str) -> anyhow::Result<LogLevelHandle> {
 }
 
 async fn serve(args: Args, config: Config, log_level: LogLevelHandle) -> anyhow::Result<()> {
+    raise_fd_limit();
     let notifier = Arc::new(Notifier::from_env());
     let module_dir = config.module_dir();
     let resolver = ResolverHandle::spawn(module_dir.clone(), None)
@@ -209,6 +210,22 @@ async fn serve(args: Args, config: Config, log_level: LogLevelHandle) -> anyhow:
     }
     info!("modbrokerd stopped");
     Ok(())
+}
+
+/// One descriptor per waiting client: during coldplug on a big machine thousands wait at once,
+/// more than the usual soft limit of 1024. Raise the soft limit to the hard one (nothing here uses
+/// select(2), so large descriptor numbers are safe).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(error = %err, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "cannot read the open-file limit"),
+    }
 }
 
 fn access_policy(config: &Config) -> AccessPolicy {
