@@ -29,10 +29,7 @@ impl TestServer {
         kernel.fail("acpi_cpufreq", Errno::ENODEV);
         kernel.fail("broken", Errno::ENOEXEC);
         let resolver = FixedResolver::new()
-            .with_module(
-                "fs-vfat",
-                node("vfat", vec![node("fat", vec![])]),
-            )
+            .with_module("fs-vfat", node("vfat", vec![node("fat", vec![])]))
             .with_module("crypto-sha256", node("sha256_generic", vec![]))
             .with_module("acpi-cpufreq", node("acpi_cpufreq", vec![]))
             .with_module("broken", node("broken", vec![]));

@@ -121,7 +121,13 @@ fn main() -> ExitCode {
                 mode: if udev { Mode::Udev } else { Mode::Strict },
                 quiet: false,
             };
-            load(&socket, cli.module_dir.as_deref(), &[target], &params, &options)
+            load(
+                &socket,
+                cli.module_dir.as_deref(),
+                &[target],
+                &params,
+                &options,
+            )
         }
         Command::Modprobe { args } => modprobe(socket, cli.module_dir, args),
         Command::Resolve { targets } => match call_or_report(&socket, &Request::Resolve(targets)) {
@@ -247,8 +253,8 @@ fn parse_modprobe_args(args: Vec<OsString>) -> Result<(bool, Vec<String>), Strin
             "--" => options_done = true,
             "--quiet" => quiet = true,
             "--use-blacklist" => {}
-            short if !short.starts_with("--")
-                && short[1..].chars().all(|c| c == 'q' || c == 'b') =>
+            short
+                if !short.starts_with("--") && short[1..].chars().all(|c| c == 'q' || c == 'b') =>
             {
                 quiet |= short.contains('q');
             }

@@ -101,6 +101,11 @@ for spec in $compress_mods; do
 	echo "initramfs: compressed ${ko#"$stage"} with $fmt" >&2
 done
 depmod -b "$stage" "$KVER" || die "depmod -b failed"
+for spec in $compress_mods; do
+	m=$(echo "${spec#*:}" | tr - _)
+	grep -Eq "^[^:]*/($m|$(echo "$m" | tr _ -))\.ko\.${spec%%:*}:" "$stage$moddir/modules.dep" ||
+		die "depmod did not index the ${spec%%:*}-compressed ${spec#*:} (kmod built without that format? see 'kmod --version')"
+done
 grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
 	die "depmod did not record mb_user -> mb_base in modules.dep"
 

@@ -14,10 +14,13 @@
 # caller (trace comm modbrokerd) for each module, a parameter passed through
 # init_module, a burst of concurrent loads of a compressed module (one
 # syscall), and the client's fallback (modbrokerd --oneshot) on a compressed
-# module.  Module files that are in the tree decide what runs: the test
-# modules (extra/mb_*) only exist for the kernel they were built for.
+# module.  The test modules (extra/mb_*) only exist for the kernel they were
+# built for: (b) and (c) run when the plain extra/mb_fail.ko is in the tree.
 # needs: broker
-# compress-modules: xz:vfat zst:fat gz:mb_ok xz:mb_ok2 zst:e1000
+# (No .ko.gz by default: Debian's kmod is built without zlib, so its depmod
+# does not index .ko.gz files and libkmod could not resolve them; the gzip
+# decoder is covered by the unit tests in src/module_file.rs.)
+# compress-modules: xz:vfat zst:fat zst:mb_ok xz:mb_ok2 zst:e1000
 set -eu
 . /lib.sh
 
@@ -64,7 +67,7 @@ check_loads() {
 COVERED=
 
 step "module tree"
-for m in vfat fat mb_ok mb_ok2 e1000; do say "$m: $(modfile "$m")"; done
+for m in vfat fat mb_fail mb_ok mb_ok2 e1000; do say "$m: $(modfile "$m")"; done
 f=$(modfile vfat)
 case $f in *.ko.xz|*.ko.zst|*.ko.gz) pass "vfat is stored compressed ($f)" ;; *) fail "vfat is stored compressed" "modules.dep has '$f'" ;; esac
 check "$MODDIR/$f exists" test -f "$MODDIR/$f"
@@ -80,7 +83,9 @@ mb_run a load vfat
 check_eq "(a) exit 0" 0 "$MB_RC"
 check_loads a fat vfat
 
-if [ -n "$(modfile mb_ok)" ]; then
+if [ -n "$(modfile mb_fail)" ]; then
+	check "test modules: mb_ok is in modules.dep" test -n "$(modfile mb_ok)"
+	check "test modules: mb_ok2 is in modules.dep" test -n "$(modfile mb_ok2)"
 	step "(b) modbroker load mb_ok value=42 (parameter through the load call)"
 	trace_reset; kmsg_mark
 	mb_run b load mb_ok value=42
@@ -118,10 +123,8 @@ done
 if [ -z "$KCOMP" ]; then
 	# No in-kernel decompression: every compressed file went through user space.
 	check "user-space decompression covered (>= 3 compressed modules: $ucount)" test "$ucount" -ge 3
-	for ext in xz zst gz; do
-		if [ -n "$(modfile mb_ok)" ] || [ "$ext" != gz ]; then
-			check "a .ko.$ext module was loaded" sh -c "echo '$COVERED' | grep -q '\.ko\.$ext'"
-		fi
+	for ext in xz zst; do
+		check "a .ko.$ext module was loaded" sh -c "echo '$COVERED' | grep -q '\.ko\.$ext'"
 	done
 else
 	check "in-kernel decompression ($KCOMP) covered" sh -c "for f in $COVERED; do case \$f in *.ko.xz) [ '$KCOMP' = xz ] && exit 0 ;; *.ko.zst) [ '$KCOMP' = zstd ] && exit 0 ;; *.ko.gz) [ '$KCOMP' = gzip ] && exit 0 ;; esac; done; exit 1"
