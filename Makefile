@@ -17,7 +17,7 @@ UDEVDIR    ?= $(PREFIX)/lib/udev/rules.d
 DOCDIR     ?= $(PREFIX)/share/doc/modbroker
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
-VM_TESTS   ?= selftest broker coldplug
+VM_TESTS   ?= selftest broker autoload compressed coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 

@@ -6,12 +6,13 @@
 # VM test: qemu-system-x86, linux-image-amd64 (Debian's kernel and module tree),
 #   linux-headers-amd64 + gcc + make (test modules), busybox-static (the VM's userland),
 #   kmod (depmod/modprobe), cpio, udev (systemd-udevd for the coldplug test).
-# Daemon tests: systemd (systemd-socket-activate, systemd-analyze).
+# Daemon tests: systemd (systemd-socket-activate, systemd-analyze), procps (kill).
+# Compressed-module and coldplug VM tests: xz-utils, zstd, lz4.
 set -eu
 
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
-python3"
+xz-utils zstd lz4 procps python3"
 
 missing=
 for p in $packages; do

@@ -6,8 +6,14 @@
 //! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
 //! the request (permission denied, malformed) or could not be talked to; 4 when the daemon is
 //! unreachable and `--no-fallback` was given.
+//!
+//! Kernel autoload helper: run through a name `modprobe` (a symlink; the kernel's
+//! `/proc/sys/kernel/modprobe` can point at it) or as `modbroker modprobe`, it takes the command
+//! line the kernel's `request_module()` uses, `modprobe -q -- NAME`, and loads each NAME as
+//! `modbroker load --udev NAME` would (exit 0 or 1).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,13 +74,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Kernel autoload helper: `modprobe [-q] [-b] [--] NAME...`, each NAME loaded as with
+    /// `load --udev` (also what runs when this program is called through a name `modprobe`)
+    Modprobe {
+        /// -q/--quiet (no stdout lines), -b/--use-blacklist (ignored), --, then module names
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<OsString>,
+    },
 }
 
 const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
 
 fn main() -> ExitCode {
+    // Called through a name `modprobe` (the kernel's request_module() helper): no clap, only the
+    // modprobe command line; the socket and module tree are the defaults (or $MODBROKER_SOCKET).
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    if Path::new(&argv0).file_name() == Some("modprobe".as_ref()) {
+        return modprobe(client::socket_path(None), None, argv.collect());
+    }
     let cli = Cli::parse();
     let socket = client::socket_path(cli.socket);
     match cli.command {
@@ -87,39 +112,24 @@ fn main() -> ExitCode {
             target,
             params,
         } => {
-            let mode = if udev { Mode::Udev } else { Mode::Strict };
             let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.001)));
-            let request = Request::Load(LoadRequest {
-                targets: vec![target.clone()],
-                params: params.clone(),
+            let options = LoadOptions {
                 wait: !no_wait,
+                timeout,
                 retry,
-                timeout_ms: timeout.map(|t| t.as_millis() as u64),
-            });
-            // Give the daemon a little longer than its own timeout, so its timed-out reply arrives.
-            let wait = timeout.map(|t| t + Duration::from_secs(1));
-            match client::call(&socket, &request, wait) {
-                Ok(reply) => report_results(reply, mode),
-                Err(err @ ClientError::Unreachable { .. }) if !no_fallback => {
-                    eprintln!("modbroker: {err}: loading {target} directly, without merging");
-                    match client::load_without_daemon(cli.module_dir.as_deref(), &target, &params) {
-                        Ok(result) => exit_for(&[result], mode),
-                        Err(err) => {
-                            eprintln!("modbroker: {target}: failed: {err}");
-                            ExitCode::from(EXIT_FAILED)
-                        }
-                    }
-                }
-                Err(err @ ClientError::Unreachable { .. }) => {
-                    eprintln!("modbroker: {err}");
-                    ExitCode::from(EXIT_UNREACHABLE)
-                }
-                Err(err) => {
-                    eprintln!("modbroker: {err}");
-                    ExitCode::from(EXIT_REFUSED)
-                }
-            }
+                fallback: !no_fallback,
+                mode: if udev { Mode::Udev } else { Mode::Strict },
+                quiet: false,
+            };
+            load(
+                &socket,
+                cli.module_dir.as_deref(),
+                &[target],
+                &params,
+                &options,
+            )
         }
+        Command::Modprobe { args } => modprobe(socket, cli.module_dir, args),
         Command::Resolve { targets } => match call_or_report(&socket, &Request::Resolve(targets)) {
             Ok(reply) => print_resolved(&reply),
             Err(code) => code,
@@ -136,6 +146,125 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
     }
+}
+
+/// How `load` asks and judges.
+struct LoadOptions {
+    wait: bool,
+    timeout: Option<Duration>,
+    retry: bool,
+    fallback: bool,
+    mode: Mode,
+    /// No stdout lines (failures still get their stderr line).
+    quiet: bool,
+}
+
+/// Loads `targets` through the daemon, or directly (one `modbrokerd --oneshot` per target) when no
+/// daemon answers and `options.fallback` is set; prints the results, returns the exit status.
+fn load(
+    socket: &Path,
+    module_dir: Option<&Path>,
+    targets: &[String],
+    params: &[String],
+    options: &LoadOptions,
+) -> ExitCode {
+    let request = Request::Load(LoadRequest {
+        targets: targets.to_vec(),
+        params: params.to_vec(),
+        wait: options.wait,
+        retry: options.retry,
+        timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
+    });
+    // Give the daemon a little longer than its own timeout, so its timed-out reply arrives.
+    let wait = options.timeout.map(|t| t + Duration::from_secs(1));
+    match client::call(socket, &request, wait) {
+        Ok(reply) => report_results(reply, options),
+        Err(err @ ClientError::Unreachable { .. }) if options.fallback => {
+            let mut results = Vec::new();
+            let mut ok = true;
+            for target in targets {
+                eprintln!("modbroker: {err}: loading {target} directly, without merging");
+                match client::load_without_daemon(module_dir, target, params) {
+                    Ok(result) => results.push(result),
+                    Err(err) => {
+                        eprintln!("modbroker: {target}: failed: {err}");
+                        ok = false;
+                    }
+                }
+            }
+            match exit_for(&results, options) {
+                code if ok => code,
+                _ => ExitCode::from(EXIT_FAILED),
+            }
+        }
+        Err(err @ ClientError::Unreachable { .. }) => {
+            eprintln!("modbroker: {err}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(err) => {
+            eprintln!("modbroker: {err}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+/// The kernel's autoload command line, `modprobe -q -- NAME` (kernel/module/kmod.c): each NAME is
+/// loaded as `load --udev NAME`. `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` are
+/// accepted and ignored (the daemon applies the blacklist as it does for udev); anything else
+/// that looks like an option is a usage error. Exit status 0 or 1 (2 for usage errors).
+fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
+    let (quiet, names) = match parse_modprobe_args(args) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("modbroker: {message}");
+            eprintln!("usage: modprobe [-q|--quiet] [-b|--use-blacklist] [--] NAME...");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let options = LoadOptions {
+        wait: true,
+        timeout: None,
+        retry: false,
+        fallback: true,
+        mode: Mode::Udev,
+        quiet,
+    };
+    match load(&socket, module_dir.as_deref(), &names, &[], &options) {
+        // A refusal from the daemon (3) is a failure like any other for the kernel's helper.
+        code if code == ExitCode::SUCCESS => code,
+        _ => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+/// Splits modprobe arguments into (quiet, names).
+fn parse_modprobe_args(args: Vec<OsString>) -> Result<(bool, Vec<String>), String> {
+    let mut quiet = false;
+    let mut names = Vec::new();
+    let mut options_done = false;
+    for arg in args {
+        let arg = arg
+            .into_string()
+            .map_err(|arg| format!("argument {arg:?} is not UTF-8"))?;
+        if options_done || !arg.starts_with('-') || arg == "-" {
+            names.push(arg);
+            continue;
+        }
+        match arg.as_str() {
+            "--" => options_done = true,
+            "--quiet" => quiet = true,
+            "--use-blacklist" => {}
+            short
+                if !short.starts_with("--") && short[1..].chars().all(|c| c == 'q' || c == 'b') =>
+            {
+                quiet |= short.contains('q');
+            }
+            _ => return Err(format!("modprobe: unsupported option {arg:?}")),
+        }
+    }
+    if names.is_empty() {
+        return Err("modprobe: no module name given".to_string());
+    }
+    Ok((quiet, names))
 }
 
 /// Calls the daemon; on any failure prints it and returns the exit code to use.
@@ -177,7 +306,7 @@ impl Mode {
     }
 }
 
-fn report_results(reply: Reply, mode: Mode) -> ExitCode {
+fn report_results(reply: Reply, options: &LoadOptions) -> ExitCode {
     if let Some(error) = reply.error {
         eprintln!(
             "modbroker: daemon refused: {} ({})",
@@ -185,30 +314,32 @@ fn report_results(reply: Reply, mode: Mode) -> ExitCode {
         );
         return ExitCode::from(EXIT_REFUSED);
     }
-    exit_for(&reply.results.unwrap_or_default(), mode)
+    exit_for(&reply.results.unwrap_or_default(), options)
 }
 
-fn exit_for(results: &[TargetResult], mode: Mode) -> ExitCode {
+fn exit_for(results: &[TargetResult], options: &LoadOptions) -> ExitCode {
     for result in results {
-        print_result(result);
+        print_result(result, options.quiet);
     }
-    if results.iter().all(|r| mode.accepts(r)) {
+    if results.iter().all(|r| options.mode.accepts(r)) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
     }
 }
 
-/// One stdout line per target; failures also get one stderr line.
-fn print_result(r: &TargetResult) {
+/// One stdout line per target (unless `quiet`); failures also get one stderr line.
+fn print_result(r: &TargetResult, quiet: bool) {
     let merged = if r.merged { " (merged)" } else { "" };
-    println!(
-        "{}: {} [{}]{merged} in {:.1} ms",
-        r.target,
-        r.outcome.as_str(),
-        r.modules.join(","),
-        r.elapsed_us as f64 / 1000.0
-    );
+    if !quiet {
+        println!(
+            "{}: {} [{}]{merged} in {:.1} ms",
+            r.target,
+            r.outcome.as_str(),
+            r.modules.join(","),
+            r.elapsed_us as f64 / 1000.0
+        );
+    }
     if r.outcome.is_success() {
         return;
     }

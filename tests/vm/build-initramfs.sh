@@ -18,7 +18,8 @@
 # MB_VM_COMPRESS: gzip (default), zstd, lz4 or none.
 # Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR,
 #      MB_VM_MODROOT, MB_VM_UDEV, MB_VM_COMPRESS,
-#      MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries).
+#      MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries),
+#      MB_VM_COMPRESS_MODULES (FORMAT:MODULE..., modules stored compressed).
 set -eu
 . "$(dirname "$0")/common.sh"
 
@@ -104,7 +105,28 @@ else
 		[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
 		cp "$testmods/$m.ko" "$stage$moddir/extra/"
 	done
+	# MB_VM_COMPRESS_MODULES (default: the scenario's "# compress-modules:" line):
+	# space-separated FORMAT:MODULE (FORMAT xz, zst or gz) replacing those modules
+	# of the image's tree by .ko.xz/.ko.zst/.ko.gz copies before depmod runs.
+	compress_mods=${MB_VM_COMPRESS_MODULES-$(sed -n 's/^# compress-modules:[[:space:]]*//p' "$scenario" | head -n1)}
+	for spec in $compress_mods; do
+		fmt=${spec%%:*} m=${spec#*:}
+		ko=$(find "$stage$moddir" \( -name "$m.ko" -o -name "$(echo "$m" | tr - _).ko" -o -name "$(echo "$m" | tr _ -).ko" \) | head -n1)
+		[ -n "$ko" ] || die "MB_VM_COMPRESS_MODULES: no plain $m.ko in the image's module tree"
+		case $fmt in
+		xz) need xz xz-utils; xz -f --check=crc32 --lzma2=dict=1MiB "$ko" ;;
+		zst) need zstd zstd; zstd -q -f --rm -T1 "$ko" ;;
+		gz) need gzip gzip; gzip -9 -n -f "$ko" ;;
+		*) die "MB_VM_COMPRESS_MODULES: unknown format '$fmt' in '$spec' (xz, zst, gz)" ;;
+		esac
+		echo "initramfs: compressed ${ko#"$stage"} with $fmt" >&2
+	done
 	depmod -b "$stage" "$KVER" || die "depmod -b failed"
+	for spec in $compress_mods; do
+		m=$(echo "${spec#*:}" | tr - _)
+		grep -Eq "^[^:]*/($m|$(echo "$m" | tr _ -))\.ko\.${spec%%:*}:" "$stage$moddir/modules.dep" ||
+			die "depmod did not index the ${spec%%:*}-compressed ${spec#*:} (kmod built without that format? see 'kmod --version')"
+	done
 	grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
 		die "depmod did not record mb_user -> mb_base in modules.dep"
 fi
