@@ -15,13 +15,15 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 UDEVDIR    ?= $(PREFIX)/lib/udev/rules.d
 DOCDIR     ?= $(PREFIX)/share/doc/modbroker
+MANDIR     ?= $(PREFIX)/share/man
+DATADIR    ?= $(PREFIX)/share
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
 VM_TESTS   ?= selftest broker autoload compressed coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build deps deb test lint check-units unit-test vm-test demo install uninstall bench clean
+.PHONY: all build docs deps deb test lint check-units unit-test vm-test demo install uninstall bench clean
 
 all: build
 
@@ -34,6 +36,7 @@ deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 
 unit-test:
 	$(CARGO) test --locked
@@ -56,7 +59,11 @@ bench: deps build
 	tests/vm/bench.sh
 	tests/vm/bench-coldplug.sh
 
-install: build
+# Man pages and shell completions, generated from the clap definitions (src/cli.rs).
+docs:
+	$(CARGO) run --release --locked --features docs --bin modbroker-gen-docs -- build/docs
+
+install: build docs
 	install -D -m 0755 target/release/modbrokerd $(DESTDIR)$(BINDIR)/modbrokerd
 	install -D -m 0755 target/release/modbroker $(DESTDIR)$(BINDIR)/modbroker
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
@@ -67,12 +74,24 @@ install: build
 	install -D -m 0644 config/modbroker.toml $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 docs/protocol.md $(DESTDIR)$(DOCDIR)/protocol.md
+	install -D -m 0644 build/docs/man8/modbrokerd.8 $(DESTDIR)$(MANDIR)/man8/modbrokerd.8
+	install -D -m 0644 build/docs/man8/modbroker.8 $(DESTDIR)$(MANDIR)/man8/modbroker.8
+	for b in modbroker modbrokerd; do \
+		install -D -m 0644 build/docs/completions/$$b.bash $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b; \
+		install -D -m 0644 build/docs/completions/_$$b $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b; \
+		install -D -m 0644 build/docs/completions/$$b.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish; \
+	done
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
 	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket
 	rm -f $(DESTDIR)$(UDEVDIR)/80-modbroker.rules $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
 	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(MANDIR)/man8/modbrokerd.8 $(DESTDIR)$(MANDIR)/man8/modbroker.8
+	for b in modbroker modbrokerd; do \
+		rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b \
+			$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish; \
+	done
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml"
 
 clean:

@@ -18,7 +18,7 @@
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
 //! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
 //! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply), [`notify`] (systemd notifications),
-//! [`server`] (sockets, credentials, shutdown), [`config`], [`client`] (blocking client) and
+//! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client) and
 //! [`direct`] (loading without the daemon). [`testing`] holds the fake kernel used by tests.
 //!
 //! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod direct;

@@ -45,7 +45,8 @@ touch "$scratch/var/lib/dpkg/status"
 dpkg --root="$scratch" --force-script-chrootless --force-depends --log=/dev/null -i "$deb" >/dev/null
 for f in usr/bin/modbrokerd usr/bin/modbroker usr/lib/systemd/system/modbroker.socket \
 	usr/lib/systemd/system/modbroker.service usr/lib/udev/rules.d/80-modbroker.rules \
-	etc/modbroker/modbroker.toml; do
+	etc/modbroker/modbroker.toml usr/share/man/man8/modbrokerd.8 usr/share/man/man8/modbroker.8 \
+	usr/share/bash-completion/completions/modbroker; do
 	[ -e "$scratch/$f" ] || { echo "make-deb: $f missing after install" >&2; exit 1; }
 done
 [ "$(readlink "$scratch/etc/udev/rules.d/80-drivers.rules")" = /dev/null ] ||

@@ -17,75 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use modbroker::cli::{Cli, Command};
 use modbroker::client::{self, ClientError};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
-
-#[derive(Parser)]
-#[command(
-    name = "modbroker",
-    version,
-    about = "Ask modbrokerd to load kernel modules (one finit_module per module, however many ask)"
-)]
-struct Cli {
-    /// Daemon socket [default: $MODBROKER_SOCKET, else /run/modbroker.sock]
-    #[arg(long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Module tree for direct loading when the daemon is unreachable [default: /lib/modules/$(uname -r)]
-    #[arg(long, global = true, value_name = "DIR")]
-    module_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Load a module by name or modalias, with optional parameters
-    Load {
-        /// Return at once; the daemon loads in the background
-        #[arg(long)]
-        no_wait: bool,
-        /// Stop waiting after SECS (the load itself goes on)
-        #[arg(long, value_name = "SECS")]
-        timeout: Option<f64>,
-        /// Try again even if the module failed within the failure window
-        #[arg(long)]
-        retry: bool,
-        /// Fail instead of loading directly when the daemon is unreachable
-        #[arg(long)]
-        no_fallback: bool,
-        /// Exit status as udev's builtin kmod: blacklisted and ENODEV are not errors either
-        #[arg(long)]
-        udev: bool,
-        /// Module name or modalias
-        target: String,
-        /// Module parameters, NAME=VALUE
-        params: Vec<String>,
-    },
-    /// Show what targets resolve to (modules in load order, options), like modprobe --show-depends
-    Resolve {
-        /// Module names or modaliases
-        #[arg(required = true)]
-        targets: Vec<String>,
-    },
-    /// Show the daemon's counters and in-flight loads
-    Status {
-        /// Print the raw JSON reply
-        #[arg(long)]
-        json: bool,
-    },
-    /// Kernel autoload helper: `modprobe [-q] [-b] [--] NAME...`, each NAME loaded as with
-    /// `load --udev` (also what runs when this program is called through a name `modprobe`)
-    Modprobe {
-        /// -q/--quiet (no stdout lines), -b/--use-blacklist (ignored), --, then module names
-        #[arg(
-            value_name = "ARGS",
-            trailing_var_arg = true,
-            allow_hyphen_values = true
-        )]
-        args: Vec<OsString>,
-    },
-}
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;

@@ -7,7 +7,7 @@
 //! indexes and modprobe.d.
 
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use futures_util::future::BoxFuture;
 use modbroker::broker::Broker;
+use modbroker::cli::DaemonArgs as Args;
 use modbroker::config::{Config, DEFAULT_CONFIG_PATH};
 use modbroker::direct::load_direct;
 use modbroker::kernel::SysKernel;
@@ -30,34 +31,6 @@ use tracing::{info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
-
-#[derive(Parser, Clone)]
-#[command(
-    name = "modbrokerd",
-    version,
-    about = "Kernel module-load broker daemon: one finit_module per module name"
-)]
-struct Args {
-    /// Configuration file [default: /etc/modbroker/modbroker.toml, if present]
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Socket to bind when not socket-activated [default: /run/modbroker.sock]
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Module tree [default: /lib/modules/$(uname -r)]
-    #[arg(long, value_name = "DIR")]
-    module_dir: Option<PathBuf>,
-    /// error, warn, info, debug, trace (or a tracing filter) [default: info]
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// Load TARGET directly (no daemon, no merging), print its result as JSON, exit: the
-    /// client's fallback when no daemon answers
-    #[arg(long, requires = "oneshot_args")]
-    oneshot: bool,
-    /// With --oneshot: TARGET [PARAM=VALUE...]
-    #[arg(requires = "oneshot", value_name = "TARGET [PARAM...]")]
-    oneshot_args: Vec<String>,
-}
 
 /// The libkmod resolver thread, as the service sees it.
 struct KmodResolve(ResolverHandle);

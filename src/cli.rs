@@ -1,0 +1,105 @@
+//! The command lines of both binaries, as clap definitions in one place, so that the binaries
+//! parse them and `modbroker-gen-docs` renders man pages and shell completions from the same
+//! source (nothing about the options is written twice by hand).
+#![allow(missing_docs)] // clap turns the field docs into --help text; they document the fields.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// `modbroker`: the client and admin CLI.
+#[derive(Parser)]
+#[command(
+    name = "modbroker",
+    version,
+    about = "Ask modbrokerd to load kernel modules (one finit_module per module, however many ask)"
+)]
+pub struct Cli {
+    /// Daemon socket [default: $MODBROKER_SOCKET, else /run/modbroker.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Module tree for direct loading when the daemon is unreachable [default: /lib/modules/$(uname -r)]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub module_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load a module by name or modalias, with optional parameters
+    Load {
+        /// Return at once; the daemon loads in the background
+        #[arg(long)]
+        no_wait: bool,
+        /// Stop waiting after SECS (the load itself goes on)
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// Try again even if the module failed within the failure window
+        #[arg(long)]
+        retry: bool,
+        /// Fail instead of loading directly when the daemon is unreachable
+        #[arg(long)]
+        no_fallback: bool,
+        /// Exit status as udev's builtin kmod: blacklisted and ENODEV are not errors either
+        #[arg(long)]
+        udev: bool,
+        /// Module name or modalias
+        target: String,
+        /// Module parameters, NAME=VALUE
+        params: Vec<String>,
+    },
+    /// Show what targets resolve to (modules in load order, options), like modprobe --show-depends
+    Resolve {
+        /// Module names or modaliases
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Show the daemon's counters and in-flight loads
+    Status {
+        /// Print the raw JSON reply
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kernel autoload helper: `modprobe [-q] [-b] [--] NAME...`, each NAME loaded as with
+    /// `load --udev` (also what runs when this program is called through a name `modprobe`)
+    Modprobe {
+        /// -q/--quiet (no stdout lines), -b/--use-blacklist (ignored), --, then module names
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<OsString>,
+    },
+}
+
+/// `modbrokerd`: the daemon.
+#[derive(Parser, Clone)]
+#[command(
+    name = "modbrokerd",
+    version,
+    about = "Kernel module-load broker daemon: one finit_module per module name"
+)]
+pub struct DaemonArgs {
+    /// Configuration file [default: /etc/modbroker/modbroker.toml, if present]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Socket to bind when not socket-activated [default: /run/modbroker.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Module tree [default: /lib/modules/$(uname -r)]
+    #[arg(long, value_name = "DIR")]
+    pub module_dir: Option<PathBuf>,
+    /// error, warn, info, debug, trace (or a tracing filter) [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Load TARGET directly (no daemon, no merging), print its result as JSON, exit: the
+    /// client's fallback when no daemon answers
+    #[arg(long, requires = "oneshot_args")]
+    pub oneshot: bool,
+    /// With --oneshot: TARGET [PARAM=VALUE...]
+    #[arg(requires = "oneshot", value_name = "TARGET [PARAM...]")]
+    pub oneshot_args: Vec<String>,
+}
