@@ -3,8 +3,7 @@
 //! small /proc readers (RSS, CPU time) and the file-descriptor limit.
 //!
 //! The server child is the real `server::run` + `Service` + `Broker` stack over a `FakeKernel`
-//! and a `FixedResolver`, on a multi-thread tokio runtime built like modbrokerd's (one worker per
-//! core). Its fake kernel knows three modules:
+//! and a `FixedResolver`, on a current-thread tokio runtime built like modbrokerd's. Its fake kernel knows three modules:
 //! - `live_mod`: already live, so a load is answered from "sysfs" with no syscall;
 //! - `bad_mod`: fails with ENODEV; the child loads it once before it reports ready, so every
 //!   benchmark request for it is answered from the failure window (set to one hour);
@@ -69,7 +68,7 @@ pub fn maybe_run_server_child() {
     }
     let socket = PathBuf::from(std::env::var_os(SOCKET_VAR).expect("MB_BENCH_SOCKET set"));
     raise_nofile(1 << 20);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

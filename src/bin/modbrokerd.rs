@@ -51,9 +51,13 @@ fn main() -> anyhow::Result<()> {
     if args.oneshot {
         return oneshot(&config, &args.oneshot_args);
     }
-    tokio::runtime::Builder::new_multi_thread()
+    // One thread serves every connection: the async work per request is a few microseconds of
+    // parsing and map lookups, and each finit_module runs on the blocking pool anyway. A
+    // multi-thread runtime cost 2.5x the CPU per connection here (0.30-0.37 ms against 0.13 ms
+    // of daemon CPU per `modbroker` call, measured with 300 sequential calls on this host),
+    // in futex wake-ups between workers for every accept, read and write.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("modbrokerd")
         .build()
         .context("cannot start the async runtime")?
         .block_on(serve(args, config, log_level))
