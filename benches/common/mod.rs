@@ -3,7 +3,8 @@
 //! small /proc readers (RSS, CPU time) and the file-descriptor limit.
 //!
 //! The server child is the real `server::run` + `Service` + `Broker` stack over a `FakeKernel`
-//! and a `FixedResolver`, on a current-thread tokio runtime built like modbrokerd's. Its fake kernel knows three modules:
+//! and a `FixedResolver`, on a current-thread tokio runtime built like modbrokerd's. Its fake
+//! kernel knows three modules:
 //! - `live_mod`: already live, so a load is answered from "sysfs" with no syscall;
 //! - `bad_mod`: fails with ENODEV; the child loads it once before it reports ready, so every
 //!   benchmark request for it is answered from the failure window (set to one hour);
