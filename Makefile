@@ -58,6 +58,7 @@ demo: deps build
 bench: deps build
 	tests/vm/bench.sh
 	tests/vm/bench-coldplug.sh
+	python3 tools/charts.py coldplug build/vm/bench-coldplug.csv docs/bench-coldplug.svg
 
 # Man pages and shell completions, generated from the clap definitions (src/cli.rs).
 docs:
