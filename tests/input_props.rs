@@ -1,0 +1,86 @@
+//! Arbitrary input against the pure front of the daemon (request decoding, target and parameter
+//! validation): it never panics, every refusal has a kind, and whatever is accepted obeys the
+//! rules the rest of the daemon relies on. A stable-Rust complement to coverage-guided fuzzing.
+
+use modbroker::protocol::{decode_request, Request, MAX_FRAME};
+use modbroker::target::{validate_params, validate_target, MAX_TARGET_LEN};
+use proptest::prelude::*;
+
+/// Request-shaped JSON with random field values, to get past the JSON parser more often than
+/// random bytes do.
+fn requestish() -> impl Strategy<Value = String> {
+    let op = prop_oneof![
+        Just("load".to_string()),
+        Just("resolve".to_string()),
+        Just("status".to_string()),
+        ".{0,8}"
+    ];
+    let targets = prop::collection::vec(".{0,40}", 0..6);
+    let params = prop::collection::vec(".{0,20}", 0..4);
+    (
+        0u32..3,
+        op,
+        targets,
+        params,
+        any::<bool>(),
+        any::<bool>(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(|(v, op, targets, params, wait, retry, timeout)| {
+            serde_json::json!({
+                "v": v, "op": op, "targets": targets, "params": params,
+                "wait": wait, "retry": retry, "timeout_ms": timeout,
+            })
+            .to_string()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Err(e) = decode_request(&bytes) {
+            prop_assert!(!e.kind().is_empty());
+        }
+    }
+
+    #[test]
+    fn request_shaped_json_decodes_or_is_refused(line in requestish()) {
+        match decode_request(line.as_bytes()) {
+            Ok(Request::Load(load)) => {
+                prop_assert!(!load.targets.is_empty());
+                prop_assert!(load.params.is_empty() || load.targets.len() == 1);
+            }
+            Ok(Request::Resolve(targets)) => prop_assert!(!targets.is_empty()),
+            Ok(Request::Status) => {}
+            Err(e) => prop_assert!(!e.kind().is_empty()),
+        }
+    }
+
+    #[test]
+    fn accepted_targets_are_never_paths_or_controls(target in ".{0,64}") {
+        if let Ok(t) = validate_target(&target) {
+            prop_assert!(!t.contains('/'));
+            prop_assert!(t.bytes().all(|b| b.is_ascii_graphic()));
+            prop_assert!(!t.starts_with('.') && !t.starts_with('-'));
+            prop_assert!(t.len() <= MAX_TARGET_LEN);
+        }
+    }
+
+    #[test]
+    fn accepted_parameters_carry_no_shell_syntax(params in prop::collection::vec(".{0,24}", 0..4)) {
+        if let Ok(joined) = validate_params(&params) {
+            for forbidden in ['$', '`', ';', '|', '&', '\'', '"', '\\', '(', ')', '<', '>', '*', '?', '\n'] {
+                prop_assert!(!joined.contains(forbidden), "{joined:?}");
+            }
+            prop_assert_eq!(joined.split(' ').filter(|p| !p.is_empty()).count(), params.len());
+        }
+    }
+}
+
+#[test]
+fn oversized_line_is_refused_before_parsing() {
+    let line = vec![b'{'; MAX_FRAME + 1];
+    assert_eq!(decode_request(&line).unwrap_err().kind(), "frame-too-large");
+}
