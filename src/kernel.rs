@@ -216,11 +216,32 @@ pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, options: &str) -> Mo
                 message,
             }),
         },
-        LoadMethod::File(path) => match kernel.load_file(&node.name, path, options) {
+        LoadMethod::File(path) => insert_file(kernel, &node.name, path, options),
+    }
+}
+
+/// Attempts at most this many inserts when another loader's concurrent load of the same module
+/// makes the kernel answer `EBUSY`.
+const EBUSY_ATTEMPTS: usize = 3;
+
+/// `finit_module` and what its errno means. `EBUSY` is the kernel telling us that a concurrent
+/// load of the same module by someone else (udev's builtin, modprobe, a fallback client) ended
+/// while we waited, without the module being live: it says nothing about this module's own
+/// outcome, so it is never passed on. The module is loaded now (`already-loaded`) or the load is
+/// tried again, which yields the module's true result.
+fn insert_file(kernel: &dyn Kernel, name: &str, path: &Path, options: &str) -> ModuleOutcome {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        return match kernel.load_file(name, path, options) {
             Ok(()) => ModuleOutcome::Loaded,
-            Err(Errno::EEXIST) => exists_outcome(kernel, &node.name),
-            Err(errno) => ModuleOutcome::Failed(errno_failure(&node.name, errno)),
-        },
+            Err(Errno::EEXIST) => exists_outcome(kernel, name),
+            Err(Errno::EBUSY) if kernel.state(name) == ModuleState::Live => {
+                ModuleOutcome::AlreadyLoaded
+            }
+            Err(Errno::EBUSY) if attempts < EBUSY_ATTEMPTS => continue,
+            Err(errno) => ModuleOutcome::Failed(errno_failure(name, errno)),
+        };
     }
 }
 
@@ -281,6 +302,59 @@ mod tests {
         assert_eq!(
             nodev,
             ModuleOutcome::Failed(errno_failure("m", Errno::ENODEV))
+        );
+    }
+
+    /// A kernel whose loads answer from a script, in order, recording each call.
+    struct Sequence(std::sync::Mutex<Vec<Result<(), Errno>>>, ModuleState);
+
+    impl Kernel for Sequence {
+        fn state(&self, _name: &str) -> ModuleState {
+            self.1
+        }
+        fn load_file(&self, _: &str, _: &Path, _: &str) -> Result<(), Errno> {
+            self.0.lock().unwrap().remove(0)
+        }
+        fn run_install(&self, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn ebusy_is_never_the_answer_while_attempts_remain() {
+        let node = ModuleNode::file("m", "/x/m.ko");
+        // Someone else's load ended without the module live: try again, get the true errno.
+        let kernel = Sequence(
+            std::sync::Mutex::new(vec![Err(Errno::EBUSY), Err(Errno::ENODEV)]),
+            ModuleState::Absent,
+        );
+        let outcome = attempt_load(&kernel, &node, "");
+        assert_eq!(
+            outcome,
+            ModuleOutcome::Failed(errno_failure("m", Errno::ENODEV))
+        );
+        // Someone else's load made it live meanwhile.
+        let kernel = Sequence(
+            std::sync::Mutex::new(vec![Err(Errno::EBUSY)]),
+            ModuleState::Live,
+        );
+        assert_eq!(
+            attempt_load(&kernel, &node, ""),
+            ModuleOutcome::AlreadyLoaded
+        );
+        // Bounded: after EBUSY_ATTEMPTS the kernel's answer stands.
+        let kernel = Sequence(
+            std::sync::Mutex::new(vec![Err(Errno::EBUSY); EBUSY_ATTEMPTS]),
+            ModuleState::Absent,
+        );
+        let outcome = attempt_load(&kernel, &node, "");
+        assert_eq!(
+            outcome,
+            ModuleOutcome::Failed(errno_failure("m", Errno::EBUSY))
+        );
+        assert!(
+            kernel.0.lock().unwrap().is_empty(),
+            "exactly {EBUSY_ATTEMPTS} attempts"
         );
     }
 
