@@ -2,28 +2,19 @@
 //! `/proc/sys/kernel/modprobe` points at) or as `modbroker modprobe`, with the command line the
 //! kernel's `request_module()` uses (`modprobe -q -- NAME`), against a server with a fake kernel.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use modbroker::broker::{Broker, BrokerSettings};
-use modbroker::server::{self, AccessPolicy};
-use modbroker::service::Service;
+use modbroker::server::AccessPolicy;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
-use tokio_util::sync::CancellationToken;
 
-/// A server on a socket in a temp dir, running on its own runtime thread, plus a `modprobe`
-/// symlink to the client binary in the same dir.
-struct TestServer {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    kernel: Arc<FakeKernel>,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+mod common;
+use common::TestServer;
 
 impl TestServer {
+    /// A test server that knows a few autoload targets, plus a `modprobe` symlink to the client
+    /// binary in its temp dir.
     fn start() -> Self {
         let kernel = FakeKernel::new();
         kernel.fail("acpi_cpufreq", Errno::ENODEV);
@@ -33,39 +24,13 @@ impl TestServer {
             .with_module("crypto-sha256", node("sha256_generic", vec![]))
             .with_module("acpi-cpufreq", node("acpi_cpufreq", vec![]))
             .with_module("broken", node("broken", vec![]));
-        let service = Service::new(
-            Arc::new(resolver),
-            Broker::new(kernel.clone(), BrokerSettings::default()),
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("modbroker.sock");
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_modbroker"), dir.path().join("modprobe"))
-            .unwrap();
-        let shutdown = CancellationToken::new();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (socket, shutdown) = (socket.clone(), shutdown.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let listener = server::bind_socket(&socket).unwrap();
-                    ready_tx.send(()).unwrap();
-                    server::run(listener, service, AccessPolicy::default(), shutdown).await;
-                });
-            })
-        };
-        ready_rx.recv().expect("server started");
-        TestServer {
-            dir,
-            socket,
-            kernel,
-            shutdown,
-            thread: Some(thread),
-        }
+        let server = TestServer::start_with(kernel, resolver, AccessPolicy::default());
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_modbroker"),
+            server.dir.path().join("modprobe"),
+        )
+        .unwrap();
+        server
     }
 
     /// The `modprobe` symlink, run as the kernel runs it: its environment is only HOME and
@@ -83,15 +48,6 @@ impl TestServer {
             .args(args)
             .output()
             .unwrap()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -6,28 +6,16 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
-use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::protocol::{OutcomeKind, Reply, MAX_FRAME};
 use modbroker::server::{self, AccessPolicy, ListenError};
-use modbroker::service::Service;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
-use tokio_util::sync::CancellationToken;
 
-/// A server on a socket in a temp dir, running on its own runtime thread.
-struct TestServer {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    kernel: Arc<FakeKernel>,
-    service: Service,
-    shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+mod common;
+use common::TestServer;
 
 impl TestServer {
     fn start(access: AccessPolicy) -> Self {
@@ -38,40 +26,7 @@ impl TestServer {
             .with_module("held", node("held", vec![]))
             .with_module("acpi-cpufreq", node("acpi_cpufreq", vec![]))
             .with_module("e1000", node("e1000", vec![]));
-        let service = Service::new(
-            Arc::new(resolver),
-            Broker::new(kernel.clone(), BrokerSettings::default()),
-        );
-        let dir = tempfile::tempdir().unwrap();
-        // Other users must reach the socket for the credential tests.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("modbroker.sock");
-        let shutdown = CancellationToken::new();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (socket, service, shutdown) = (socket.clone(), service.clone(), shutdown.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let listener = server::bind_socket(&socket).unwrap();
-                    ready_tx.send(()).unwrap();
-                    server::run(listener, service, access, shutdown).await;
-                });
-            })
-        };
-        ready_rx.recv().expect("server started");
-        TestServer {
-            _dir: dir,
-            socket,
-            kernel,
-            service,
-            shutdown,
-            thread: Some(thread),
-        }
+        TestServer::start_with(kernel, resolver, access)
     }
 
     fn connect(&self) -> UnixStream {
@@ -86,15 +41,6 @@ impl TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
         cmd.arg("--socket").arg(&self.socket).args(args);
         cmd
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

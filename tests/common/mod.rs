@@ -1,0 +1,77 @@
+//! Shared by the socket-level tests: a real server (`server::run`) on a socket in a temp dir,
+//! over a fake kernel and a fixed resolver, on its own runtime thread; stopped on drop.
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::server::{self, AccessPolicy};
+use modbroker::service::Service;
+use modbroker::testing::{FakeKernel, FixedResolver};
+use tokio_util::sync::CancellationToken;
+
+/// A running test server.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub kernel: Arc<FakeKernel>,
+    pub service: Service,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Serves `resolver` over `kernel`, admitting peers by `access`; returns once listening.
+    pub fn start_with(
+        kernel: Arc<FakeKernel>,
+        resolver: FixedResolver,
+        access: AccessPolicy,
+    ) -> Self {
+        let service = Service::new(
+            Arc::new(resolver),
+            Broker::new(kernel.clone(), BrokerSettings::default()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Other users must reach the socket for the credential tests.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("modbroker.sock");
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (socket, service, shutdown) = (socket.clone(), service.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = server::bind_socket(&socket).unwrap();
+                    ready_tx.send(()).unwrap();
+                    server::run(listener, service, access, shutdown).await;
+                });
+            })
+        };
+        ready_rx.recv().expect("server started");
+        TestServer {
+            dir,
+            socket,
+            kernel,
+            service,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
