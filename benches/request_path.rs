@@ -2,7 +2,7 @@
 //! `cargo bench --bench request_path` prints a markdown table.
 //!
 //! The daemon side (`server::run` + `Service` + `Broker` over `FakeKernel`/`FixedResolver`) runs in
-//! a child process (this binary re-executed, see `common`), on a multi-thread tokio runtime like
+//! a child process (this binary re-executed, see `common`), on a current-thread tokio runtime like
 //! modbrokerd's. The clients run in this process, on their own tokio runtime: each client has its
 //! own connection and sends one request, reads the one reply line, and repeats. Two answers that
 //! need no syscall are measured: a module already live (`already-loaded`) and a module inside the
@@ -191,8 +191,7 @@ fn main() {
     println!();
     println!("machine: {}", common::machine());
     println!(
-        "server: child process (server::run, tokio multi-thread runtime, {} workers); clients: this process, own tokio runtime; {secs} s per point after 0.5 s warm-up",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "server: child process (server::run, tokio current-thread runtime, as modbrokerd); clients: this process, own tokio runtime; {secs} s per point after 0.5 s warm-up"
     );
     println!();
     println!("| answer | clients | requests/s | p50 latency | p99 latency | max latency | server CPU/request | client CPU/request |");
