@@ -83,7 +83,10 @@ struct RememberedFailure {
 #[derive(Default)]
 struct MergeMap {
     in_flight: HashMap<String, Flight>,
-    failures: HashMap<String, RememberedFailure>,
+    /// Per module, the last failure for each parameter set it was loaded with (a request with
+    /// other parameters must not be answered with a failure that was not its own, nor erase
+    /// one that was).
+    failures: HashMap<String, Vec<RememberedFailure>>,
     failure_counts: HashMap<(String, String), u64>,
 }
 
@@ -289,9 +292,13 @@ impl Broker {
         params: &str,
         retry: bool,
     ) -> Option<Failure> {
-        let remembered = map.failures.get(name)?;
+        let remembered = map
+            .failures
+            .get(name)?
+            .iter()
+            .find(|f| f.params == params)?;
         let fresh = remembered.at.elapsed() < self.failure_window();
-        (fresh && !retry && remembered.params == params).then(|| remembered.failure.clone())
+        (fresh && !retry).then(|| remembered.failure.clone())
     }
 
     /// Awaits `load` of `name`; then `parent`'s task (if any) is no longer waiting on anything.
@@ -406,14 +413,13 @@ impl Broker {
                     .or_default() += 1;
                 warn!(module = name, %error, message = %failure.message, waiters, "load failed");
             }
-            map.failures.insert(
-                name.to_string(),
-                RememberedFailure {
-                    at: Instant::now(),
-                    params: params.to_string(),
-                    failure: failure.clone(),
-                },
-            );
+            let remembered = map.failures.entry(name.to_string()).or_default();
+            remembered.retain(|f| f.params != params);
+            remembered.push(RememberedFailure {
+                at: Instant::now(),
+                params: params.to_string(),
+                failure: failure.clone(),
+            });
         } else {
             map.failures.remove(name);
         }
@@ -455,7 +461,10 @@ impl Broker {
     /// not grow with every module that ever failed).
     pub fn prune_failures(&self) {
         let window = self.failure_window();
-        self.lock().failures.retain(|_, f| f.at.elapsed() < window);
+        self.lock().failures.retain(|_, remembered| {
+            remembered.retain(|f| f.at.elapsed() < window);
+            !remembered.is_empty()
+        });
     }
 
     /// Number of names in flight (tests check it drains to zero).

@@ -433,3 +433,32 @@ async fn no_wait_replies_queued_and_loads() {
     );
     calls_started(&kernel, "bg", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_remembered_per_parameter_set() {
+    // Found by tests/merge_props.rs: alternating parameter sets used to overwrite each other's
+    // remembered failure, so each alternation cost another load call.
+    let kernel = FakeKernel::new();
+    kernel.fail("base", Errno::ENODEV);
+    let resolver = FixedResolver::new()
+        .with_module("base", node("base", vec![]))
+        .with_module("alpha", node("alpha", vec![node("base", vec![])]));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    for _ in 0..2 {
+        for (target, params) in [
+            ("alpha", vec![]),
+            ("base", vec!["value=1"]),
+            ("alpha", vec!["value=1"]),
+            ("base", vec!["value=2"]),
+        ] {
+            let r = one_result(&service, load_request(target, &params, false)).await;
+            assert_eq!(r.outcome, OutcomeKind::Failed);
+            assert_eq!(r.failure.unwrap().errno_name.as_deref(), Some("ENODEV"));
+        }
+    }
+    // base was loaded once with no parameters (as alpha's dependency), once with value=1 and
+    // once with value=2: three calls, however often the requests alternate.
+    assert_eq!(kernel.calls("base"), 3);
+    assert_eq!(kernel.calls("alpha"), 0, "its dependency failed");
+}
