@@ -58,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     // in futex wake-ups between workers for every accept, read and write.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Names the blocking-pool threads that make the finit_module calls, so that ps, top
+        // and the kernel's syscall trace show "modbrokerd", not "tokio-runtime-w".
+        .thread_name("modbrokerd")
         .build()
         .context("cannot start the async runtime")?
         .block_on(serve(args, config, log_level))
