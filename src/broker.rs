@@ -316,12 +316,10 @@ impl Broker {
         async move {
             task.await.unwrap_or_else(|err| {
                 // Only a panic in the load task gets here; answer it rather than hang waiters.
-                ModuleOutcome::Failed(Failure {
-                    module: String::new(),
-                    errno: None,
-                    errno_name: None,
-                    message: format!("load task failed: {err}"),
-                })
+                ModuleOutcome::Failed(Failure::without_errno(
+                    "",
+                    format!("load task failed: {err}"),
+                ))
             })
         }
         .boxed()
@@ -384,12 +382,10 @@ impl Broker {
             tokio::task::spawn_blocking(move || attempt_load(kernel.as_ref(), &node, &options))
                 .await;
         outcome.unwrap_or_else(|err| {
-            ModuleOutcome::Failed(Failure {
-                module: String::new(),
-                errno: None,
-                errno_name: None,
-                message: format!("load thread failed: {err}"),
-            })
+            ModuleOutcome::Failed(Failure::without_errno(
+                "",
+                format!("load thread failed: {err}"),
+            ))
         })
     }
 

@@ -8,9 +8,9 @@ use std::time::Instant;
 use crate::broker::ModuleAnswer;
 use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
 use crate::plan::{ModuleNode, Plan};
-use crate::protocol::{Failure, OutcomeKind, TargetResult};
+use crate::protocol::{OutcomeKind, TargetResult};
 use crate::resolver::KmodResolver;
-use crate::service::plan_result;
+use crate::service::{bare_result, plan_result};
 use crate::target::{validate_params, validate_target};
 
 /// Resolves `target` in `module_dir` and loads it through `kernel`, with `params` for the
@@ -22,19 +22,8 @@ pub fn load_direct(
     params: &[String],
 ) -> TargetResult {
     let started = Instant::now();
-    let refused = |outcome, message: String| TargetResult {
-        target: target.to_string(),
-        outcome,
-        modules: Vec::new(),
-        failure: Some(Failure {
-            module: String::new(),
-            errno: None,
-            errno_name: None,
-            message,
-        }),
-        merged: false,
-        elapsed_us: started.elapsed().as_micros() as u64,
-    };
+    let refused =
+        |outcome, message: String| bare_result(target, outcome, Some(message), Some(started));
     if let Err(err) = validate_target(target) {
         return refused(OutcomeKind::Invalid, err.to_string());
     }

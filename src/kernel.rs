@@ -209,12 +209,9 @@ pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, options: &str) -> Mo
         LoadMethod::Builtin => ModuleOutcome::Builtin,
         LoadMethod::Install(command) => match kernel.run_install(&node.name, command, options) {
             Ok(()) => ModuleOutcome::Loaded,
-            Err(InstallFailure(message)) => ModuleOutcome::Failed(Failure {
-                module: node.name.clone(),
-                errno: None,
-                errno_name: None,
-                message,
-            }),
+            Err(InstallFailure(message)) => {
+                ModuleOutcome::Failed(Failure::without_errno(&node.name, message))
+            }
         },
         LoadMethod::File(path) => insert_file(kernel, &node.name, path, options),
     }

@@ -253,6 +253,19 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// A failure that is not a syscall's errno (install command, resolution, timeout, internal),
+    /// for `module` (empty when no single module is to blame).
+    pub fn without_errno(module: &str, message: impl Into<String>) -> Self {
+        Failure {
+            module: module.to_string(),
+            errno: None,
+            errno_name: None,
+            message: message.into(),
+        }
+    }
+}
+
 /// One target's reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetResult {

@@ -245,28 +245,21 @@ fn describe_module(node: &ModuleNode) -> ResolvedModule {
     }
 }
 
-fn bare_result(
+/// A result carrying no modules: `outcome` with, when given, a failure message. `started`
+/// (when known) gives the elapsed time. Shared with the direct loader.
+pub(crate) fn bare_result(
     target: &str,
     outcome: OutcomeKind,
-    failure: Option<Failure>,
+    message: Option<String>,
     started: Option<Instant>,
 ) -> TargetResult {
     TargetResult {
         target: target.to_string(),
         outcome,
         modules: Vec::new(),
-        failure,
+        failure: message.map(|m| Failure::without_errno("", m)),
         merged: false,
         elapsed_us: started.map_or(0, |s| s.elapsed().as_micros() as u64),
-    }
-}
-
-fn message_failure(message: String) -> Failure {
-    Failure {
-        module: String::new(),
-        errno: None,
-        errno_name: None,
-        message,
     }
 }
 
@@ -274,7 +267,7 @@ fn invalid(target: &str, message: &str) -> TargetResult {
     bare_result(
         target,
         OutcomeKind::Invalid,
-        Some(message_failure(message.to_string())),
+        Some(message.to_string()),
         None,
     )
 }
@@ -284,11 +277,11 @@ fn queued(target: &str) -> TargetResult {
 }
 
 fn timed_out(target: &str, started: Instant) -> TargetResult {
-    let failure = message_failure("timed out waiting; the load goes on".into());
-    bare_result(target, OutcomeKind::TimedOut, Some(failure), Some(started))
+    let message = "timed out waiting; the load goes on".to_string();
+    bare_result(target, OutcomeKind::TimedOut, Some(message), Some(started))
 }
 
 fn resolve_failed(target: &str, message: String, started: Instant) -> TargetResult {
-    let failure = message_failure(format!("cannot resolve: {message}"));
-    bare_result(target, OutcomeKind::Failed, Some(failure), Some(started))
+    let message = format!("cannot resolve: {message}");
+    bare_result(target, OutcomeKind::Failed, Some(message), Some(started))
 }

@@ -101,16 +101,17 @@ impl FakeKernel {
 
     /// Blocks until at least `n` load calls for `name` have started.
     pub fn wait_for_calls(&self, name: &str, n: usize) {
-        let mut state = self.lock();
-        while state.calls.iter().filter(|(c, _)| c == name).count() < n {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
+        self.wait_until(|state| state.calls.iter().filter(|(c, _)| c == name).count() >= n);
     }
 
     /// Blocks until at least `n` load calls (for any module) have started.
     pub fn wait_for_total_calls(&self, n: usize) {
+        self.wait_until(|state| state.calls.len() >= n);
+    }
+
+    fn wait_until(&self, done: impl Fn(&FakeState) -> bool) {
         let mut state = self.lock();
-        while state.calls.len() < n {
+        while !done(&state) {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
