@@ -9,8 +9,12 @@
 # their modules.dep dependencies and softdeps (as `modprobe -D` resolves them),
 # modules.builtin*, modules.order, and the test modules under extra/, indexed
 # by a real `depmod -b` run on the staging root.
-# MB_VM_MODULES=all instead puts the kernel's whole module tree in (from
-# $MB_VM_MODROOT/lib/modules/$KVER, default the host's), without test modules.
+# The modules come from $MB_VM_MODROOT/lib/modules/$KVER (default the
+# host's).  The test modules are only built for the host's kernel: with
+# MB_VM_MODROOT set (another kernel, e.g. 6.12 from fetch-kernel-6.12.sh)
+# the image has none.
+# MB_VM_MODULES=all instead puts the kernel's whole module tree in, without
+# test modules.
 # MB_VM_UDEV=1 adds the host's udev: systemd-udevd, udevadm, the helpers in
 # /lib/udev, rules.d, hwdb.bin, /etc/udev, kmod as /sbin/modprobe with
 # modprobe.d, and udev/80-modbroker.rules as /usr/share/modbroker/ (not active;
@@ -92,27 +96,41 @@ if [ "$MB_VM_MODULES" = all ]; then
 	cp -a "$srcmoddir/kernel" "$stage$moddir/kernel"
 	depmod -b "$stage" "$KVER" || die "depmod -b failed"
 else
-	[ -z "$MB_VM_MODROOT" ] || die "MB_VM_MODROOT needs MB_VM_MODULES=all"
 	for m in $MB_VM_MODULES; do
-		deps=$(modprobe -S "$KVER" -D "$m") || die "modprobe -D $m failed for $KVER"
+		deps=$(modprobe ${MB_VM_MODROOT:+-d "$MB_VM_MODROOT"} -S "$KVER" -D "$m") || die "modprobe -D $m failed for $KVER"
 		printf '%s\n' "$deps" | awk '$1=="insmod"{print $2}' | while read -r ko; do
-			case $ko in "$moddir"/*) ;; *) die "unexpected module path $ko" ;; esac
-			[ -e "$stage$ko" ] || install -D -m 0644 "$ko" "$stage$ko"
+			case $ko in "$srcmoddir"/*) ;; *) die "unexpected module path $ko" ;; esac
+			dest=$stage$moddir/${ko#"$srcmoddir"/}
+			[ -e "$dest" ] || install -D -m 0644 "$ko" "$dest"
 		done
 	done
-	mkdir -p "$stage$moddir/extra"
-	for m in mb_fail mb_ok mb_ok2 mb_base mb_user; do
-		[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
-		cp "$testmods/$m.ko" "$stage$moddir/extra/"
-	done
+	if [ -z "$MB_VM_MODROOT" ]; then
+		mkdir -p "$stage$moddir/extra"
+		for m in mb_fail mb_ok mb_ok2 mb_base mb_user; do
+			[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
+			cp "$testmods/$m.ko" "$stage$moddir/extra/"
+		done
+	fi
 	# MB_VM_COMPRESS_MODULES (default: the scenario's "# compress-modules:" line):
 	# space-separated FORMAT:MODULE (FORMAT xz, zst or gz) replacing those modules
 	# of the image's tree by .ko.xz/.ko.zst/.ko.gz copies before depmod runs.
+	# A module the kernel's tree already ships compressed (6.12's .ko.xz) is
+	# decompressed first, so it can be stored in another format.
 	compress_mods=${MB_VM_COMPRESS_MODULES-$(sed -n 's/^# compress-modules:[[:space:]]*//p' "$scenario" | head -n1)}
+	# Specs naming test modules (mb_*) are dropped when the image has none.
+	if [ -n "$MB_VM_MODROOT" ]; then
+		compress_mods=$(for spec in $compress_mods; do case $spec in *:mb_*) ;; *) echo "$spec" ;; esac; done)
+	fi
 	for spec in $compress_mods; do
 		fmt=${spec%%:*} m=${spec#*:}
-		ko=$(find "$stage$moddir" \( -name "$m.ko" -o -name "$(echo "$m" | tr - _).ko" -o -name "$(echo "$m" | tr _ -).ko" \) | head -n1)
-		[ -n "$ko" ] || die "MB_VM_COMPRESS_MODULES: no plain $m.ko in the image's module tree"
+		ko=$(find "$stage$moddir" \( -name "$m.ko*" -o -name "$(echo "$m" | tr - _).ko*" -o -name "$(echo "$m" | tr _ -).ko*" \) | head -n1)
+		case $ko in
+		*.ko) ;;
+		*.ko.xz) need xz xz-utils; xz -d -f "$ko"; ko=${ko%.xz} ;;
+		*.ko.zst) need zstd zstd; zstd -q -d -f --rm "$ko"; ko=${ko%.zst} ;;
+		*.ko.gz) need gzip gzip; gzip -d -f "$ko"; ko=${ko%.gz} ;;
+		*) die "MB_VM_COMPRESS_MODULES: no $m.ko* in the image's module tree" ;;
+		esac
 		case $fmt in
 		xz) need xz xz-utils; xz -f --check=crc32 --lzma2=dict=1MiB "$ko" ;;
 		zst) need zstd zstd; zstd -q -f --rm -T1 "$ko" ;;
@@ -127,7 +145,7 @@ else
 		grep -Eq "^[^:]*/($m|$(echo "$m" | tr _ -))\.ko\.${spec%%:*}:" "$stage$moddir/modules.dep" ||
 			die "depmod did not index the ${spec%%:*}-compressed ${spec#*:} (kmod built without that format? see 'kmod --version')"
 	done
-	grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
+	[ -n "$MB_VM_MODROOT" ] || grep -q '^extra/mb_user.ko: extra/mb_base.ko$' "$stage$moddir/modules.dep" ||
 		die "depmod did not record mb_user -> mb_base in modules.dep"
 fi
 

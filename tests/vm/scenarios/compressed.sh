@@ -10,7 +10,11 @@
 #   - any other compressed file: decompressed by modbrokerd, init_module;
 #   - a plain .ko: finit_module with flags 0.
 # Debian's 6.1 has no /sys/module/compression, so every compressed module
-# here takes the user-space path.  Checks /proc/modules, the syscall and its
+# here takes the user-space path.  On Debian's 6.12 (tests/vm/run-6.12.sh,
+# "compressed@6.12" in VM_TESTS) the kernel decompresses xz: vfat stays the
+# distro's .ko.xz (finit_module flags 4), fat and e1000 are recompressed as
+# .ko.zst (user space, init_module); the mb_* specs are dropped there since
+# the test modules exist only for the host's kernel.  Checks /proc/modules, the syscall and its
 # caller (trace comm modbrokerd) for each module, a parameter passed through
 # init_module, a burst of concurrent loads of a compressed module (one
 # syscall), and the client's fallback (modbrokerd --oneshot) on a compressed
@@ -101,7 +105,14 @@ if [ -n "$(modfile mb_fail)" ]; then
 	check_eq "(c) exactly 1 'mb_ok2: init'" 1 "$(kmsg_since 'mb_ok2: init')"
 	check_eq "(c) all $N clients exited 0" "$N" "$(burst_rc_count /tmp/bc 0)"
 else
-	say "(b), (c) skipped: no test modules in this kernel's tree"
+	# No test modules for this kernel (6.12): the burst uses a distro module
+	# with no dependencies, kept as the distro shipped it.
+	say "(b) needs the mb_ok test module, which exists for the host's kernel only: not run on $(uname -r)"
+	step "(c) burst: $N x modbroker load nf_defrag_ipv4 (distro module, $(modfile nf_defrag_ipv4))"
+	trace_reset
+	burst "$N" /tmp/bc modbroker load nf_defrag_ipv4
+	check_loads c nf_defrag_ipv4
+	check_eq "(c) all $N clients exited 0" "$N" "$(burst_rc_count /tmp/bc 0)"
 fi
 
 step "(d) fallback: daemon stopped, modbroker load e1000 by modalias"
@@ -127,6 +138,9 @@ if [ -z "$KCOMP" ]; then
 		check "a .ko.$ext module was loaded" sh -c "echo '$COVERED' | grep -q '\.ko\.$ext'"
 	done
 else
+	# 6.12 (run-6.12.sh): its own .ko.xz by the kernel, the modules stored
+	# as .ko.zst by the image builder through user space.
+	check "user-space decompression covered too (>= 1 module in a format the kernel lacks: $ucount)" test "$ucount" -ge 1
 	check "in-kernel decompression ($KCOMP) covered" sh -c "for f in $COVERED; do case \$f in *.ko.xz) [ '$KCOMP' = xz ] && exit 0 ;; *.ko.zst) [ '$KCOMP' = zstd ] && exit 0 ;; *.ko.gz) [ '$KCOMP' = gzip ] && exit 0 ;; esac; done; exit 1"
 fi
 
