@@ -14,8 +14,11 @@
 //! - Requests whose explicit parameters differ from the in-flight load's never merge into it:
 //!   they wait for it to end and then make their own attempt.
 //! - The syscall runs on tokio's blocking pool, behind a semaphore bounding parallel loads; the
-//!   semaphore is taken only around the syscall, never while waiting on dependencies, so the
-//!   bound cannot deadlock.
+//!   semaphore is taken only around the syscall, never while waiting on dependencies. The bound
+//!   is soft: a load that has waited [`BrokerSettings::permit_patience`] for a slot goes ahead
+//!   without one. A module's init can call `request_module()`, which runs the autoload helper
+//!   and comes back to this broker; with every slot held by such inits, a hard bound would
+//!   deadlock the boot, and so would a few inits that never return.
 //! - Softdeps may form cycles across modules; a task never waits on a load that is (through the
 //!   chain of loads waiting on each other) waiting on it.
 
@@ -39,8 +42,12 @@ use crate::protocol::{Failure, FailureCount, InFlight};
 pub struct BrokerSettings {
     /// How long a failed load's outcome answers new requests without another syscall.
     pub failure_window: Duration,
-    /// Most `finit_module` calls (or install commands) running at once.
+    /// Most `finit_module` calls (or install commands) running at once, give or take loads
+    /// that ran out of patience.
     pub max_parallel_loads: usize,
+    /// How long a load waits for one of the `max_parallel_loads` slots before it goes ahead
+    /// without one (see the module docs for why the bound is soft).
+    pub permit_patience: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -48,6 +55,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             failure_window: Duration::from_secs(30),
             max_parallel_loads: 16,
+            permit_patience: Duration::from_secs(5),
         }
     }
 }
@@ -113,6 +121,7 @@ struct Inner {
     failure_window_ms: AtomicU64,
     map: Mutex<MergeMap>,
     permits: Semaphore,
+    permit_patience: Duration,
     counters: Counters,
 }
 
@@ -143,6 +152,7 @@ impl Broker {
                 failure_window_ms: AtomicU64::new(settings.failure_window.as_millis() as u64),
                 map: Mutex::new(MergeMap::default()),
                 permits,
+                permit_patience: settings.permit_patience,
                 counters: Counters::default(),
             }),
         }
@@ -371,8 +381,7 @@ impl Broker {
             return outcome;
         }
         let options = join_options(&node.options, params);
-        // The semaphore is never closed, so acquire cannot fail.
-        let _permit = self.inner.permits.acquire().await.expect("semaphore open");
+        let _permit = self.parallel_slot(&node.name).await;
         self.inner
             .counters
             .load_calls
@@ -387,6 +396,23 @@ impl Broker {
                 format!("load thread failed: {err}"),
             ))
         })
+    }
+
+    /// One of the `max_parallel_loads` slots, or `None` once the patience has run out.
+    async fn parallel_slot(&self, name: &str) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let patience = self.inner.permit_patience;
+        match tokio::time::timeout(patience, self.inner.permits.acquire()).await {
+            // The semaphore is never closed, so acquire cannot fail.
+            Ok(permit) => Some(permit.expect("semaphore open")),
+            Err(_) => {
+                warn!(
+                    module = %name,
+                    waited_ms = patience.as_millis() as u64,
+                    "every parallel-load slot busy; loading without one"
+                );
+                None
+            }
+        }
     }
 
     /// Removes the in-flight entry and remembers a failure, under one lock.

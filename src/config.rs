@@ -103,6 +103,7 @@ impl Config {
         BrokerSettings {
             failure_window: Duration::from_secs(self.failure_window_secs),
             max_parallel_loads: self.max_parallel_loads.max(1),
+            ..BrokerSettings::default()
         }
     }
 

@@ -17,6 +17,7 @@ fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver, window: Duration) 
     let settings = BrokerSettings {
         failure_window: window,
         max_parallel_loads: 4,
+        ..BrokerSettings::default()
     };
     Service::new(Arc::new(resolver), Broker::new(kernel.clone(), settings))
 }
@@ -461,4 +462,36 @@ async fn failures_are_remembered_per_parameter_set() {
     // once with value=2: three calls, however often the requests alternate.
     assert_eq!(kernel.calls("base"), 3);
     assert_eq!(kernel.calls("alpha"), 0, "its dependency failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_stuck_in_init_does_not_hold_back_others_past_the_patience() {
+    // With one slot, held by an init that does not return (as one waiting on a nested
+    // request_module() would), the next load must still go ahead once its patience runs out.
+    let kernel = FakeKernel::new();
+    kernel.hold("stuck");
+    let resolver = FixedResolver::new()
+        .with_module("stuck", node("stuck", vec![]))
+        .with_module("other", node("other", vec![]));
+    let settings = BrokerSettings {
+        failure_window: Duration::from_secs(30),
+        max_parallel_loads: 1,
+        permit_patience: Duration::from_millis(50),
+    };
+    let service = Service::new(Arc::new(resolver), Broker::new(kernel.clone(), settings));
+
+    let stuck = tokio::spawn({
+        let service = service.clone();
+        async move { load(&service, "stuck").await }
+    });
+    calls_started(&kernel, "stuck", 1).await;
+    let other = tokio::time::timeout(Duration::from_secs(20), load(&service, "other")).await;
+    let stuck_was_pending = !stuck.is_finished();
+    // Released before asserting: a held load would keep the runtime from shutting down.
+    kernel.release("stuck");
+    let other = other.expect("the second load went ahead without a slot");
+    assert_eq!(other.outcome, OutcomeKind::Loaded);
+    assert_eq!(kernel.calls("other"), 1);
+    assert!(stuck_was_pending, "the stuck load was still in its init");
+    assert_eq!(stuck.await.unwrap().outcome, OutcomeKind::Loaded);
 }

@@ -99,6 +99,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
         BrokerSettings {
             failure_window: Duration::from_secs(3600),
             max_parallel_loads: 2,
+            ..BrokerSettings::default()
         },
     );
     let nodes = plan_nodes();
