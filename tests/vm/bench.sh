@@ -1,13 +1,19 @@
 #!/bin/bash
 # bench.sh - run modbroker's benchmarks and print their tables (markdown).
 #
-# Usage: tests/vm/bench.sh [host] [burst] [startup]     (default: all three)
+# Usage: tests/vm/bench.sh [host] [burst] [startup] [startup-host]   (default: all)
 #   host     cargo bench --bench request_path and --bench memory (fake kernel,
 #            on this machine)
 #   burst    VM: N concurrent loads of mb_fail, direct finit_module vs
 #            modbrokerd, N in $MB_BENCH_NS (scenarios/bench-burst.sh)
 #   startup  VM: whole-process cost of `modbroker load` vs kmod and busybox
 #            modprobe of a loaded module (scenarios/bench-startup.sh)
+#   startup-host  the same comparison on this machine's real CPU: a daemon on
+#            a scratch socket over the 6.1 tree, `modbroker load unix` vs
+#            `modprobe -S KVER -q unix` (builtin in 6.1: both answer without a
+#            syscall), instructions per whole process counted by
+#            `valgrind --tool=callgrind` and wall time of 300 calls each,
+#            alternated in one run
 # Builds the release binaries with --features bench-tools (for mb-burst),
 # boots the VMs through run.sh, extracts the "MB-BENCH:" lines, writes CSVs
 # and the report to $MB_VM_WORK/bench/ (report.md holds every table plus the
@@ -18,7 +24,7 @@
 set -eu
 . "$(dirname "$0")/common.sh"
 
-parts=${*:-host burst startup}
+parts=${*:-host burst startup startup-host}
 target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 out=$MB_VM_WORK/bench
 mkdir -p "$out"
@@ -135,6 +141,49 @@ for c in order:
 PY
 		echo
 		echo "Target: modbroker at most half of modprobe's time."
+		echo
+	} | tee -a "$report"
+	;;
+esac
+case " $parts " in *" startup-host "*)
+	need valgrind valgrind
+	(cd "$REPO_ROOT" && cargo build --release --bins) >&2
+	sock=$out/startup-host.sock
+	"$target/release/modbrokerd" --socket "$sock" --module-dir "/lib/modules/$KVER" --log-level warn &
+	dpid=$!
+	trap 'kill $dpid 2>/dev/null || true' EXIT
+	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+	[ -S "$sock" ] || die "modbrokerd did not bind $sock"
+	mb=("$target/release/modbroker" --socket "$sock" load unix)
+	kp=(modprobe -S "$KVER" -q unix)
+	"${mb[@]}" >/dev/null || die "modbroker load unix failed on the host"
+	"${kp[@]}" || die "modprobe -S $KVER -q unix failed on the host"
+	# instr CMD...: instructions of one whole process (callgrind, client only).
+	instr() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null | sed -n 's/.*Collected : //p'; }
+	# wall N CMD...: ms per call over N back-to-back calls.
+	wall() {
+		n=$1; shift
+		t0=$(date +%s%N)
+		for _ in $(seq "$n"); do "$@" >/dev/null; done
+		echo $(( ($(date +%s%N) - t0) / n / 1000 )) | awk '{printf "%.2f", $1 / 1000}'
+	}
+	i_true=$(instr /bin/true) i_mb=$(instr "${mb[@]}") i_kp=$(instr "${kp[@]}")
+	w_mb1=$(wall 300 "${mb[@]}") w_kp1=$(wall 300 "${kp[@]}")
+	w_kp2=$(wall 300 "${kp[@]}") w_mb2=$(wall 300 "${mb[@]}")
+	kill $dpid; trap - EXIT
+	{
+		echo "## client start-up on the host (real CPU), builtin module"
+		echo
+		echo "\`modbroker load unix\` against a daemon over the $KVER tree vs \`modprobe -S $KVER -q unix\`; unix is builtin in $KVER, so both answer from the indexes without a syscall. Instructions: one whole process under callgrind (the daemon's share is not counted). Wall: 300 calls back to back from bash, two rounds in opposite order."
+		echo
+		echo "| command | instructions | round 1 ms/call | round 2 ms/call |"
+		echo "| --- | ---: | ---: | ---: |"
+		echo "| \`/bin/true\` (floor) | $i_true | | |"
+		echo "| \`modbroker load unix\` | $i_mb | $w_mb1 | $w_mb2 |"
+		echo "| \`modprobe -q unix\` (kmod) | $i_kp | $w_kp1 | $w_kp2 |"
+		echo
+		awk -v a="$i_mb" -v b="$i_kp" -v c="$w_mb1" -v d="$w_kp1" -v e="$w_mb2" -v f="$w_kp2" \
+			'BEGIN{printf "modbroker / modprobe: %.2fx the instructions, %.2fx and %.2fx the wall time.\n", a/b, c/d, e/f}'
 		echo
 	} | tee -a "$report"
 	;;
