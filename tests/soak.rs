@@ -32,6 +32,9 @@ const DEFAULT_CLIENTS: u64 = 1_000;
 const POOL: usize = 3_000;
 /// The first names of the pool get half of all picks, so bursts for one name merge.
 const HOT: usize = 200;
+/// Requests between drops of the fake kernel's call log: the log is the test's, not the
+/// broker's, and left to grow it was most of the RSS growth of a long run.
+const FORGET_CALLS_EVERY: u64 = 1_000;
 /// Fraction of the requests (in tenths) after which RSS is taken as the warm-up baseline.
 const WARM_UP_TENTHS: u64 = 2;
 /// How far RSS may rise above the warm-up sample (see BENCHMARKS.md section 6): room for the
@@ -173,13 +176,16 @@ impl Soak {
         self.errors.lock().unwrap().push(message);
     }
 
-    /// Counts a finished request; every tenth of the run, samples RSS and drops the fake
-    /// kernel's call log (which would otherwise grow with every load).
+    /// Counts a finished request; now and then drops the fake kernel's call log (which would
+    /// otherwise grow with every load, and with it the heap), and every tenth of the run
+    /// samples RSS.
     fn finish(&self) {
         let done = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
         let tenth = (self.requests / 10).max(1);
-        if done % tenth == 0 {
+        if done % FORGET_CALLS_EVERY == 0 {
             self.kernel.forget_calls();
+        }
+        if done % tenth == 0 {
             self.rss.lock().unwrap().push((done, vm_rss_kib()));
         }
     }
