@@ -8,6 +8,8 @@
 #   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
 #                  a scratch dpkg root
 #   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
+#   make soak      the full soak: 1,000,000 requests from 1,000 clients against the fake kernel
+#                  (release build; `make test` runs a CI-sized one); see BENCHMARKS.md section 6
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -24,7 +26,7 @@ VM_TESTS   ?= selftest broker autoload compressed compressed@6.12 coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build docs deps deb test lint check-units unit-test vm-test demo install uninstall bench clean
+.PHONY: all build docs deps deb test lint check-units unit-test vm-test demo install uninstall bench soak clean
 
 all: build
 
@@ -60,6 +62,9 @@ bench: deps build
 	tests/vm/bench.sh
 	tests/vm/bench-coldplug.sh
 	python3 tools/charts.py coldplug build/vm/bench-coldplug.csv docs/bench-coldplug.svg
+
+soak:
+	MB_SOAK_REQUESTS=1000000 MB_SOAK_CLIENTS=1000 $(CARGO) test --release --locked --test soak -- --nocapture
 
 # Man pages and shell completions, generated from the clap definitions (src/cli.rs).
 docs:

@@ -25,6 +25,8 @@ struct FakeState {
     held: HashSet<String>,
     delay: HashMap<String, Duration>,
     calls: Vec<(String, String)>,
+    /// Every load call ever made, including those dropped from `calls` by `forget_calls`.
+    total_calls: usize,
     /// Calls per module inside the "syscall" right now, and the most ever at once.
     active: HashMap<String, usize>,
     max_active: HashMap<String, usize>,
@@ -106,7 +108,19 @@ impl FakeKernel {
 
     /// Blocks until at least `n` load calls (for any module) have started.
     pub fn wait_for_total_calls(&self, n: usize) {
-        self.wait_until(|state| state.calls.len() >= n);
+        self.wait_until(|state| state.total_calls >= n);
+    }
+
+    /// Load calls made so far, for any module (not reset by [`FakeKernel::forget_calls`]).
+    pub fn total_calls(&self) -> usize {
+        self.lock().total_calls
+    }
+
+    /// Drops the call log ([`FakeKernel::calls`], [`FakeKernel::call_log`] then count from
+    /// here), so a long soak measures the broker's memory rather than the log's.
+    pub fn forget_calls(&self) {
+        let mut state = self.lock();
+        state.calls = Vec::new();
     }
 
     fn wait_until(&self, done: impl Fn(&FakeState) -> bool) {
@@ -124,6 +138,7 @@ impl FakeKernel {
     fn record_and_wait(&self, name: &str, options: &str) -> Result<(), Errno> {
         let mut state = self.lock();
         state.calls.push((name.to_string(), options.to_string()));
+        state.total_calls += 1;
         let active = state.active.entry(name.to_string()).or_default();
         *active += 1;
         let now = *active;
