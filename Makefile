@@ -19,7 +19,7 @@ MANDIR     ?= $(PREFIX)/share/man
 DATADIR    ?= $(PREFIX)/share
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
-VM_TESTS   ?= selftest broker autoload compressed coldplug
+VM_TESTS   ?= selftest broker faults autoload compressed coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
