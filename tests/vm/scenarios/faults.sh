@@ -114,11 +114,11 @@ check_eq "(2a) every finit_module returned 0 or -EEXIST" "" "$(finit_results | g
 c2a="$(finit_calls) finit_module ($(results_summary finit_module))"
 rmmod mb_fail
 
-step "(2b) SIGKILL mid-burst, failing module: $N x modbroker load mb_fail delay_ms=2000 (err 19)"
+step "(2b) SIGKILL mid-burst, failing module: $N x modbroker load mb_fail delay_ms=1000 (err 19)"
 rm -f "$SOCK" # the killed daemon's socket file: start_daemon waits for a new one
 rc=0; start_daemon || rc=$?
 check_eq "(2b) daemon restarted" 0 "$rc"
-kill_mid_burst 2b /tmp/b2b delay_ms=2000
+kill_mid_burst 2b /tmp/b2b delay_ms=1000
 check_eq "(2b) all $N clients exited non-zero" "$N" "$(burst_rc_count /tmp/b2b nonzero)"
 check_eq "(2b) no client reports success" 0 "$(grep -lE 'mb_fail: (loaded|already-loaded|builtin|no-match)' /tmp/b2b/out.* 2>/dev/null | wc -l)"
 for i in $(seq 1 "$N"); do
@@ -126,14 +126,12 @@ for i in $(seq 1 "$N"); do
 		say "(2b) client $i: rc $(cat "/tmp/b2b/rc.$i"), stdout: $(cat "/tmp/b2b/out.$i" | tr '\n' ' ') stderr: $(cat "/tmp/b2b/err.$i" | tr '\n' ' ')"
 done
 say "(2b) stderr errnos: ENODEV $(burst_err_count /tmp/b2b ENODEV), EBUSY $(burst_err_count /tmp/b2b EBUSY), EEXIST $(burst_err_count /tmp/b2b EEXIST)"
-# Fallback clients load without merging: on 6.1 the kernel makes a load that
-# waited for another process's failing load of the same module return EBUSY
-# (the other load's errno is not passed on); the loader retries EBUSY up to 3
-# times, then reports EBUSY saying so.  ENODEV for all is not achievable
-# without coordination between fallback clients.
-check_eq "(2b) every client reports ENODEV or (after 3 attempts) EBUSY" "$N" "$(grep -lE 'ENODEV|EBUSY' /tmp/b2b/err.* | wc -l)"
-check "(2b) at least one client reports ENODEV" test "$(burst_err_count /tmp/b2b ENODEV)" -ge 1
-check_eq "(2b) EBUSY is reported as other processes' failed loads" "$(burst_err_count /tmp/b2b EBUSY)" "$(burst_err_count /tmp/b2b 'concurrent loads of the module by other processes failed')"
+# Fallback clients load without merging.  On 6.1 a load that waited for
+# another process's failing load of the same module gets EBUSY (the other
+# load's errno is not passed on), so direct loaders of one module take turns
+# (flock on the module file): each runs the init itself and reports ENODEV.
+check_eq "(2b) all $N clients report ENODEV" "$N" "$(burst_err_count /tmp/b2b ENODEV)"
+check_eq "(2b) no finit_module returned EBUSY" 0 "$(finit_results | grep -cx -- -16 || true)"
 check "(2b) mb_fail not loaded" sh -c '! grep -q "^mb_fail " /proc/modules'
 say "(2b) init attempts (dmesg): $(kmsg_since 'mb_fail: init attempt')"
 c2b="$(finit_calls) finit_module ($(results_summary finit_module)), $(kmsg_since 'mb_fail: init attempt') init attempts"
