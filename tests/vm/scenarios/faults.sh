@@ -7,7 +7,7 @@
 #   2. modbrokerd killed with SIGKILL while a burst's load is in flight:
 #      the clients fall back (modbrokerd --oneshot) and end with the true
 #      outcome (a succeeding module: all exit 0, loaded once; a failing one:
-#      all exit non-zero, none reports success);
+#      all exit 1 with ENODEV, never EBUSY: direct loaders take turns);
 #   3. a restarted daemon answers modules loaded before the restart as
 #      already-loaded from sysfs, without a load call;
 #   4. depmod run while the daemon serves: a module added to the tree
