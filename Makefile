@@ -22,7 +22,7 @@ DATADIR    ?= $(PREFIX)/share
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
 # NAME@6.12: on Debian's 6.12 from bookworm-backports (tests/vm/run-6.12.sh).
-VM_TESTS   ?= selftest broker autoload compressed compressed@6.12 coldplug
+VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12 coldplug
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 

@@ -1,13 +1,22 @@
 //! Loading without the daemon: the client's fallback when no daemon answers, so that boot never
 //! depends on the daemon being up. Same resolver, same kernel calls and the same `EEXIST` rule as
 //! the broker, minus the merging (one process, one request).
+//!
+//! Direct loaders of the same module take turns (an exclusive `flock` on the module file around
+//! the load call). Without that, N fallback clients of a module whose init fails race in the
+//! kernel: each load that waited for another process's failing load of the same name gets
+//! `EBUSY` (Linux >= 6.2, and 6.1 stable), whose cause is not passed on, so most clients would
+//! end with `EBUSY` instead of the module's own error (found by the VM faults test). Taking turns,
+//! each client's load runs the init itself and gets the true errno, or finds the module live.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::broker::ModuleAnswer;
 use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
-use crate::plan::{ModuleNode, Plan};
+use crate::plan::{LoadMethod, ModuleNode, Plan};
 use crate::protocol::{OutcomeKind, TargetResult};
 use crate::resolver::KmodResolver;
 use crate::service::{bare_result, plan_result};
@@ -72,8 +81,16 @@ pub fn load_tree(
         .iter()
         .map(|dep| load_tree(kernel, dep, "", path))
         .find(|outcome| !outcome.is_ok());
-    let outcome = dep_failure
-        .unwrap_or_else(|| attempt_load(kernel, node, &join_options(&node.options, params)));
+    let outcome = dep_failure.unwrap_or_else(|| {
+        // Direct loaders of one module (fallback clients while the daemon is down) take turns,
+        // and one finding the module live after its turn came needs no syscall.
+        let _turn = match &node.method {
+            LoadMethod::File(path) => ModuleFileLock::acquire(path),
+            _ => None,
+        };
+        settled_outcome(kernel, node)
+            .unwrap_or_else(|| attempt_load(kernel, node, &join_options(&node.options, params)))
+    });
     if outcome.is_ok() {
         for soft in &node.post {
             load_tree(kernel, soft, "", path);
@@ -81,4 +98,61 @@ pub fn load_tree(
     }
     path.pop();
     outcome
+}
+
+/// An exclusive advisory lock on a module file, held for one load attempt; released on drop
+/// (closing the file). Best effort: a file that cannot be opened or locked is loaded unlocked
+/// (the load call then reports the real problem).
+struct ModuleFileLock {
+    _file: File,
+}
+
+impl ModuleFileLock {
+    fn acquire(path: &Path) -> Option<Self> {
+        let file = File::open(path).ok()?;
+        loop {
+            // SAFETY: a valid open descriptor, owned by `file` for the call's duration.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Some(ModuleFileLock { _file: file });
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeKernel;
+    use nix::errno::Errno;
+    use std::time::Duration;
+
+    /// Two direct loaders of one failing module: they take turns (never two load calls at
+    /// once, so the kernel has no reason to answer EBUSY) and both get the module's own errno.
+    #[test]
+    fn direct_loaders_of_one_module_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.ko");
+        std::fs::write(&path, b"module").unwrap();
+        let kernel = FakeKernel::new();
+        kernel.fail("m", Errno::ENODEV);
+        kernel.set_delay("m", Duration::from_millis(200));
+        let node = ModuleNode::file("m", &path);
+        let outcomes: Vec<ModuleOutcome> = std::thread::scope(|scope| {
+            let loaders: Vec<_> = (0..2)
+                .map(|_| scope.spawn(|| load_tree(kernel.as_ref(), &node, "", &mut Vec::new())))
+                .collect();
+            loaders.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        for outcome in outcomes {
+            let ModuleOutcome::Failed(failure) = outcome else {
+                panic!("expected ENODEV, got {outcome:?}")
+            };
+            assert_eq!(failure.errno, Some(Errno::ENODEV as i32));
+        }
+        assert_eq!(kernel.calls("m"), 2);
+        assert_eq!(kernel.max_concurrent("m"), 1, "the loads took turns");
+    }
 }

@@ -197,7 +197,13 @@ pub fn settled_outcome(kernel: &dyn Kernel, node: &ModuleNode) -> Option<ModuleO
     }
     match kernel.state(&node.name) {
         ModuleState::Live => Some(ModuleOutcome::AlreadyLoaded),
-        ModuleState::Builtin => Some(ModuleOutcome::Builtin),
+        // A `/sys/module/NAME` without `initstate` is a built-in module, or a loadable one whose
+        // sysfs entry is half set up or half torn down (someone else's load in progress, or its
+        // failed init being unwound). A module with a file in modules.dep is not built in: let
+        // the kernel answer rather than report a failing module as `builtin`.
+        ModuleState::Builtin if !matches!(node.method, LoadMethod::File(_)) => {
+            Some(ModuleOutcome::Builtin)
+        }
         _ => None,
     }
 }
@@ -237,9 +243,22 @@ fn insert_file(kernel: &dyn Kernel, name: &str, path: &Path, options: &str) -> M
                 ModuleOutcome::AlreadyLoaded
             }
             Err(Errno::EBUSY) if attempts < EBUSY_ATTEMPTS => continue,
+            Err(Errno::EBUSY) => ModuleOutcome::Failed(busy_failure(name)),
             Err(errno) => ModuleOutcome::Failed(errno_failure(name, errno)),
         };
     }
+}
+
+/// `EBUSY` after every attempt: each time, another process's concurrent load of the module
+/// ended without the module live. Its own error is not known here; say so rather than pass the
+/// kernel's "Device or resource busy" off as the module's.
+fn busy_failure(name: &str) -> Failure {
+    let mut failure = errno_failure(name, Errno::EBUSY);
+    failure.message = format!(
+        "concurrent loads of the module by other processes failed {EBUSY_ATTEMPTS} times \
+         (the kernel does not say why)"
+    );
+    failure
 }
 
 /// After `EEXIST`: a `live` module was loaded by someone else; anything else means a module of
@@ -345,13 +364,31 @@ mod tests {
             ModuleState::Absent,
         );
         let outcome = attempt_load(&kernel, &node, "");
-        assert_eq!(
-            outcome,
-            ModuleOutcome::Failed(errno_failure("m", Errno::EBUSY))
-        );
+        assert_eq!(outcome, ModuleOutcome::Failed(busy_failure("m")));
         assert!(
             kernel.0.lock().unwrap().is_empty(),
             "exactly {EBUSY_ATTEMPTS} attempts"
+        );
+    }
+
+    /// Found by the VM faults test: while another process's load of a module fails, its
+    /// `/sys/module/NAME` briefly exists without `initstate`, which reads as built in. For a
+    /// module with a file that must not answer `builtin` (success) without a syscall.
+    #[test]
+    fn a_sysfs_dir_without_initstate_is_not_builtin_for_a_module_with_a_file() {
+        let file = ModuleNode::file("m", "/x/m.ko");
+        let transient = Scripted(Errno::ENODEV, ModuleState::Builtin);
+        assert_eq!(settled_outcome(&transient, &file), None);
+        let outcome = attempt_load(&transient, &file, "");
+        assert_eq!(
+            outcome,
+            ModuleOutcome::Failed(errno_failure("m", Errno::ENODEV))
+        );
+        let mut builtin = ModuleNode::file("b", "");
+        builtin.method = LoadMethod::Builtin;
+        assert_eq!(
+            settled_outcome(&transient, &builtin),
+            Some(ModuleOutcome::Builtin)
         );
     }
 

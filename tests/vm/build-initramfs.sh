@@ -22,7 +22,8 @@
 # MB_VM_COMPRESS: gzip (default), zstd, lz4 or none.
 # Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR,
 #      MB_VM_MODROOT, MB_VM_UDEV, MB_VM_COMPRESS,
-#      MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries),
+#      MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries;
+#      default the scenario's "# extra-bins:" line),
 #      MB_VM_COMPRESS_MODULES (FORMAT:MODULE..., modules stored compressed).
 set -eu
 . "$(dirname "$0")/common.sh"
@@ -79,9 +80,11 @@ copy_with_libs() { # SRC DEST_IN_IMAGE
 }
 [ -z "${MODBROKERD:-}" ] || copy_with_libs "$MODBROKERD" /usr/bin/modbrokerd
 [ -z "${MODBROKER:-}" ] || copy_with_libs "$MODBROKER" /usr/bin/modbroker
-# MB_VM_EXTRA_BINS: more binaries for the image, space separated, each SRC
-# (same path in the image) or SRC=DEST, copied with their libraries.
-for spec in ${MB_VM_EXTRA_BINS:-}; do
+# MB_VM_EXTRA_BINS (default: the scenario's "# extra-bins:" line): more
+# binaries for the image, space separated, each SRC (same path in the image)
+# or SRC=DEST, copied with their libraries.
+extra_bins=${MB_VM_EXTRA_BINS-$(sed -n 's/^# extra-bins:[[:space:]]*//p' "$scenario" | head -n1)}
+for spec in $extra_bins; do
 	case $spec in
 	*=*) copy_with_libs "${spec%%=*}" "${spec#*=}" ;;
 	*) copy_with_libs "$spec" "$spec" ;;
