@@ -1,12 +1,13 @@
 # modbroker — build, test, demo, install.
 #
 #   make test      install missing prerequisites, then every test: fmt, clippy, cargo test,
-#                  and the real-kernel tests in a qemu VM (tests/vm)
+#                  a short fuzz run, and the real-kernel tests in a qemu VM (tests/vm)
 #   make demo      install missing prerequisites, build, boot the VM and show the broker
 #                  merging a burst of same-name requests on a real kernel
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
 #   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
 #                  a scratch dpkg root
+#   make fuzz      run each cargo-fuzz target (fuzz/) for FUZZ_SECONDS from the committed corpus
 #   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
 
 PREFIX     ?= /usr/local
@@ -20,10 +21,12 @@ DATADIR    ?= $(PREFIX)/share
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
 VM_TESTS   ?= selftest broker autoload compressed coldplug
+# Seconds each fuzz target runs in `make fuzz` (and so in `make test`).
+FUZZ_SECONDS ?= 60
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build docs deps deb test lint check-units unit-test vm-test demo install uninstall bench clean
+.PHONY: all build docs deps deb test lint check-units unit-test fuzz vm-test demo install uninstall bench clean
 
 all: build
 
@@ -41,6 +44,10 @@ lint:
 unit-test:
 	$(CARGO) test --locked
 
+# Installs cargo-fuzz if missing; builds with the stable toolchain (see tools/fuzz.sh).
+fuzz:
+	tools/fuzz.sh $(FUZZ_SECONDS)
+
 vm-test: build
 	tests/vm/run-all.sh $(VM_TESTS)
 
@@ -50,7 +57,7 @@ check-units: build
 deb: build
 	tools/make-deb.sh
 
-test: deps lint check-units deb unit-test vm-test
+test: deps lint check-units deb unit-test fuzz vm-test
 
 demo: deps build
 	tests/vm/run.sh demo
