@@ -37,7 +37,11 @@ fuzz_target!(|line: &[u8]| {
                 "unexpected refusal {err:?} for a line within the frame limit"
             );
             let message = err.to_string();
-            assert!(message.len() <= MAX_ERROR_MESSAGE, "{} bytes: {message:?}", message.len());
+            assert!(
+                message.len() <= MAX_ERROR_MESSAGE,
+                "{} bytes: {message:?}",
+                message.len()
+            );
             return;
         }
     };
@@ -64,7 +68,10 @@ fuzz_target!(|line: &[u8]| {
     let body = encoded
         .strip_suffix('\n')
         .expect("an encoded request ends with its newline");
-    assert!(!body.contains('\n'), "an encoded request is one line: {body:?}");
+    assert!(
+        !body.contains('\n'),
+        "an encoded request is one line: {body:?}"
+    );
     let again = decode_request(body.as_bytes());
     if body.len() > MAX_FRAME {
         assert_eq!(again, Err(ProtocolError::FrameTooLarge));

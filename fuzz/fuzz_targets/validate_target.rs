@@ -37,7 +37,10 @@ fn check_target(target: &str) {
             assert!(!valid.is_empty() && valid.len() <= MAX_TARGET_LEN);
             assert!(valid.bytes().all(|b| b.is_ascii_graphic()), "{valid:?}");
             assert!(!valid.contains('/'), "{valid:?}");
-            assert!(!valid.starts_with('.') && !valid.starts_with('-'), "{valid:?}");
+            assert!(
+                !valid.starts_with('.') && !valid.starts_with('-'),
+                "{valid:?}"
+            );
         }
         Err(TargetError::Empty) => assert!(target.is_empty()),
         Err(TargetError::TooLong(len)) => {
