@@ -20,12 +20,11 @@ targets=${FUZZ_TARGETS:-"decode_request validate_target"}
 sanitizer=${FUZZ_SANITIZER:-address}
 cargo_fuzz_version=${CARGO_FUZZ_VERSION:-0.13.2}
 
-# cargo-fuzz builds with nightly-only rustc flags (-Zsanitizer=address, and for libFuzzer's
-# coverage counters the sancov pass options it passes with -Cllvm-args/-Cpasses alongside
-# them). CI has only the stable toolchain and cannot fetch a nightly, so RUSTC_BOOTSTRAP=1 lets
-# stable accept -Z flags. It is set for this script's fuzz build only; the shipped binaries and
-# every other test build without it. The stable toolchain ships the sanitizer runtimes
-# (librustc-stable_rt.asan.a), so AddressSanitizer links and runs as on nightly.
+# cargo-fuzz passes rustc one nightly-only flag, -Zsanitizer=address (its coverage flags,
+# -Cpasses=sancov-module and -Cllvm-args=-sanitizer-coverage-*, are stable). CI has only the stable toolchain and cannot fetch a nightly, so RUSTC_BOOTSTRAP=1
+# lets stable accept the -Z flag. It is set for this script's fuzz build only: the shipped
+# binaries and every other test build without it. Stable ships the sanitizer runtimes
+# (librustc-stable_rt.asan.a), so AddressSanitizer links and runs as it does on nightly.
 export RUSTC_BOOTSTRAP=1
 
 install_root=${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}
