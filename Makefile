@@ -1,12 +1,13 @@
 # modbroker — build, test, demo, install.
 #
 #   make test      install missing prerequisites, then every test: fmt, clippy, cargo test,
-#                  and the real-kernel tests in a qemu VM (tests/vm)
+#                  a short fuzz run, and the real-kernel tests in a qemu VM (tests/vm)
 #   make demo      install missing prerequisites, build, boot the VM and show the broker
 #                  merging a burst of same-name requests on a real kernel
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
 #   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
 #                  a scratch dpkg root
+#   make fuzz      run each cargo-fuzz target (fuzz/) for FUZZ_SECONDS from the committed corpus
 #   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
 #   make soak      the full soak: 1,000,000 requests from 1,000 clients against the fake kernel
 #                  (release build; `make test` runs a CI-sized one); see BENCHMARKS.md section 6
@@ -23,10 +24,12 @@ CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
 # NAME@6.12: on Debian's 6.12 from bookworm-backports (tests/vm/run-6.12.sh).
 VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12 coldplug
+# Seconds each fuzz target runs in `make fuzz` (and so in `make test`).
+FUZZ_SECONDS ?= 60
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build docs deps deb test lint check-units unit-test vm-test demo install uninstall bench soak clean
+.PHONY: all build docs deps deb test lint check-units unit-test fuzz vm-test demo install uninstall bench soak clean
 
 all: build
 
@@ -44,6 +47,10 @@ lint:
 unit-test:
 	$(CARGO) test --locked
 
+# Installs cargo-fuzz if missing; builds with the stable toolchain (see tools/fuzz.sh).
+fuzz:
+	tools/fuzz.sh $(FUZZ_SECONDS)
+
 vm-test: build
 	tests/vm/run-all.sh $(VM_TESTS)
 
@@ -53,7 +60,7 @@ check-units: build
 deb: build
 	tools/make-deb.sh
 
-test: deps lint check-units deb unit-test vm-test
+test: deps lint check-units deb unit-test fuzz vm-test
 
 demo: deps build
 	tests/vm/run.sh demo

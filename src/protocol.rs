@@ -17,6 +17,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Most targets in one request.
 pub const MAX_TARGETS: usize = 4096;
+/// Longest parser message echoed back in a `malformed` error, in bytes.
+const MAX_ERROR_DETAIL: usize = 200;
 
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +116,14 @@ pub fn decode_request(line: &[u8]) -> Result<Request, ProtocolError> {
         return Err(ProtocolError::FrameTooLarge);
     }
     let wire: WireRequest = serde_json::from_slice(line).map_err(|e| {
+        // serde_json quotes the offending string or field name: cut the message short, on a
+        // character boundary (tests/fuzz_regressions.rs).
         let mut msg = e.to_string();
-        msg.truncate(200);
+        let mut cut = msg.len().min(MAX_ERROR_DETAIL);
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
         ProtocolError::Malformed(msg)
     })?;
     if wire.v != PROTOCOL_VERSION {

@@ -8,11 +8,12 @@
 #   kmod (depmod/modprobe), cpio, udev (systemd-udevd for the coldplug test).
 # Daemon tests: systemd (systemd-socket-activate, systemd-analyze), procps (kill).
 # Compressed-module and coldplug VM tests: xz-utils, zstd, lz4.
+# Fuzzing (tools/fuzz.sh, which installs cargo-fuzz itself): g++ (libFuzzer is C++).
 set -eu
 
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
-xz-utils zstd lz4 procps python3"
+xz-utils zstd lz4 procps python3 g++"
 
 missing=
 for p in $packages; do
