@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use modbroker::broker::Broker;
+use modbroker::plan::{LoadMethod, ModuleNode};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
 use modbroker::server::AccessPolicy;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
@@ -126,7 +127,15 @@ fn scripted_world(rng: &mut Rng) -> (Arc<FakeKernel>, FixedResolver) {
         if rng.one_in(4) {
             kernel.set_delay(&name, Duration::from_micros(50 + rng.below(450)));
         }
-        resolver = resolver.with_module(&name, node(&name, vec![]));
+        let module = if matches!(class_of(i), Class::Builtin) {
+            // As the real resolver does for modules.builtin: no file, nothing to load.
+            let mut builtin = ModuleNode::file(&name, "");
+            builtin.method = LoadMethod::Builtin;
+            Arc::new(builtin)
+        } else {
+            node(&name, vec![])
+        };
+        resolver = resolver.with_module(&name, module);
     }
     (kernel, resolver)
 }
