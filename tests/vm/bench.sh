@@ -129,7 +129,9 @@ case " $vm_parts " in *" startup "*)
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 names = {"busybox-true": "`/bin/busybox true` (fork+exec floor)", "modbroker": "`modbroker load e1000`",
-         "kmod-modprobe": "`modprobe -q e1000` (kmod)", "busybox-modprobe": "`busybox modprobe -q e1000`"}
+         "kmod-modprobe": "`modprobe -q e1000` (kmod)", "busybox-modprobe": "`busybox modprobe -q e1000`",
+         "modbroker-aslr-off": "`modbroker load e1000`, randomize_va_space=0 (one round)",
+         "kmod-modprobe-aslr-off": "`modprobe -q e1000` (kmod), randomize_va_space=0 (one round)"}
 order = []
 for r in rows:
     if r["cmd"] not in order:
