@@ -193,6 +193,16 @@ start_daemon() {
 	sed 's/^/  modbrokerd: /' "$DAEMON_LOG"
 	return 1
 }
+
+# daemon_up CHECK_TEXT [DAEMON_ARGS...]: start_daemon, check that it is
+# listening, and end the scenario there if it is not (nothing after would mean
+# anything).
+daemon_up() {
+	what=$1; shift
+	rc=0; start_daemon "$@" || rc=$?
+	check_eq "$what" 0 "$rc"
+	[ "$rc" = 0 ] || finish
+}
 stop_daemon() {
 	kill "$DAEMON_PID" 2>/dev/null || true
 	wait "$DAEMON_PID" 2>/dev/null || true

@@ -39,9 +39,7 @@ try_mount() {
 not_loaded() { ! is_loaded "$1"; }
 
 step "start modbrokerd, point /proc/sys/kernel/modprobe at modbroker"
-rc=0; start_daemon || rc=$?
-check_eq "modbrokerd is listening on $SOCK" 0 "$rc"
-[ "$rc" = 0 ] || finish
+daemon_up "modbrokerd is listening on $SOCK"
 mkdir -p /run/mb-autoload /mnt
 ln -sf /usr/bin/modbroker "$HELPER"
 echo "$HELPER" >/proc/sys/kernel/modprobe

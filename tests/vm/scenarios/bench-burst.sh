@@ -41,9 +41,7 @@ for n in $NS; do
 	step "burst n=$n: direct finit_module"
 	one_run direct "$n" mb-burst direct "$n" "$KO"
 	step "burst n=$n: modbrokerd"
-	rc=0; start_daemon || rc=$?
-	check_eq "daemon started for n=$n" 0 "$rc"
-	[ "$rc" = 0 ] || finish
+	daemon_up "daemon started for n=$n"
 	one_run broker "$n" mb-burst broker "$n" "$SOCK" mb_fail
 	stop_daemon
 	grep -iE 'warn|error' "$DAEMON_LOG" | grep -v 'load failed' | head -n 5 | sed 's/^/  modbrokerd: /' || true

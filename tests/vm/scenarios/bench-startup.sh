@@ -17,9 +17,7 @@ set -eu
 REPS=${MB_BENCH_REPS:-300}
 MOD=${MB_BENCH_MODULE:-e1000}
 
-rc=0; start_daemon || rc=$?
-check_eq "daemon started" 0 "$rc"
-[ "$rc" = 0 ] || finish
+daemon_up "daemon started"
 mb_run first load "$MOD"
 check_eq "$MOD loaded through the broker" 0 "$MB_RC"
 check "$MOD in /proc/modules" is_loaded "$MOD"

@@ -20,9 +20,7 @@ NF=${MB_FAIL_BURST:-256}
 FAIL_PARAMS=${MB_FAIL_PARAMS:-}
 
 step "start modbrokerd"
-rc=0; start_daemon || rc=$?
-check_eq "modbrokerd is listening on $SOCK" 0 "$rc"
-[ "$rc" = 0 ] || finish
+daemon_up "modbrokerd is listening on $SOCK"
 
 step "(a) dependency load: modbroker load vfat"
 trace_reset

@@ -77,9 +77,7 @@ case $f in *.ko.xz|*.ko.zst|*.ko.gz) pass "vfat is stored compressed ($f)" ;; *)
 check "$MODDIR/$f exists" test -f "$MODDIR/$f"
 
 step "start modbrokerd"
-rc=0; start_daemon || rc=$?
-check_eq "modbrokerd is listening on $SOCK" 0 "$rc"
-[ "$rc" = 0 ] || finish
+daemon_up "modbrokerd is listening on $SOCK"
 
 step "(a) modbroker load vfat (with its dependency fat)"
 trace_reset

@@ -13,9 +13,7 @@ N=${MB_BURST:-64}
 FAIL_PARAMS=${MB_FAIL_PARAMS:-}
 
 step "starting modbrokerd"
-rc=0; start_daemon || rc=$?
-check_eq "modbrokerd is listening on $SOCK" 0 "$rc"
-[ "$rc" = 0 ] || finish
+daemon_up "modbrokerd is listening on $SOCK"
 
 step "$N clients at once: modbroker load mb_fail${FAIL_PARAMS:+ $FAIL_PARAMS} (init fails with ENODEV)"
 trace_reset; kmsg_mark
