@@ -10,9 +10,11 @@
 //! each client's load runs the init itself and gets the true errno, or finds the module live.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::broker::ModuleAnswer;
 use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
@@ -85,7 +87,7 @@ pub fn load_tree(
         // Direct loaders of one module (fallback clients while the daemon is down) take turns,
         // and one finding the module live after its turn came needs no syscall.
         let _turn = match &node.method {
-            LoadMethod::File(path) => ModuleFileLock::acquire(path),
+            LoadMethod::File(path) => lock_module_file(path),
             _ => None,
         };
         settled_outcome(kernel, node)
@@ -100,24 +102,16 @@ pub fn load_tree(
     outcome
 }
 
-/// An exclusive advisory lock on a module file, held for one load attempt; released on drop
-/// (closing the file). Best effort: a file that cannot be opened or locked is loaded unlocked
-/// (the load call then reports the real problem).
-struct ModuleFileLock {
-    _file: File,
-}
-
-impl ModuleFileLock {
-    fn acquire(path: &Path) -> Option<Self> {
-        let file = File::open(path).ok()?;
-        loop {
-            // SAFETY: a valid open descriptor, owned by `file` for the call's duration.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Some(ModuleFileLock { _file: file });
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return None;
-            }
+/// An exclusive advisory lock on a module file, held for one load attempt; released on drop.
+/// Best effort: a file that cannot be opened or locked is loaded unlocked (the load call then
+/// reports the real problem).
+fn lock_module_file(path: &Path) -> Option<Flock<File>> {
+    let mut file = File::open(path).ok()?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(lock) => return Some(lock),
+            Err((unlocked, Errno::EINTR)) => file = unlocked,
+            Err(_) => return None,
         }
     }
 }
