@@ -87,11 +87,7 @@ for kn in $kernels; do
 	fi
 	case $kn in
 	6.1) unset MB_VM_MODROOT MB_VM_KERNEL; export KVER=$host_kver ;;
-	6.12)
-		line=$("$REPO_ROOT/tests/vm/fetch-kernel-6.12.sh" | tail -n1)
-		case $line in KVER=*) ;; *) die "fetch-kernel-6.12.sh printed no KVER line" ;; esac
-		eval "export $line"
-		;;
+	6.12) use_kernel_612 ;;
 	*) die "unknown kernel '$kn' in MB_BENCH_KERNELS (6.1, 6.12)" ;;
 	esac
 	CP_INITRD=$MB_VM_WORK/coldplug-$KVER.initrd

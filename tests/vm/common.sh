@@ -1,5 +1,6 @@
 # common.sh - shared host-side helpers for the VM test scripts (sourced, not run).
-# Sets REPO_ROOT, MB_VM_WORK, KVER, MB_VM_MODROOT and provides die/need.
+# Sets REPO_ROOT, MB_VM_WORK, KVER, MB_VM_MODROOT and provides die, need and
+# use_kernel_612.
 # MB_VM_MODROOT (default empty = the host) is a directory holding
 # lib/modules/$KVER and boot/vmlinuz-$KVER of a kernel that is not installed
 # (tests/vm/fetch-kernel-6.12.sh prepares one); KVER must then be set too.
@@ -27,6 +28,15 @@ pick_kver() {
 	done
 	[ -n "$best" ] || die "no /lib/modules/6.1*/kernel with matching /boot/vmlinuz-*: install the Debian package 'linux-image-amd64'"
 	echo "$best"
+}
+
+# use_kernel_612: fetch Debian's 6.12 from bookworm-backports (once; never
+# installed) and select it: exports KVER, MB_VM_MODROOT and MB_VM_KERNEL as
+# fetch-kernel-6.12.sh prints them on its last line.
+use_kernel_612() {
+	line=$("$REPO_ROOT/tests/vm/fetch-kernel-6.12.sh" | tail -n1)
+	case $line in KVER=*) ;; *) die "fetch-kernel-6.12.sh printed no KVER line" ;; esac
+	for kv in $line; do export "${kv?}"; done
 }
 
 MB_VM_MODROOT=${MB_VM_MODROOT:-}

@@ -15,8 +15,6 @@ set -eu
 . "$(dirname "$0")/common.sh"
 scenario=${1:?usage: tests/vm/run-6.12.sh SCENARIO}
 
-line=$("$REPO_ROOT/tests/vm/fetch-kernel-6.12.sh" | tail -n1)
-case $line in KVER=*) ;; *) die "fetch-kernel-6.12.sh printed no KVER line" ;; esac
-for kv in $line; do export "${kv?}"; done
+use_kernel_612
 export MB_VM_LOG=${MB_VM_LOG:-$MB_VM_WORK/$scenario-6.12.log}
 exec "$REPO_ROOT/tests/vm/run.sh" "$scenario"
