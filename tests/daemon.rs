@@ -88,6 +88,13 @@ fn daemon_command_with(socket: &Path, config: &Path) -> Command {
     cmd
 }
 
+/// Writes `text` as `modbroker.toml` in `dir` and returns its path.
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let config = dir.join("modbroker.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 fn client(socket: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_modbroker"))
         .arg("--socket")
@@ -228,8 +235,7 @@ fn notifies_systemd_ready_status_and_stopping() {
 #[test]
 fn socket_activated_daemon_exits_when_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("modbroker.toml");
-    std::fs::write(&config, "idle_exit_secs = 1\n").unwrap();
+    let config = write_config(dir.path(), "idle_exit_secs = 1\n");
     let socket = dir.path().join("activated.sock");
     let mut cmd = Command::new("/usr/bin/systemd-socket-activate");
     cmd.arg("--listen")
@@ -257,8 +263,7 @@ fn socket_activated_daemon_exits_when_idle() {
 fn bound_daemon_ignores_idle_exit() {
     // Without socket activation nobody would start the daemon again: idle exit stays off.
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("modbroker.toml");
-    std::fs::write(&config, "idle_exit_secs = 1\n").unwrap();
+    let config = write_config(dir.path(), "idle_exit_secs = 1\n");
     let socket = dir.path().join("modbroker.sock");
     let mut daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
     // Let three idle checks pass (the daemon checks once a second), asking status in between.
@@ -281,8 +286,7 @@ fn sighup_reloads_the_access_list() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = dir.path().join("modbroker.toml");
-    std::fs::write(&config, "allowed_uids = []\n").unwrap();
+    let config = write_config(dir.path(), "allowed_uids = []\n");
     let socket = dir.path().join("modbroker.sock");
     let daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
     // Let the file mode pass everyone, so that the daemon's own check is what decides.

@@ -61,6 +61,15 @@ fn read_reply(stream: &mut UnixStream) -> Option<Reply> {
     }
 }
 
+/// One protocol line asking to load `targets`.
+fn load_line<T: serde::Serialize>(targets: &[T]) -> Vec<u8> {
+    format!(
+        "{}\n",
+        serde_json::json!({"v": 1, "op": "load", "targets": targets})
+    )
+    .into_bytes()
+}
+
 fn error_kind(reply: &Reply) -> &str {
     assert!(!reply.ok);
     &reply.error.as_ref().expect("error body").kind
@@ -376,11 +385,7 @@ fn thousands_of_targets_each_get_a_result() {
     let targets: Vec<String> = (0..modbroker::protocol::MAX_TARGETS)
         .map(|i| format!("x{i}"))
         .collect();
-    let line = format!(
-        "{}\n",
-        serde_json::json!({"v": 1, "op": "load", "targets": targets})
-    );
-    let reply = exchange(&mut server.connect(), line.as_bytes()).unwrap();
+    let reply = exchange(&mut server.connect(), &load_line(&targets)).unwrap();
     let results = reply.results.unwrap();
     assert_eq!(results.len(), targets.len());
     assert!(results.iter().all(|r| r.outcome == OutcomeKind::NoMatch));
@@ -388,11 +393,7 @@ fn thousands_of_targets_each_get_a_result() {
     let too_many: Vec<String> = (0..=modbroker::protocol::MAX_TARGETS)
         .map(|i| format!("{i}"))
         .collect();
-    let line = format!(
-        "{}\n",
-        serde_json::json!({"v": 1, "op": "load", "targets": too_many})
-    );
-    let reply = exchange(&mut server.connect(), line.as_bytes()).unwrap();
+    let reply = exchange(&mut server.connect(), &load_line(&too_many)).unwrap();
     assert_eq!(error_kind(&reply), "invalid-request");
 }
 
@@ -411,11 +412,7 @@ fn hostile_targets_are_invalid_one_by_one() {
         &overlong,
         "e1000",
     ];
-    let line = format!(
-        "{}\n",
-        serde_json::json!({"v": 1, "op": "load", "targets": targets})
-    );
-    let reply = exchange(&mut server.connect(), line.as_bytes()).unwrap();
+    let reply = exchange(&mut server.connect(), &load_line(&targets)).unwrap();
     let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
     let mut expected = vec![OutcomeKind::Invalid; targets.len() - 1];
     expected.push(OutcomeKind::Loaded);
