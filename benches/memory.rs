@@ -192,10 +192,7 @@ fn real_daemon(rows: &mut Vec<[String; 4]>) {
 
 fn main() {
     common::maybe_run_server_child();
-    let waiters: usize = std::env::var("MB_BENCH_WAITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+    let waiters: usize = common::env_or("MB_BENCH_WAITERS", 10_000);
     let nofile = common::raise_nofile(1 << 20);
     assert!(
         nofile as usize > waiters + 64,

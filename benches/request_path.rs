@@ -167,10 +167,7 @@ fn run_point(
 fn main() {
     common::maybe_run_server_child();
     // `cargo bench` passes `--bench`; any other argument is a name filter we do not use.
-    let secs: f64 = std::env::var("MB_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+    let secs: f64 = common::env_or("MB_BENCH_SECS", 2.0);
     let counts: Vec<usize> = std::env::var("MB_BENCH_CLIENTS")
         .ok()
         .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())

@@ -215,6 +215,14 @@ pub fn threads(pid: u32) -> u64 {
     status_kib(pid, "Threads")
 }
 
+/// The number in environment variable `name`, or `default` when it is unset or not a number.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The request line for loading `target` (with its newline).
 pub fn load_line(target: &str) -> String {
     modbroker::protocol::Request::Load(modbroker::protocol::LoadRequest {
