@@ -7,13 +7,14 @@
 //! here knows libkmod or syscalls: requests go to the [`Service`].
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -328,14 +329,12 @@ async fn peer_hung_up(stream: &UnixStream) -> bool {
     match stream.ready(Interest::READABLE).await {
         Err(_) => true,
         Ok(ready) if ready.is_read_closed() => {
-            let mut fds = [libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            // SAFETY: one valid pollfd for an open descriptor; timeout 0 never blocks.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-            rc > 0 && fds[0].revents & libc::POLLHUP != 0
+            let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+            // Timeout zero: only asks, never blocks.
+            matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+                && fds[0]
+                    .revents()
+                    .is_some_and(|revents| revents.contains(PollFlags::POLLHUP))
         }
         Ok(_) => false,
     }
