@@ -33,7 +33,8 @@ pub enum Command {
         /// Return at once; the daemon loads in the background
         #[arg(long)]
         no_wait: bool,
-        /// Stop waiting after SECS (the load itself goes on)
+        /// Stop waiting after SECS (the load itself goes on). With --udev the wait is bounded
+        /// anyway (45 s by default); when it ends without a reply, the target loads directly
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
         /// Try again even if the module failed within the failure window
@@ -42,7 +43,8 @@ pub enum Command {
         /// Fail instead of loading directly when the daemon is unreachable
         #[arg(long)]
         no_fallback: bool,
-        /// Exit status as udev's builtin kmod: blacklisted and ENODEV are not errors either
+        /// Exit status as udev's builtin kmod: blacklisted and ENODEV are not errors either; wait at
+        /// most 45 s (or --timeout) for the daemon, then load directly
         #[arg(long)]
         udev: bool,
         /// Module name or modalias
@@ -95,6 +97,10 @@ pub struct DaemonArgs {
     /// error, warn, info, debug, trace (or a tracing filter) [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Check the configuration file (and its log_level) and exit: 0 if it is usable, 1 with the
+    /// errors on stderr if not. Loads nothing, binds nothing
+    #[arg(long, conflicts_with = "oneshot")]
+    pub check_config: bool,
     /// Load TARGET directly (no daemon, no merging), print its result as JSON, exit: the
     /// client's fallback when no daemon answers
     #[arg(long, requires = "oneshot_args")]

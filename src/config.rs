@@ -1,12 +1,18 @@
 //! The daemon's configuration: `/etc/modbroker/modbroker.toml` (every key optional and
 //! defaulted; see `config/modbroker.toml` for the documented file), with command-line flags
 //! applied on top by the daemon's front end.
+//!
+//! Errors are strict (unknown keys, wrong types, a log level that is not a usable filter), so a
+//! typo never passes unnoticed; what the daemon does about them is its front end's business (it
+//! reports them and runs with the defaults: a bad file must never stop module loading).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
 
 use crate::broker::BrokerSettings;
 
@@ -34,6 +40,53 @@ pub enum ConfigError {
         /// The parser's message (with line and column).
         message: String,
     },
+    /// `log_level` is not a usable tracing filter.
+    #[error("invalid log_level {level:?} in {origin}: {message}")]
+    LogLevel {
+        /// Where the level came from: the file, or `--log-level`.
+        origin: String,
+        /// The level as given.
+        level: String,
+        /// Why it is unusable.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Where the error is: the file, or `--log-level`.
+    pub fn origin(&self) -> String {
+        match self {
+            ConfigError::Read { path, .. } | ConfigError::Parse { path, .. } => {
+                path.display().to_string()
+            }
+            ConfigError::LogLevel { origin, .. } => origin.clone(),
+        }
+    }
+}
+
+/// Checks that `level` is a usable tracing filter; `origin` names where it came from. Beyond
+/// the filter syntax, each bare word must be a level: the filter would take `warning` or `verbose`
+/// for a target name and silently log nothing else (write `TARGET=LEVEL` for a target).
+pub fn check_log_level(level: &str, origin: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::LogLevel {
+        origin: origin.to_string(),
+        level: level.to_string(),
+        message,
+    };
+    EnvFilter::try_new(level).map_err(|e| invalid(e.to_string()))?;
+    let bare_words = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains(['=', '[']));
+    for word in bare_words {
+        if word.parse::<LevelFilter>().is_err() {
+            return Err(invalid(format!(
+                "{word:?} is not a level (error, warn, info, debug, trace, off); \
+                 for a target's level write TARGET=LEVEL"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Daemon settings. Field names are the TOML keys.
@@ -79,7 +132,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: one_line(text, &e),
         })
     }
 
@@ -113,6 +166,34 @@ impl Config {
     }
 }
 
+/// The parser's message on one line, ``line L, column C (`SOURCE LINE`): MESSAGE``. toml's own
+/// rendering spans several lines with a snippet, which would become several journal entries or
+/// stderr lines; the source line stays, because a type error's message does not name the key.
+fn one_line(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    let Some(start) = err
+        .span()
+        .map(|span| span.start)
+        .filter(|&s| text.is_char_boundary(s))
+    else {
+        return message;
+    };
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let source: String = text[line_start..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(80)
+        .collect();
+    format!(
+        "line {line}, column {column} (`{}`): {message}",
+        source.trim()
+    )
+}
+
 /// `/lib/modules/$(uname -r)`.
 pub fn running_module_dir() -> PathBuf {
     let release = nix::sys::utsname::uname()
@@ -143,6 +224,48 @@ mod tests {
         assert_eq!(config.allowed_gids, vec![42]);
         let err = Config::parse("failure_windows = 5\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("failure_windows"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_with_the_position() {
+        let text = "log_level = \"info\"\n\n  failure_window = 10\n";
+        let err = Config::parse(text, Path::new("/etc/m.toml")).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(
+            shown.starts_with(
+                "invalid configuration in /etc/m.toml: line 3, column 3 (`failure_window = 10`): "
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("unknown field `failure_window`"), "{shown}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_the_file() {
+        let err =
+            Config::parse("failure_window_secs = \"10\"\n", Path::new("/etc/m.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("failure_window_secs"), "{text}");
+        assert_eq!(err.origin(), "/etc/m.toml");
+    }
+
+    #[test]
+    fn log_levels_are_checked_as_filters() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "modbroker=debug",
+            "info,modbroker=trace",
+        ] {
+            assert!(check_log_level(good, "f").is_ok(), "{good:?}");
+        }
+        for bad in ["warning", "verbose", "info,loud", "modbroker=loud", "[{"] {
+            let err = check_log_level(bad, "/etc/m.toml").unwrap_err();
+            assert!(err.to_string().contains("/etc/m.toml"), "{err}");
+            assert_eq!(err.origin(), "/etc/m.toml");
+        }
     }
 
     #[test]

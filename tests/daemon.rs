@@ -1,12 +1,21 @@
 //! The real `modbrokerd` binary on this host, against Debian's real module tree: start-up by
 //! binding and by systemd socket activation, resolution through libkmod, refusal to steal a live
-//! socket, and orderly exit on SIGTERM. (This host cannot load modules; loading is proven in the
-//! VM test, tests/vm.)
+//! socket, orderly exit on SIGTERM, and bad configuration files that must never stop module
+//! loading (`--check-config`, the daemon, `--oneshot`). (This host cannot load modules; loading
+//! is proven in the VM test, tests/vm.)
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::output_within;
+
+/// A configuration file with a typo (the key is `failure_window_secs`).
+const TYPO: &str = "failure_window = 10\n";
+/// A pci modalias nothing matches.
+const NO_MATCH: &str = "pci:v0000FFFFd0000FFFFsv0sd0bc0sc0i0";
 
 /// Debian's module tree (package linux-image-amd64; `make test` installs it).
 fn debian_tree() -> PathBuf {
@@ -106,6 +115,42 @@ fn client(socket: &Path, args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A bound `NOTIFY_SOCKET` stand-in; `next` waits at most 30 s for each notification.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        NotifySocket { socket, path }
+    }
+
+    fn next(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// The next `STATUS=` line for which `wanted` holds (bounded by `next`'s timeout).
+    fn status_where(&self, wanted: impl Fn(&str) -> bool) -> String {
+        loop {
+            let message = self.next();
+            if message.starts_with("STATUS=") && wanted(&message) {
+                return message;
+            }
+        }
+    }
 }
 
 #[test]
@@ -360,4 +405,171 @@ fn ten_thousand_idle_connections_are_cheap_and_harmless() {
     drop(idle);
     assert!(client(&socket, &["status"]).status.success());
     eprintln!("daemon RSS: {before} KiB idle, {during} KiB with 10,000 idle connections");
+}
+
+#[test]
+fn bad_config_is_reported_and_the_daemon_serves_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("typo.toml", Some(TYPO), "unknown field `failure_window`"),
+        (
+            "level.toml",
+            Some("log_level = \"warning\"\n"),
+            "invalid log_level",
+        ),
+        ("absent.toml", None, "cannot read"),
+    ];
+    for (name, contents, expected) in cases {
+        let config = dir.path().join(name);
+        if let Some(contents) = contents {
+            std::fs::write(&config, contents).unwrap();
+        }
+        let socket = dir.path().join("modbroker.sock");
+        let notify = NotifySocket::bind(dir.path());
+        let mut cmd = daemon_command_with(&socket, &config);
+        cmd.env("NOTIFY_SOCKET", &notify.path);
+        let daemon = Daemon::spawn(cmd, socket.clone());
+
+        let out = client(&socket, &["load", "--no-fallback", NO_MATCH]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("no-match"), "{name}");
+        // The status follows READY=1 at once, and names the error for `systemctl status`.
+        assert_eq!(notify.next(), "READY=1", "{name}");
+        let status = notify.next();
+        let prefix = format!("STATUS=configuration error in {}", config.display());
+        assert!(status.starts_with(&prefix), "{name}: {status}");
+        assert!(status.contains("requests"), "{name}: {status}");
+
+        let (exit, log) = daemon.terminate();
+        assert!(exit.success(), "{name}: {exit}");
+        let reported = log
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or_else(|| panic!("{name}: no {expected:?} in {log}"));
+        assert!(reported.contains("ERROR"), "{name}: {reported}");
+        assert!(reported.contains("running with"), "{name}: {reported}");
+        assert!(reported.contains(&*config.to_string_lossy()), "{reported}");
+        assert!(
+            !log.contains('\x1b'),
+            "no colours when stderr is not a terminal"
+        );
+        std::fs::remove_file(&notify.path).unwrap();
+    }
+}
+
+#[test]
+fn sighup_with_a_bad_file_keeps_the_running_configuration() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_config(dir.path(), "allowed_uids = [65534]\n");
+    let socket = dir.path().join("modbroker.sock");
+    let notify = NotifySocket::bind(dir.path());
+    let mut cmd = daemon_command_with(&socket, &config);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let daemon = Daemon::spawn(cmd, socket.clone());
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let nobody_served = || {
+        Command::new(env!("CARGO_BIN_EXE_modbroker"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("status")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(nobody_served());
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+
+    std::fs::write(&config, format!("allowed_uids = [65534]\n{TYPO}")).unwrap();
+    hup();
+    let status = notify.status_where(|s| s.contains("configuration error"));
+    assert!(status.contains("previous configuration"), "{status}");
+    assert!(nobody_served(), "the running access list stays");
+
+    std::fs::write(&config, "allowed_uids = [65534]\n").unwrap();
+    hup();
+    notify.status_where(|s| !s.contains("configuration error"));
+    let (exit, log) = daemon.terminate();
+    assert!(exit.success());
+    let reported = log
+        .lines()
+        .find(|l| l.contains("failure_window"))
+        .unwrap_or_else(|| panic!("reload error not logged: {log}"));
+    assert!(reported.contains("ERROR"), "{reported}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+}
+
+#[test]
+fn oneshot_loads_whatever_the_config_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), TYPO);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--oneshot")
+        .arg("--module-dir")
+        .arg(debian_tree())
+        .arg("--")
+        .arg(NO_MATCH);
+    let (out, _) = output_within(&mut cmd, Duration::from_secs(30));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["outcome"], "no-match", "{result}");
+    assert_eq!(err.lines().count(), 1, "one warning line: {err}");
+    assert!(
+        err.contains("WARN") && err.contains("failure_window"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "no colours when stderr is not a terminal"
+    );
+}
+
+#[test]
+fn check_config_exit_status_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("never-bound.sock");
+    let check = |config: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
+        cmd.arg("--check-config")
+            .arg("--config")
+            .arg(config)
+            .arg("--socket")
+            .arg(&socket);
+        output_within(&mut cmd, Duration::from_secs(30)).0
+    };
+    let typo = write_config(dir.path(), TYPO);
+    let out = check(&typo);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&*typo.to_string_lossy()), "{err}");
+    assert!(err.contains("unknown field `failure_window`"), "{err}");
+
+    let level = write_config(dir.path(), "log_level = \"verbose\"\n");
+    assert_eq!(check(&level).status.code(), Some(1));
+    assert_eq!(
+        check(&dir.path().join("absent.toml")).status.code(),
+        Some(1)
+    );
+
+    let shipped = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/modbroker.toml"
+    ));
+    let out = check(shipped);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}: ok\n", shipped.display()));
+    assert!(!socket.exists(), "--check-config binds nothing");
 }

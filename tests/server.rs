@@ -15,7 +15,7 @@ use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
 
 mod common;
-use common::TestServer;
+use common::{output_within, TestServer};
 
 impl TestServer {
     fn start(access: AccessPolicy) -> Self {
@@ -321,6 +321,60 @@ fn client_falls_back_when_no_daemon_answers() {
 
     let out = run(&["--no-fallback"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+}
+
+/// `modbroker --socket SOCKET --module-dir (empty) load ARGS... TARGET` with no daemon behind
+/// the socket but `listener`: listening, never accepted nor answered (a socket-activated daemon
+/// that systemd has not started yet). Returns the output and how long the client took.
+fn load_against_silent_socket(args: &[&str]) -> (Output, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let module_dir = dir.path().join("modules");
+    std::fs::create_dir(&module_dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--module-dir")
+        .arg(&module_dir)
+        .arg("load")
+        .args(args)
+        .arg("pci:v0000FFFFd00000000");
+    output_within(&mut cmd, Duration::from_secs(30))
+}
+
+#[test]
+fn udev_load_falls_back_when_the_daemon_never_answers() {
+    let (out, took) = load_against_silent_socket(&["--udev", "--timeout", "1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // --timeout 1: the daemon would be told 1 s, the client waits a second longer for its reply.
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("did not answer"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("within 2 s"), "{err}");
+    assert!(
+        said[0].contains("loading pci:v0000FFFFd00000000 directly"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn plain_load_times_out_without_fallback() {
+    let (out, took) = load_against_silent_socket(&["--timeout", "1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("no reply") && err.contains("timeout"), "{err}");
+    assert!(
+        !err.contains("directly"),
+        "no fallback without --udev: {err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 
 #[test]

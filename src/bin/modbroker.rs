@@ -1,6 +1,11 @@
 //! `modbroker`: the client and admin CLI. Exec'd by udev once per uevent, so it stays small and
 //! synchronous. Asks the daemon; when no daemon answers, loads directly (unless `--no-fallback`).
 //!
+//! Nothing on the udev and kernel-helper paths waits forever: `load --udev` and `modprobe` give
+//! the daemon [`UDEV_WAIT`] (45 s, or `--timeout SECS`) for connect and reply together, then load
+//! directly, well before udev's 60 s warning and 180 s kill. A plain `load` waits as long as it
+//! takes unless `--timeout` is given, and a timeout there is an error, never a fallback.
+//!
 //! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued
 //! (with `--udev` also blacklisted or ENODEV, as udev's builtin loader treats them);
 //! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
@@ -27,6 +32,13 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
 
+/// How long `load --udev` and the kernel's autoload helper wait for the daemon (connect and reply
+/// together) when no `--timeout` is given, before loading directly: below udev's 60 s "slow
+/// event" warning and far below its 180 s kill of the event's worker. A socket-activated daemon
+/// that systemd has not started yet (held by unit ordering) accepts connections but never
+/// answers; without this bound, every udev worker would hang on it.
+const UDEV_WAIT: Duration = Duration::from_secs(45);
+
 fn main() -> ExitCode {
     // Called through a name `modprobe` (the kernel's request_module() helper): no clap, only the
     // modprobe command line; the socket and module tree are the defaults (or $MODBROKER_SOCKET).
@@ -48,12 +60,14 @@ fn main() -> ExitCode {
             params,
         } => {
             let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.001)));
+            let mode = if udev { Mode::Udev } else { Mode::Strict };
             let options = LoadOptions {
                 wait: !no_wait,
                 timeout,
+                bound: reply_bound(timeout, mode),
                 retry,
                 fallback: !no_fallback,
-                mode: if udev { Mode::Udev } else { Mode::Strict },
+                mode,
                 quiet: false,
             };
             load(
@@ -86,7 +100,10 @@ fn main() -> ExitCode {
 /// How `load` asks and judges.
 struct LoadOptions {
     wait: bool,
+    /// An explicit `--timeout`: the daemon is told it and answers `timed-out` when it passes.
     timeout: Option<Duration>,
+    /// How long the client waits for the daemon in all (see [`reply_bound`]).
+    bound: Option<Duration>,
     retry: bool,
     fallback: bool,
     mode: Mode,
@@ -94,8 +111,20 @@ struct LoadOptions {
     quiet: bool,
 }
 
+/// The client's total wait for the daemon: an explicit `--timeout` plus a second (so that the
+/// daemon's own timed-out reply arrives first), else [`UDEV_WAIT`] for udev and the kernel helper,
+/// else no bound.
+fn reply_bound(timeout: Option<Duration>, mode: Mode) -> Option<Duration> {
+    match (timeout, mode) {
+        (Some(timeout), _) => Some(timeout + Duration::from_secs(1)),
+        (None, Mode::Udev) => Some(UDEV_WAIT),
+        (None, Mode::Strict) => None,
+    }
+}
+
 /// Loads `targets` through the daemon, or directly (one `modbrokerd --oneshot` per target) when no
-/// daemon answers and `options.fallback` is set; prints the results, returns the exit status.
+/// daemon answers and `options.fallback` is set (for udev and the kernel helper, also when the
+/// daemon does not answer within `options.bound`); prints the results, returns the exit status.
 fn load(
     socket: &Path,
     module_dir: Option<&Path>,
@@ -110,27 +139,18 @@ fn load(
         retry: options.retry,
         timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
     });
-    // Give the daemon a little longer than its own timeout, so its timed-out reply arrives.
-    let wait = options.timeout.map(|t| t + Duration::from_secs(1));
-    match client::call(socket, &request, wait) {
+    match client::call(socket, &request, options.bound) {
         Ok(reply) => report_results(reply, options),
         Err(err @ ClientError::Unreachable { .. }) if options.fallback => {
-            let mut results = Vec::new();
-            let mut ok = true;
-            for target in targets {
-                eprintln!("modbroker: {err}: loading {target} directly, without merging");
-                match client::load_without_daemon(module_dir, target, params) {
-                    Ok(result) => results.push(result),
-                    Err(err) => {
-                        eprintln!("modbroker: {target}: failed: {err}");
-                        ok = false;
-                    }
-                }
-            }
-            match exit_for(&results, options) {
-                code if ok => code,
-                _ => ExitCode::from(EXIT_FAILED),
-            }
+            load_directly(module_dir, targets, params, options, &err.to_string())
+        }
+        Err(ClientError::TimedOut(path)) if options.fallback && options.mode == Mode::Udev => {
+            let waited = options.bound.unwrap_or_default().as_secs_f64();
+            let reason = format!(
+                "daemon at {} did not answer within {waited} s",
+                path.display()
+            );
+            load_directly(module_dir, targets, params, options, &reason)
         }
         Err(err @ ClientError::Unreachable { .. }) => {
             eprintln!("modbroker: {err}");
@@ -143,10 +163,38 @@ fn load(
     }
 }
 
+/// Loads each target with `modbrokerd --oneshot`, after one stderr line per target saying why
+/// (`reason`); prints the results, returns the exit status.
+fn load_directly(
+    module_dir: Option<&Path>,
+    targets: &[String],
+    params: &[String],
+    options: &LoadOptions,
+    reason: &str,
+) -> ExitCode {
+    let mut results = Vec::new();
+    let mut ok = true;
+    for target in targets {
+        eprintln!("modbroker: {reason}: loading {target} directly, without merging");
+        match client::load_without_daemon(module_dir, target, params) {
+            Ok(result) => results.push(result),
+            Err(err) => {
+                eprintln!("modbroker: {target}: failed: {err}");
+                ok = false;
+            }
+        }
+    }
+    match exit_for(&results, options) {
+        code if ok => code,
+        _ => ExitCode::from(EXIT_FAILED),
+    }
+}
+
 /// The kernel's autoload command line, `modprobe -q -- NAME` (kernel/module/kmod.c): each NAME is
-/// loaded as `load --udev NAME`. `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` are
-/// accepted and ignored (the daemon applies the blacklist as it does for udev); anything else
-/// that looks like an option is a usage error. Exit status 0 or 1 (2 for usage errors).
+/// loaded as `load --udev NAME` (so the daemon gets [`UDEV_WAIT`], then the name loads directly).
+/// `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` are accepted and ignored (the
+/// daemon applies the blacklist as it does for udev); anything else that looks like an option is
+/// a usage error. Exit status 0 or 1 (2 for usage errors).
 fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
     let (quiet, names) = match parse_modprobe_args(args) {
         Ok(parsed) => parsed,
@@ -159,6 +207,7 @@ fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -
     let options = LoadOptions {
         wait: true,
         timeout: None,
+        bound: reply_bound(None, Mode::Udev),
         retry: false,
         fallback: true,
         mode: Mode::Udev,
@@ -340,4 +389,24 @@ fn print_status(reply: &Reply) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udev_wait_is_45_s_below_udevs_60_s_warning() {
+        assert_eq!(UDEV_WAIT, Duration::from_secs(45));
+        assert!(UDEV_WAIT < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn only_udev_and_explicit_timeouts_bound_the_wait() {
+        assert_eq!(reply_bound(None, Mode::Udev), Some(UDEV_WAIT));
+        assert_eq!(reply_bound(None, Mode::Strict), None);
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(reply_bound(Some(Duration::from_secs(1)), Mode::Udev), two);
+        assert_eq!(reply_bound(Some(Duration::from_secs(1)), Mode::Strict), two);
+    }
 }

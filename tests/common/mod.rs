@@ -1,11 +1,14 @@
 //! Shared by the socket-level tests: a real server (`server::run`) on a socket in a temp dir,
-//! over a fake kernel and a fixed resolver, on its own runtime thread; stopped on drop.
+//! over a fake kernel and a fixed resolver, on its own runtime thread; stopped on drop. Also a
+//! bounded way to run a binary, for tests of what must not hang.
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::server::{self, AccessPolicy};
@@ -74,4 +77,25 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Runs `cmd` (stdin closed, output captured) and returns its output and how long it ran; if it
+/// is still running after `limit`, kills it and fails the test. Polls for the exit every 20 ms.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output();
+            panic!("{cmd:?} still running after {limit:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().unwrap(), started.elapsed())
 }
