@@ -16,10 +16,13 @@ PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
-UDEVDIR    ?= $(PREFIX)/lib/udev/rules.d
 DOCDIR     ?= $(PREFIX)/share/doc/modbroker
 MANDIR     ?= $(PREFIX)/share/man
 DATADIR    ?= $(PREFIX)/share
+# initramfs generators look only under /usr: with another PREFIX their pieces are installed but
+# not used, and the initramfs keeps udev's builtin loading (80-drivers.rules falls back to it).
+INITRAMFSDIR ?= $(DATADIR)/initramfs-tools
+DRACUTDIR  ?= $(PREFIX)/lib/dracut/modules.d
 CARGO      ?= cargo
 # VM scenarios run by `make test` (tests/vm/scenarios/NAME.sh).
 # NAME@6.12: on Debian's 6.12 from bookworm-backports (tests/vm/run-6.12.sh).
@@ -80,11 +83,17 @@ docs:
 install: build docs
 	install -D -m 0755 target/release/modbrokerd $(DESTDIR)$(BINDIR)/modbrokerd
 	install -D -m 0755 target/release/modbroker $(DESTDIR)$(BINDIR)/modbroker
-	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
 	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker.service > $(DESTDIR)$(UNITDIR)/modbroker.service
 	install -m 0644 systemd/modbroker.socket $(DESTDIR)$(UNITDIR)/modbroker.socket
-	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-modbroker.rules > $(DESTDIR)$(UDEVDIR)/80-modbroker.rules
-	ln -sfn /dev/null $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-drivers.rules > $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	for f in hooks/modbroker scripts/init-top/modbroker scripts/init-bottom/modbroker; do \
+		install -d $(DESTDIR)$(INITRAMFSDIR)/$$(dirname $$f); \
+		sed 's|/usr/bin/|$(BINDIR)/|g' initramfs-tools/$$f > $(DESTDIR)$(INITRAMFSDIR)/$$f; \
+		chmod 0755 $(DESTDIR)$(INITRAMFSDIR)/$$f; \
+	done
+	install -D -m 0755 dracut/90modbroker/module-setup.sh $(DESTDIR)$(DRACUTDIR)/90modbroker/module-setup.sh
+	install -D -m 0644 dracut/90modbroker/initrd.conf $(DESTDIR)$(DRACUTDIR)/90modbroker/initrd.conf
 	install -D -m 0644 config/modbroker.toml $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 docs/protocol.md $(DESTDIR)$(DOCDIR)/protocol.md
@@ -99,14 +108,17 @@ install: build docs
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
 	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket
-	rm -f $(DESTDIR)$(UDEVDIR)/80-modbroker.rules $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	rm -f $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	rm -f $(DESTDIR)$(INITRAMFSDIR)/hooks/modbroker $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/modbroker \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/modbroker
+	rm -rf $(DESTDIR)$(DRACUTDIR)/90modbroker
 	rm -rf $(DESTDIR)$(DOCDIR)
 	rm -f $(DESTDIR)$(MANDIR)/man8/modbrokerd.8 $(DESTDIR)$(MANDIR)/man8/modbroker.8
 	for b in modbroker modbrokerd; do \
 		rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b \
 			$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish; \
 	done
-	@echo "kept $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml"
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml; rebuild the initramfs (update-initramfs -u or dracut -f)"
 
 clean:
 	$(CARGO) clean

@@ -14,6 +14,10 @@ rm -rf build/deb
 make --no-print-directory install DESTDIR="$root" PREFIX=/usr >/dev/null
 install -d "$root/DEBIAN"
 install -m 0755 debian/postinst debian/prerm debian/postrm "$root/DEBIAN/"
+install -m 0644 debian/triggers "$root/DEBIAN/triggers"
+# 80-drivers.rules is deliberately not a conffile: it must leave with the package (`dpkg -r`), or
+# an initramfs built afterwards would still carry it (harmless, as it falls back to udev's
+# builtin, but not the stock state). Local changes belong in /etc/modbroker/modbroker.toml.
 echo /etc/modbroker/modbroker.toml >"$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 cat >"$root/DEBIAN/control" <<CONTROL
@@ -21,7 +25,7 @@ Package: modbroker
 Version: $version
 Architecture: $arch
 Maintainer: modbroker developers <modbroker-security@lists.invalid>
-Depends: libc6 (>= 2.34), libkmod2, udev, kmod
+Depends: libc6 (>= 2.34), libkmod2, udev, kmod, init-system-helpers (>= 1.52)
 Section: admin
 Priority: optional
 Installed-Size: $size
@@ -44,14 +48,22 @@ mkdir -p "$scratch/var/lib/dpkg/info" "$scratch/var/lib/dpkg/updates"
 touch "$scratch/var/lib/dpkg/status"
 dpkg --root="$scratch" --force-script-chrootless --force-depends --log=/dev/null -i "$deb" >/dev/null
 for f in usr/bin/modbrokerd usr/bin/modbroker usr/lib/systemd/system/modbroker.socket \
-	usr/lib/systemd/system/modbroker.service usr/lib/udev/rules.d/80-modbroker.rules \
+	usr/lib/systemd/system/modbroker.service etc/udev/rules.d/80-drivers.rules \
+	usr/share/initramfs-tools/hooks/modbroker usr/share/initramfs-tools/scripts/init-top/modbroker \
+	usr/share/initramfs-tools/scripts/init-bottom/modbroker \
+	usr/lib/dracut/modules.d/90modbroker/module-setup.sh \
 	etc/modbroker/modbroker.toml usr/share/man/man8/modbrokerd.8 usr/share/man/man8/modbroker.8 \
 	usr/share/bash-completion/completions/modbroker; do
 	[ -e "$scratch/$f" ] || { echo "make-deb: $f missing after install" >&2; exit 1; }
 done
-[ "$(readlink "$scratch/etc/udev/rules.d/80-drivers.rules")" = /dev/null ] ||
-	{ echo "make-deb: udev mask missing after install" >&2; exit 1; }
+grep -q 'RUN{builtin}+="kmod load"' "$scratch/etc/udev/rules.d/80-drivers.rules" ||
+	{ echo "make-deb: 80-drivers.rules lacks udev's builtin path" >&2; exit 1; }
+# Enabled without a running systemd (deb-systemd-helper honours DPKG_ROOT).
+[ -L "$scratch/etc/systemd/system/sockets.target.wants/modbroker.socket" ] ||
+	{ echo "make-deb: modbroker.socket not enabled by the postinst" >&2; exit 1; }
 "$scratch/usr/bin/modbroker" --version >/dev/null
 dpkg --root="$scratch" --force-script-chrootless --log=/dev/null -r modbroker >/dev/null
-[ ! -e "$scratch/usr/bin/modbrokerd" ] || { echo "make-deb: files left after removal" >&2; exit 1; }
+for f in usr/bin/modbrokerd etc/udev/rules.d/80-drivers.rules usr/share/initramfs-tools/hooks/modbroker; do
+	[ ! -e "$scratch/$f" ] || { echo "make-deb: $f left after removal" >&2; exit 1; }
+done
 echo "make-deb: installs and removes cleanly in a scratch root"

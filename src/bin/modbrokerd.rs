@@ -299,12 +299,21 @@ async fn serve(
         config_note,
     };
     tokio::spawn(watch_signals(shutdown.clone(), reloader));
-    server::run_with_idle_exit(listener, service, access, shutdown, idle_exit).await;
+    server::run_with_idle_exit(listener, service.clone(), access, shutdown, idle_exit).await;
     notifier.notify("STOPPING=1");
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);
     }
-    info!("modbrokerd stopped");
+    // The totals outlive the process in the log: an initramfs daemon's are all that is left of it.
+    let c = service.broker().counters();
+    let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    info!(
+        requests = get(&c.requests),
+        merged = get(&c.merged),
+        load_calls = get(&c.load_calls),
+        failed_loads = get(&c.failed_loads),
+        "modbrokerd stopped"
+    );
     Ok(())
 }
 

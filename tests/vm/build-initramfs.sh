@@ -17,7 +17,7 @@
 # test modules.
 # MB_VM_UDEV=1 adds the host's udev: systemd-udevd, udevadm, the helpers in
 # /lib/udev, rules.d, hwdb.bin, /etc/udev, kmod as /sbin/modprobe with
-# modprobe.d, and udev/80-modbroker.rules as /usr/share/modbroker/ (not active;
+# modprobe.d, and udev/80-drivers.rules as /usr/share/modbroker/ (not active;
 # the coldplug scenario installs it in broker mode).
 # MB_VM_COMPRESS: gzip (default), zstd, lz4 or none.
 # Env: KVER, MB_VM_WORK, MODBROKERD, MODBROKER, MB_VM_MODULES, MB_TEST_MODULES_DIR,
@@ -177,7 +177,7 @@ if [ "${MB_VM_UDEV:-0}" = 1 ]; then
 	for d in /lib/modprobe.d /etc/modprobe.d; do
 		[ ! -d "$d" ] || { mkdir -p "$stage$d" && cp -a "$d/." "$stage$d/"; }
 	done
-	install -D -m 0644 "$REPO_ROOT/udev/80-modbroker.rules" "$stage/usr/share/modbroker/80-modbroker.rules"
+	install -D -m 0644 "$REPO_ROOT/udev/80-drivers.rules" "$stage/usr/share/modbroker/80-drivers.rules"
 fi
 
 # --- init, helper lib, scenario

@@ -22,7 +22,10 @@
 # (modules in /proc/modules after minus before), modules_after, loaded_list,
 # eexist_live, eexist_concurrent, ebusy, unattributed, attrib_mismatch,
 # client_execs, kernel_modprobe_requests, load_events, after_list (all of
-# /proc/modules after settle, sorted by the VM).
+# /proc/modules after settle, sorted by the VM), by_comm (calls per calling
+# task name, "name:N,..."), first_call and last_end (trace timestamps of the
+# first call's entry and the last call's return).
+# The real-boot tests (tests/boot) feed it one phase of a boot's trace each.
 
 function errname(e) {
 	if (e == 0) return "0"
@@ -57,6 +60,7 @@ function modname(path,    n) {
 	# thread id: "comm-TID (TGID) [CPU]" (tgid column when record-tgid is on)
 	if (!match($0, /-[0-9]+ +(\( *[-0-9]+\) +)?\[[0-9]+\]/)) next
 	s = substr($0, RSTART + 1, RLENGTH - 1); tid = s; sub(/ .*/, "", tid)
+	comm = substr($0, 1, RSTART - 1); sub(/^MB-TRACE: +/, "", comm); sub(/^ +/, "", comm)
 	ts = ""
 	for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { ts = substr($i, 1, length($i) - 1) + 0; break }
 	if ($0 ~ /mb_open: /) {
@@ -72,7 +76,7 @@ function modname(path,    n) {
 	if (match($0, /sys_(f?init_module)\(/)) {
 		n++
 		call_sys[n] = ($0 ~ /sys_finit_module\(/) ? "finit" : "init"
-		call_tid[n] = tid; call_t0[n] = ts
+		call_tid[n] = tid; call_t0[n] = ts; call_comm[n] = comm
 		call_mod[n] = (tid in lastopen) ? lastopen[tid] : "?"
 		delete lastopen[tid]
 		pending[tid] = n
@@ -93,6 +97,9 @@ END {
 	for (c = 1; c <= n; c++) {
 		m = call_mod[c]
 		if (call_sys[c] == "finit") finit++; else init++
+		by_comm[call_comm[c]]++
+		if (c == 1 || call_t0[c] < first_call) first_call = call_t0[c]
+		if (call_done[c] && call_t1[c] > last_end) last_end = call_t1[c]
 		r = call_done[c] ? errname(call_ret[c] < 0 ? -call_ret[c] : 0) : "unfinished"
 		res[r]++
 		if (m == "?") unattributed++
@@ -115,6 +122,9 @@ END {
 	print "unattributed=" unattributed + 0; print "attrib_mismatch=" mismatches + 0
 	print "orphan_exits=" orphan_exits + 0; print "load_events=" load_events + 0
 	print "client_execs=" info["client_execs"]; print "kernel_modprobe_requests=" info["kernel_modprobe_requests"]
+	for (k in by_comm) comms = comms (comms == "" ? "" : ",") k ":" by_comm[k]
+	print "by_comm=" comms
+	print "first_call=" first_call; print "last_end=" last_end + 0
 	print "loaded_list=" list
 	print "after_list=" alist
 }

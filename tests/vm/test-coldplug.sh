@@ -2,7 +2,7 @@
 # test-coldplug.sh - the coldplug test (part of run-all.sh, i.e. the test
 # suite): boots Debian's kernel with its whole module tree and the host's
 # systemd-udevd twice on the same VM layout, once with udev's builtin
-# "kmod load" and once with udev/80-modbroker.rules + modbrokerd, runs
+# "kmod load" and once with udev/80-drivers.rules + modbrokerd, runs
 # `udevadm trigger --type=devices --action=add; udevadm settle`, and fails
 # unless
 #   - both VM runs passed their own checks and every traced load call was

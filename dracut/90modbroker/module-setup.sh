@@ -1,0 +1,31 @@
+#!/bin/bash
+# dracut module for modbroker: brings modbroker.socket and modbroker.service into a systemd
+# initrd, so that the coldplug udev runs there (one request per device: per CPU for a CPU
+# driver) is merged into one load per module. The socket listens before systemd-udevd starts;
+# both units stop before switch-root (initrd.conf: Conflicts=/Before=initrd-cleanup.service, as
+# multipathd does), and the real root's socket-activated daemon takes over.
+#
+# 80-drivers.rules goes in as /etc/udev/rules.d/80-drivers.rules: with the client in the image
+# it takes the broker path, and should the client be missing, udev's builtin path.
+
+# Included by default (host-only and generic) when the binaries are installed.
+check() {
+	require_binaries modbroker modbrokerd || return 1
+	return 0
+}
+
+depends() {
+	echo systemd udev-rules
+	return 0
+}
+
+install() {
+	inst_multiple modbroker modbrokerd
+	inst_simple /etc/udev/rules.d/80-drivers.rules
+	[[ -f /etc/modbroker/modbroker.toml ]] && inst_simple /etc/modbroker/modbroker.toml
+	inst_simple "$systemdsystemunitdir/modbroker.socket"
+	inst_simple "$systemdsystemunitdir/modbroker.service"
+	inst_simple "$moddir/initrd.conf" "$systemdsystemunitdir/modbroker.socket.d/initrd.conf"
+	inst_simple "$moddir/initrd.conf" "$systemdsystemunitdir/modbroker.service.d/initrd.conf"
+	$SYSTEMCTL -q --root "$initdir" enable modbroker.socket
+}

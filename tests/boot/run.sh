@@ -1,0 +1,181 @@
+#!/bin/bash
+# run.sh - real-boot tests: Debian images with systemd as PID 1, the project's .deb installed with
+# dpkg as a user would, the initramfs built by the distro's own tool (see lib.sh).
+#
+#   tests/boot/run.sh [CASE...]      default: all cases below; ends "boot: N passed, N failed"
+#
+# Cases (IMAGE is bookworm = Debian 12 with initramfs-tools, trixie = Debian 13 with dracut in
+# host-only mode):
+#   IMAGE-stock    no modbroker: the reference boot
+#   IMAGE-broker   dpkg -i modbroker; the initramfs rebuilt by the dpkg trigger
+#   bookworm-removed  dpkg -i, then dpkg -r: the trigger's new initramfs, stock behaviour
+#   bookworm-typo  dpkg -i, then a typo in /etc/modbroker/modbroker.toml and update-initramfs -u
+#   bookworm-nohook  dpkg -i, then an initramfs built while the hook is missing (deleted)
+# A broker case is judged against its image's stock boot (booted first if it has no results).
+# Env: MB_BOOT_SMP (4), MB_BOOT_DEB (build/modbroker_*.deb, built by `make deb`), and lib.sh's.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+need qemu-system-x86_64 qemu-system-x86
+need mkfs.ext4 e2fsprogs
+need debugfs e2fsprogs
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mounts)"
+SMP=${MB_BOOT_SMP:-4}
+DEB=${MB_BOOT_DEB:-$(ls "$REPO_ROOT"/build/modbroker_*.deb 2>/dev/null | tail -n1)}
+[ -f "$DEB" ] || die "no .deb: run 'make deb' first"
+ANALYZE="$REPO_ROOT/tests/vm/coldplug-analyze.awk"
+
+image_of() { case $1 in bookworm-*) echo "bookworm initramfs-tools" ;; trixie-*) echo "trixie dracut" ;; *) die "unknown case $1" ;; esac; }
+
+# prepare CASE ROOT GEN: change the copy of the base tree as the case says.
+prepare() {
+	local case=$1 root=$2 gen=$3
+	case $case in
+	*-stock) rebuild_initramfs "$root" "$gen" ;;
+	*) install -m 0644 "$DEB" "$root/root/modbroker.deb"
+		# dpkg runs the initramfs generator through the trigger (no explicit rebuild here).
+		in_chroot "$root" dpkg -i /root/modbroker.deb ;;&
+	*-broker)
+		install -D -m 0755 "$BOOT_DIR/guest/extra-broker.sh" "$root/etc/mbtest/extra.sh" ;;
+	*-removed) in_chroot "$root" dpkg -r modbroker ;;
+	*-typo) echo "failure_window = 10" >>"$root/etc/modbroker/modbroker.toml"
+		rebuild_initramfs "$root" "$gen" ;;
+	*-nohook) rm "$root/usr/share/initramfs-tools/hooks/modbroker"
+		rebuild_initramfs "$root" "$gen" ;;
+	esac
+	in_chroot "$root" sh -c 'for i in /boot/initr*; do echo "== $i"; lsinitrd "$i" 2>/dev/null || lsinitramfs "$i"; done' \
+		>"$(dirname "$root")/initramfs.list" 2>&1
+}
+
+# boot_case CASE: prepares, boots, and summarises CASE into build/boot/IMAGE/CASE/summary.
+boot_case() {
+	local case=$1 dist gen root dir
+	read -r dist gen <<<"$(image_of "$case")"
+	log "$case: preparing ($dist, $gen)"
+	root=$(new_tree "$dist" "$gen" "$case")
+	dir=$(dirname "$root")
+	prepare "$case" "$root" "$gen" >"$dir/prepare.log" 2>&1 || { tail -n 20 "$dir/prepare.log" >&2; return 1; }
+	make_disk "$root" "$dir/disk.img"
+	log "$case: booting with $SMP vCPUs"
+	boot_image "$dir" "$SMP" || return 1
+	summarise "$dir"
+	rm -rf "$root" "$dir/disk.img"
+}
+
+# summarise DIR: per phase (initramfs = before PID 1's last exec, root = after), the trace through
+# coldplug-analyze.awk, as "PHASE_KEY=VALUE" lines in DIR/summary.
+summarise() {
+	local dir=$1 r=$1/results boundary
+	boundary=$(awk '/sched_process_exec: .* pid=1 / { t = $0; sub(/: sched_process_exec.*/, "", t); sub(/.* /, "", t) } END { print t }' "$r/trace")
+	{
+		for phase in initramfs root; do
+			awk -v b="$boundary" -v phase="$phase" '{
+				t = $0; sub(/: [a-z_]+[:(].*/, "", t); sub(/.* /, "", t)
+				if ((phase == "initramfs") == (t + 0 < b + 0)) print "MB-TRACE: " $0
+			}' "$r/trace" | awk -f "$ANALYZE" | sed "s/^/${phase}_/"
+		done
+		echo "boundary=$boundary"
+		awk '{ v[$1] = $0 } END { }
+			/^InitRDTimestampMonotonic=/ { split($0, a, "="); initrd = a[2] }
+			/^UserspaceTimestampMonotonic=/ { split($0, a, "="); us = a[2] }
+			/^ActiveEnterTimestampMonotonic=/ { split($0, a, "="); mu = a[2] }
+			END { printf "userspace_s=%.1f\n", (mu - us) / 1e6; if (initrd > 0) printf "initrd_s=%.1f\n", (us - initrd) / 1e6 }' "$r/analyze"
+	} >"$dir/summary"
+}
+
+get() { sed -n "s/^$2=//p" "$1/summary" | head -n1; }
+
+PASSED=0
+FAILED=0
+check() { # check NAME CMD...
+	local name=$1
+	shift
+	if "$@"; then echo "boot: PASS $name"; PASSED=$((PASSED + 1)); else echo "boot: FAIL $name"; FAILED=$((FAILED + 1)); fi
+}
+
+# judge CASE: the checks of CASE against its image's stock boot.
+judge() {
+	local case=$1 dist gen dir stock
+	read -r dist gen <<<"$(image_of "$case")"
+	dir="$MB_BOOT_WORK/$dist-$gen/$case"
+	stock="$MB_BOOT_WORK/$dist-$gen/$dist-stock"
+	local r=$dir/results s=$stock/results
+	check "$case: reached multi-user.target with / on /dev/vda" grep -q '^/dev/vda ' "$r/root"
+	check "$case: trace complete (no ring-buffer overrun)" sh -c "! grep -v ': 0$' '$r/overrun' | grep -q ."
+	check "$case: no failed units beyond the stock boot's" sh -c "! comm -23 '$r/failed' '$s/failed' | grep ."
+	check "$case: same /proc/modules as the stock boot" diff "$s/modules" "$r/modules"
+	check "$case: udev journal has no worker timeouts or kills" sh -c "! grep -Ei 'timeout|timed out|killed|kill' '$r/journal-udev'"
+	case $case in
+	*-stock) return ;;
+	*-removed | *-nohook) judge_builtin "$case" "$dir" ;;
+	*) judge_broker "$case" "$dir" "$gen" ;;
+	esac
+}
+
+# judge_builtin: udev's builtin loads modules in the initramfs (no modbroker in it) and in the root.
+judge_builtin() {
+	local case=$1 dir=$2
+	check "$case: initramfs holds no modbroker client" sh -c "! grep -q 'usr/bin/modbroker\$' '$dir/initramfs.list'"
+	check "$case: udev's builtin loaded modules in the initramfs" sh -c "grep '^initramfs_by_comm=' '$dir/summary' | grep -q udev"
+	check "$case: no load calls from modbrokerd" sh -c "! grep '_by_comm=' '$dir/summary' | grep -q modbrokerd"
+	[ "$case" = bookworm-removed ] &&
+		check "$case: the package's rule left with it" sh -c "! grep -q 'modbroker load' '$dir/root/etc/udev/rules.d/80-drivers.rules' 2>/dev/null"
+	return 0
+}
+
+judge_broker() {
+	local case=$1 dir=$2 gen=$3 r=$2/results phase calls distinct
+	check "$case: initramfs holds the client, the daemon and 80-drivers.rules" sh -c \
+		"grep -q 'usr/bin/modbroker\$' '$dir/initramfs.list' && grep -q 'usr/bin/modbrokerd\$' '$dir/initramfs.list' && grep -q '80-drivers.rules\$' '$dir/initramfs.list'"
+	for phase in initramfs root; do
+		calls=$(get "$dir" "${phase}_calls")
+		distinct=$(get "$dir" "${phase}_distinct_attempted")
+		check "$case: $phase: load calls ($calls) at most the distinct modules attempted ($distinct)" [ "$calls" -le "$distinct" ]
+		check "$case: $phase: no EBUSY" [ "$(get "$dir" "${phase}_ebusy")" = 0 ]
+		check "$case: $phase: modbrokerd made load calls" sh -c "get_comm() { sed -n 's/^${phase}_by_comm=//p' '$dir/summary'; }; get_comm | grep -q modbrokerd"
+		check "$case: $phase: no load call from udev itself" sh -c "! sed -n 's/^${phase}_by_comm=//p' '$dir/summary' | grep -q udev"
+	done
+	check "$case: modbroker.service was socket-activated" sh -c "sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -q '^TriggeredBy=modbroker.socket'"
+	check "$case: nothing else pulls modbroker.service in" sh -c "sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -Eq '^WantedBy=\$' && sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -Eq '^RequiredBy=\$'"
+	check "$case: modbroker.service not ordered after local-fs.target, no RequiresMountsFor" sh -c \
+		"sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -E '^(After|RequiresMountsFor)=' | tee /dev/stderr | ! grep -Eq 'local-fs|tmpfiles-setup|basic.target|sysinit.target|RequiresMountsFor=.'"
+	local started last_end
+	started=$(sed -n '/^Id=modbroker.service/,/^$/s/^InactiveExitTimestampMonotonic=//p' "$r/units")
+	last_end=$(get "$dir" root_last_end)
+	check "$case: modbrokerd started (${started}us) before the real root's last load ended (${last_end}s)" \
+		awk -v a="$started" -v b="$last_end" 'BEGIN { exit !(a > 0 && a / 1e6 < b) }'
+	check "$case: modbrokerd's journal lines carry priorities (native journal protocol)" sh -c \
+		"grep -q . '$r/journal-modbroker.json' && ! grep -v '\"PRIORITY\"' '$r/journal-modbroker.json' | grep -q . && ! grep -v '\"_TRANSPORT\":\"journal\"' '$r/journal-modbroker.json' | grep -q ."
+	case $case in
+	*-typo)
+		check "$case: the config error is logged at priority err" grep -q '"PRIORITY":"3"' "$r/journal-modbroker.json"
+		check "$case: systemctl status shows the config error" grep -q '^StatusText=configuration error' "$r/units"
+		;;
+	*-broker)
+		check "$case: requests during an upgrade (dpkg -i while serving) all answered" grep -q '^upgrade: all answered' "$r/extra"
+		;;
+	esac
+	# The initramfs's daemon is gone; its last log line holds its totals (requests it answered
+	# and how many of them were merged into another's load).
+	local stopped
+	if [ "$gen" = initramfs-tools ]; then
+		stopped=$(grep 'modbrokerd stopped' "$r/initramfs.log" | tail -n1 | sed 's/.*requests=\([0-9]*\) merged=\([0-9]*\).*/\1 \2/')
+	else
+		stopped=$(grep '"MESSAGE":"modbrokerd stopped"' "$r/journal-modbroker.json" | head -n1 | sed 's/.*"REQUESTS":"\([0-9]*\)".*"MERGED":"\([0-9]*\)".*/\1 \2/')
+	fi
+	check "$case: the initramfs's daemon answered requests and merged some, then stopped (requests merged: ${stopped:-none})" \
+		awk -v s="$stopped" 'BEGIN { split(s, a, " "); exit !(a[1] > 0 && a[2] > 0) }'
+	return 0
+}
+
+CASES=${*:-bookworm-stock bookworm-broker bookworm-removed bookworm-typo bookworm-nohook trixie-stock trixie-broker}
+for case in $CASES; do
+	read -r dist gen <<<"$(image_of "$case")"
+	stock="$MB_BOOT_WORK/$dist-$gen/$dist-stock"
+	if [ "$case" != "$dist-stock" ] && [ ! -f "$stock/summary" ]; then
+		boot_case "$dist-stock" || { check "$dist-stock: boot" false; continue; }
+		judge "$dist-stock"
+	fi
+	if boot_case "$case"; then judge "$case"; else check "$case: boot" false; fi
+done
+echo "boot: $PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
