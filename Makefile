@@ -7,6 +7,8 @@
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
 #   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
 #                  a scratch dpkg root
+#   make boot-test real boots of Debian 12 (initramfs-tools) and 13 (dracut) with systemd as
+#                  PID 1 and the .deb installed with dpkg (tests/boot; images cached in build/boot)
 #   make fuzz      run each cargo-fuzz target (fuzz/) for FUZZ_SECONDS from the committed corpus
 #   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
 #   make soak      the full soak: 1,000,000 requests from 1,000 clients against the fake kernel
@@ -32,7 +34,7 @@ FUZZ_SECONDS ?= 60
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build docs deps deb test lint check-units unit-test fuzz vm-test demo install uninstall bench soak clean
+.PHONY: all build docs deps deb test lint check-units unit-test fuzz vm-test boot-test demo install uninstall bench soak clean
 
 all: build
 
@@ -63,7 +65,10 @@ check-units: build
 deb: build
 	tools/make-deb.sh
 
-test: deps lint check-units deb unit-test fuzz vm-test
+boot-test: deb
+	tests/boot/run.sh
+
+test: deps lint check-units deb unit-test fuzz vm-test boot-test
 
 demo: deps build
 	tests/vm/run.sh demo

@@ -20,7 +20,7 @@ MB_BOOT_TIMEOUT=${MB_BOOT_TIMEOUT:-900}
 # initramfs to the real root is PID 1's last exec) and a kprobe naming every file opened, so a
 # load call can be attributed to the module file its thread opened last. trace_clock=mono lines
 # the timestamps up with systemd's monotonic ones.
-MB_BOOT_TRACE="trace_clock=mono trace_buf_size=32M kprobe_event=p:mb/mb_open,do_sys_openat2,path=+0(%si):ustring trace_event=syscalls:sys_enter_finit_module,syscalls:sys_exit_finit_module,syscalls:sys_enter_init_module,syscalls:sys_exit_init_module,module:module_load,sched:sched_process_exec"
+MB_BOOT_TRACE="trace_clock=mono trace_options=record-tgid trace_buf_size=32M kprobe_event=p:mb/mb_open,do_sys_openat2,path=+0(%si):ustring trace_event=syscalls:sys_enter_finit_module,syscalls:sys_exit_finit_module,syscalls:sys_enter_init_module,syscalls:sys_exit_init_module,module:module_load,sched:sched_process_exec"
 
 die() { echo "ERROR: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "required tool '$1' not found: install the Debian package '$2'"; }
@@ -105,9 +105,11 @@ rebuild_initramfs() {
 	esac
 }
 
-# make_disk ROOT IMG: an ext4 image of ROOT with room to spare.
+# make_disk ROOT IMG: an ext4 image of ROOT with room to spare. The booted system gets no
+# policy-rc.d: there, maintainer scripts may start and restart services as on any machine.
 make_disk() {
 	local mb
+	rm -f "$1/usr/sbin/policy-rc.d"
 	mb=$(du -sm "$1" | cut -f1)
 	rm -f "$2"
 	mkfs.ext4 -q -F -L root -d "$1" "$2" "$((mb + 768))M"

@@ -24,7 +24,10 @@
 # client_execs, kernel_modprobe_requests, load_events, after_list (all of
 # /proc/modules after settle, sorted by the VM), by_comm (calls per calling
 # task name, "name:N,..."), first_call and last_end (trace timestamps of the
-# first call's entry and the last call's return).
+# first call's entry and the last call's return), udev_modules (modules that
+# udev's own processes called a load for), modbrokerd_processes (processes
+# named modbrokerd that made load calls: the daemon, plus one per fallback
+# loader; the thread-group id needs the record-tgid trace option).
 # The real-boot tests (tests/boot) feed it one phase of a boot's trace each.
 
 function errname(e) {
@@ -61,6 +64,7 @@ function modname(path,    n) {
 	if (!match($0, /-[0-9]+ +(\( *[-0-9]+\) +)?\[[0-9]+\]/)) next
 	s = substr($0, RSTART + 1, RLENGTH - 1); tid = s; sub(/ .*/, "", tid)
 	comm = substr($0, 1, RSTART - 1); sub(/^MB-TRACE: +/, "", comm); sub(/^ +/, "", comm)
+	tgid = s; if (!sub(/^[0-9]+ +\( */, "", tgid)) tgid = tid; sub(/[^0-9].*/, "", tgid)
 	ts = ""
 	for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { ts = substr($i, 1, length($i) - 1) + 0; break }
 	if ($0 ~ /mb_open: /) {
@@ -77,6 +81,7 @@ function modname(path,    n) {
 		n++
 		call_sys[n] = ($0 ~ /sys_finit_module\(/) ? "finit" : "init"
 		call_tid[n] = tid; call_t0[n] = ts; call_comm[n] = comm
+		if (comm == "modbrokerd" && !(tgid in broker_procs)) { broker_procs[tgid] = 1; nbroker_procs++ }
 		call_mod[n] = (tid in lastopen) ? lastopen[tid] : "?"
 		delete lastopen[tid]
 		pending[tid] = n
@@ -98,6 +103,7 @@ END {
 		m = call_mod[c]
 		if (call_sys[c] == "finit") finit++; else init++
 		by_comm[call_comm[c]]++
+		if (call_comm[c] ~ /udev/ && !((m, "udev") in seen_udev)) { seen_udev[m, "udev"] = 1; udev_mods = udev_mods (udev_mods == "" ? "" : ",") m }
 		if (c == 1 || call_t0[c] < first_call) first_call = call_t0[c]
 		if (call_done[c] && call_t1[c] > last_end) last_end = call_t1[c]
 		r = call_done[c] ? errname(call_ret[c] < 0 ? -call_ret[c] : 0) : "unfinished"
@@ -124,6 +130,8 @@ END {
 	print "client_execs=" info["client_execs"]; print "kernel_modprobe_requests=" info["kernel_modprobe_requests"]
 	for (k in by_comm) comms = comms (comms == "" ? "" : ",") k ":" by_comm[k]
 	print "by_comm=" comms
+	print "udev_modules=" udev_mods
+	print "modbrokerd_processes=" nbroker_procs + 0
 	print "first_call=" first_call; print "last_end=" last_end + 0
 	print "loaded_list=" list
 	print "after_list=" alist

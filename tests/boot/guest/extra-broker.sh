@@ -1,13 +1,13 @@
 #!/bin/sh
 # Per-boot check of the broker case (run by mbtest-report): an upgrade while the daemon serves.
-# Four clients ask without fallback (an unreachable daemon would be exit 4) in a loop while
+# Two clients ask without fallback (an unreachable daemon would be exit 4) in a loop while
 # `dpkg -i` reinstalls the package, whose postinst restarts modbroker.service; the socket stays
 # open, so each request must be answered, by the old daemon or by the new one.
 mod=$(cut -d' ' -f1 /proc/modules | head -n1)
 stop=/run/mbtest-upgrade.stop
 rm -f "$stop" /run/mbtest-upgrade.*
 before=$(systemctl show -p MainPID --value modbroker.service)
-for i in 1 2 3 4; do
+for i in 1 2; do
 	(
 		n=0 bad=0
 		while [ ! -e "$stop" ]; do
@@ -17,7 +17,9 @@ for i in 1 2 3 4; do
 		echo "$n $bad" >"/run/mbtest-upgrade.$i"
 	) &
 done
-dpkg -i /root/modbroker.deb >/run/mbtest-dpkg.log 2>&1
+# --no-triggers: the initramfs rebuild the trigger asks for is not what this step tests, and
+# under emulation it takes minutes.
+dpkg --no-triggers -i /root/modbroker.deb >/run/mbtest-dpkg.log 2>&1
 echo "dpkg -i exit $?"
 after=$(systemctl show -p MainPID --value modbroker.service)
 # One more answered request after the restart, then stop the loops.
@@ -25,7 +27,7 @@ modbroker load --no-fallback --udev "$mod" >/dev/null && touch "$stop"
 touch "$stop"
 wait
 cat /run/mbtest-upgrade.err 2>/dev/null
-total=$(cat /run/mbtest-upgrade.[1-4] | awk '{ n += $1; bad += $2 } END { print n + 0, bad + 0 }')
+total=$(cat /run/mbtest-upgrade.[12] | awk '{ n += $1; bad += $2 } END { print n + 0, bad + 0 }')
 echo "daemon pid before $before, after $after; requests and failures: $total"
 set -- $total
 if [ "$before" != "$after" ] && [ "$1" -gt 0 ] && [ "$2" = 0 ]; then
