@@ -73,7 +73,8 @@ test: deps lint check-units deb unit-test fuzz vm-test boot-test
 demo: deps build
 	tests/vm/run.sh demo
 
-bench: deps build
+bench: deps deb
+	tests/boot/bench.sh 4 16 64
 	tests/vm/bench.sh
 	tests/vm/bench-coldplug.sh
 	python3 tools/charts.py coldplug build/vm/bench-coldplug.csv docs/bench-coldplug.svg
