@@ -11,8 +11,9 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 use nix::kmod::{finit_module, init_module, ModuleInitFlags};
@@ -142,12 +143,20 @@ fn io_errno(err: &io::Error) -> Errno {
 /// Runs an install command as modprobe does: `$CMDLINE_OPTS` replaced by the options, the module
 /// name in `$MODPROBE_MODULE`, through `/bin/sh -c`. Options only ever contain validated
 /// parameters (see `target`) and admin-written modprobe.d text, so no request can inject shell.
+///
+/// The command's stdout is our stderr, never our stdout. Under `modbrokerd --oneshot` our
+/// stdout is the pipe the client reads its one JSON result from: an `install` line that prints
+/// (`echo`, `modprobe -v`, a script's chatter) would corrupt that result and turn a module that
+/// loaded into a failure, reported to udev or to the kernel. In the daemon, stderr is the log
+/// (the journal under systemd), which is where such output belongs. Redirecting at the spawn
+/// covers both, and everything the command starts inherits it.
 pub fn run_install_command(name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
     let command = command.replace("$CMDLINE_OPTS", options);
     let status = Command::new("/bin/sh")
         .arg("-c")
         .arg(&command)
         .env("MODPROBE_MODULE", name)
+        .stdout(stdout_to_stderr())
         .status()
         .map_err(|e| InstallFailure(format!("cannot run install command {command:?}: {e}")))?;
     if status.success() {
@@ -157,6 +166,15 @@ pub fn run_install_command(name: &str, command: &str, options: &str) -> Result<(
             "install command {command:?} failed ({status})"
         )))
     }
+}
+
+/// A duplicate of our stderr, to be a child's stdout; `/dev/null` if stderr cannot be
+/// duplicated (Rust's runtime opens `/dev/null` for a closed fd 2 at start-up, so it is open).
+fn stdout_to_stderr() -> Stdio {
+    io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 /// The result of bringing one module into the kernel. Cloneable: one load's outcome is handed to

@@ -87,6 +87,14 @@ impl Ctx {
     }
 
     /// Modules matching `target`, like `modprobe` looks them up.
+    ///
+    /// The only libkmod call that sees a target. `kmod_module_new_from_lookup` matches it
+    /// against modprobe.d aliases and install commands and searches `modules.dep.bin` (skipped
+    /// for anything with a `:`), `modules.alias.bin`, `modules.symbols.bin` and the builtin
+    /// indexes; it never builds a file path from it. Modules come back named as the indexes
+    /// name them, so a modalias with slashes (`dmi:...:bd01/15/2019:...`) cannot become a path
+    /// here or later (`/sys/module/NAME`, the module file). Targets are never passed to
+    /// `kmod_module_new_from_name` or `kmod_module_new_from_path`.
     fn lookup(&self, target: &str) -> Result<ModList, ResolverError> {
         let err = |errno| ResolverError::Lookup {
             target: target.to_string(),

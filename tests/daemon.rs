@@ -205,6 +205,123 @@ fn bound_daemon_resolves_with_libkmod_and_exits_cleanly() {
     assert!(!socket.exists(), "the daemon removes the socket it bound");
 }
 
+/// A VMware guest's DMI modalias (slashes in the BIOS date and in `cvrN/A`) goes from the
+/// client through the daemon's validation to libkmod, as modprobe resolves it: vmw_vmci, then
+/// vmw_balloon. It used to be refused as a path.
+#[test]
+fn dmi_modalias_resolves_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("modbroker.sock");
+    let daemon = Daemon::spawn(daemon_command(&socket), socket.clone());
+    let vmware = "dmi:bvnPhoenixTechnologiesLTD:bvr6.00:bd11/12/2020:br4.6:svnVMware,Inc.:\
+        pnVMwareVirtualPlatform:pvrNone:rvnIntelCorporation:rn440BXDesktopReferencePlatform:\
+        rvrNone:cvnNoEnum:ct1:cvrN/A:sku:";
+    let out = client(&socket, &["resolve", vmware]);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(shown.starts_with(&format!("{vmware}: load")), "{shown}");
+    let vmci = shown.find(" vmw_vmci ").expect("vmw_vmci, a dependency");
+    let balloon = shown.find(" vmw_balloon ").expect("vmw_balloon");
+    assert!(vmci < balloon, "dependencies first: {shown}");
+    drop(daemon);
+}
+
+/// Runs `program` in a private mount namespace whose `/etc/modprobe.d` is `conf`, so that
+/// libkmod reads a test's `install` lines while the host's configuration stays untouched.
+fn with_modprobe_d(conf: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/modprobe.d && exec "$@""#)
+        .arg(conf)
+        .arg(program);
+    cmd
+}
+
+/// A modprobe.d whose `install` line for `mb_install_echo` prints to stdout and succeeds.
+fn printing_install_line(dir: &Path) -> PathBuf {
+    let conf = dir.join("modprobe.d");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("echo.conf"),
+        "install mb_install_echo echo hello from install; /bin/true\n",
+    )
+    .unwrap();
+    conf
+}
+
+/// An `install` command that prints used to write into `--oneshot`'s stdout, the pipe the
+/// client parses its one JSON result from: the client said "unreadable result" and exited 1 (and
+/// the kernel's helper told the kernel the load failed) although the command succeeded. Its
+/// stdout is now `modbrokerd`'s stderr.
+#[test]
+fn install_command_output_stays_out_of_the_oneshot_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = printing_install_line(dir.path());
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbroker.toml");
+    let mut cmd = with_modprobe_d(&conf, env!("CARGO_BIN_EXE_modbrokerd"));
+    cmd.args(["--config", shipped, "--oneshot", "--module-dir"])
+        .arg(debian_tree())
+        .args(["--", "mb_install_echo"]);
+    let (out, _) = output_within(&mut cmd, Duration::from_secs(30));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["outcome"], "loaded", "{result}");
+    assert!(stderr.contains("hello from install"), "{stderr}");
+
+    // The client's fallback, and the kernel's autoload helper through it: exit 0, loaded.
+    let absent = dir.path().join("absent.sock");
+    for args in [&["load"][..], &["modprobe", "--"]] {
+        let mut cmd = with_modprobe_d(&conf, env!("CARGO_BIN_EXE_modbroker"));
+        cmd.arg("--socket")
+            .arg(&absent)
+            .arg("--module-dir")
+            .arg(debian_tree())
+            .args(args)
+            .arg("mb_install_echo");
+        let (out, _) = output_within(&mut cmd, Duration::from_secs(30));
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stdout.starts_with("mb_install_echo: loaded [mb_install_echo]"),
+            "{args:?}: {stdout}"
+        );
+        assert!(stderr.contains("hello from install"), "{stderr}");
+        assert!(!stderr.contains("unreadable"), "{stderr}");
+    }
+}
+
+/// In the daemon, an `install` command's stdout goes to the log (stderr: the journal under
+/// systemd), like the daemon's own lines, not to its stdout.
+#[test]
+fn daemon_logs_install_command_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = printing_install_line(dir.path());
+    let socket = dir.path().join("modbroker.sock");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbroker.toml");
+    let mut cmd = with_modprobe_d(&conf, env!("CARGO_BIN_EXE_modbrokerd"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--module-dir")
+        .arg(debian_tree())
+        .args(["--config", shipped])
+        .stdout(Stdio::piped());
+    let mut daemon = Daemon::spawn(cmd, socket.clone());
+    let daemon_stdout = daemon.child.stdout.take().unwrap();
+    let out = client(&socket, &["load", "--no-fallback", "mb_install_echo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("loaded"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("hello from install"), "{log}");
+    assert_eq!(std::io::read_to_string(daemon_stdout).unwrap(), "");
+}
+
 #[test]
 fn stale_socket_file_is_replaced() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,11 +61,32 @@ proptest! {
     #[test]
     fn accepted_targets_are_never_paths_or_controls(target in ".{0,64}") {
         if let Ok(t) = validate_target(&target) {
-            prop_assert!(!t.contains('/'));
+            // A '/' only in a modalias: a non-empty BUS of [A-Za-z0-9_-] before the first ':'.
+            let modalias = t.split_once(':').is_some_and(|(bus, _)| {
+                !bus.is_empty()
+                    && bus.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+            prop_assert!(!t.contains('/') || modalias, "{t:?}");
             prop_assert!(t.bytes().all(|b| b.is_ascii_graphic()));
             prop_assert!(!t.starts_with('.') && !t.starts_with('-'));
             prop_assert!(t.len() <= MAX_TARGET_LEN);
         }
+    }
+
+    /// Modalias-shaped input (a bus, `:`, then anything printable, slashes included) is
+    /// accepted exactly when it is a modalias; the same text with a path-like bus is not.
+    #[test]
+    fn slashes_are_accepted_only_after_a_bus_prefix(
+        bus in "[A-Za-z0-9_-]{1,12}",
+        rest in "[!-~]{0,48}",
+        bad in "[./*]{1,3}",
+    ) {
+        let modalias = format!("{bus}:{rest}");
+        if !bus.starts_with('-') {
+            prop_assert_eq!(validate_target(&modalias), Ok(modalias.as_str()));
+        }
+        let not_a_bus = format!("{bad}{bus}:{rest}/");
+        prop_assert!(validate_target(&not_a_bus).is_err(), "{not_a_bus:?}");
     }
 
     #[test]

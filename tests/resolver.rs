@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use modbroker::plan::{LoadMethod, ModuleNode, Plan};
 use modbroker::resolver::{KmodResolver, ResolverError, ResolverHandle};
+use modbroker::target::validate_target;
 
 /// A real e1000e alias line (`alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e`), made concrete.
 const E1000E_MODALIAS: &str = "pci:v00008086d000010D3sv00008086sd0000A01Fbc02sc00i00";
@@ -404,4 +405,184 @@ fn dependency_nodes_carry_their_own_configuration() {
         stp.deps[0].method,
         LoadMethod::Install("/bin/true".to_string())
     );
+}
+
+/// A VMware guest's `/sys/class/dmi/id/modalias` (modprobe: vmw_balloon, after vmw_vmci).
+const VMWARE_DMI: &str = "dmi:bvnPhoenixTechnologiesLTD:bvr6.00:bd11/12/2020:br4.6:\
+    svnVMware,Inc.:pnVMwareVirtualPlatform:pvrNone:rvnIntelCorporation:\
+    rn440BXDesktopReferencePlatform:rvrNone:cvnNoEnum:ct1:cvrN/A:sku:";
+/// A Dell PowerEdge R640's (modprobe: dcdbas).
+const DELL_DMI: &str = "dmi:bvnDellInc.:bvr2.1.5:bd01/15/2019:br2.1:svnDellInc.:\
+    pnPowerEdgeR640:pvr:rvnDellInc.:rn0W23H8:rvrA00:cvnDellInc.:ct23:cvr:sku:";
+
+/// `target` through the same gate as a request (`validate_target`), then resolved.
+fn resolve_valid(r: &mut KmodResolver, target: &str) -> Arc<Plan> {
+    assert_eq!(validate_target(target), Ok(target), "refused before lookup");
+    r.resolve(target).unwrap()
+}
+
+/// DMI modaliases carry the BIOS date (`bd11/12/2020`) and vendor strings with slashes
+/// (`cvrN/A`); they were refused as paths before reaching libkmod. vmw_balloon's own
+/// `dmi:*:svnVMware*:*` alias, indexed by depmod, and a modprobe.d alias with a slash in it.
+#[test]
+fn dmi_modalias_with_slashes_resolves() {
+    let fx = Fixture::new("alias dmi:*:bd01/15/2019:*:svnDellInc.:* dummy\n");
+    fx.copy_module("vmw_vmci");
+    fx.copy_module("vmw_balloon");
+    fx.depmod();
+    let mut r = fx.resolver();
+    let plan = resolve_valid(&mut r, VMWARE_DMI);
+    let balloon = single(&plan);
+    assert_eq!(balloon.name, "vmw_balloon");
+    assert_eq!(order(balloon), ["vmw_vmci", "vmw_balloon"]);
+    assert_eq!(single(&resolve_valid(&mut r, DELL_DMI)).name, "dummy");
+}
+
+/// A modalias may hold `/` and `..`, but it is only ever looked up as an alias: nothing in the
+/// tree is reached through it as a path, whatever it spells.
+#[test]
+fn path_like_modaliases_name_no_file() {
+    let fx = Fixture::new("");
+    let mut r = fx.resolver();
+    let dummy = host_module_path(&fx.host_dir, "dummy");
+    let absolute = fx.module_dir().join(&dummy);
+    for target in [
+        format!("x:../../{dummy}"),
+        format!("dmi:{}", absolute.display()),
+        format!("platform:{}", dummy.trim_end_matches(".ko")),
+        "platform:../dummy".to_string(),
+        "dummy:/".to_string(),
+    ] {
+        assert_eq!(*resolve_valid(&mut r, &target), Plan::NoMatch, "{target}");
+    }
+}
+
+/// The modprobe.d-free resolver on the host's whole Debian tree (not copied).
+fn debian_resolver(conf: &tempfile::TempDir) -> (KmodResolver, PathBuf) {
+    let dir = Path::new("/lib/modules").join(host_kver());
+    let resolver = KmodResolver::new(&dir, Some(&[conf.path().to_path_buf()])).unwrap();
+    (resolver, dir)
+}
+
+/// `(pattern, module)` for every `alias dmi:...` line of the tree's modules.alias.
+fn dmi_aliases(dir: &Path) -> Vec<(String, String)> {
+    let text = fs::read_to_string(dir.join("modules.alias")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("alias "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(pattern, _)| pattern.starts_with("dmi:"))
+        .map(|(pattern, module)| (pattern.to_string(), module.to_string()))
+        .collect()
+}
+
+/// Whether `plan` loads `module` (at the top or as a dependency).
+fn loads(plan: &Plan, module: &str) -> bool {
+    load(plan)
+        .iter()
+        .any(|n| n.load_order().iter().any(|m| m.name == module))
+}
+
+/// Every module a `dmi:` alias of Debian's tree names (46 lines, 10 modules in Debian 12's 6.1)
+/// resolves from a whole modalias as the machine's firmware gives it, slashes and all.
+#[test]
+fn every_dmi_alias_module_of_the_debian_tree_resolves_from_a_real_modalias() {
+    let real: &[(&str, &[&str])] = &[
+        (DELL_DMI, &["dcdbas"]),
+        (VMWARE_DMI, &["vmw_balloon", "vmw_vmci"]),
+        (
+            "dmi:bvnIBM:bvr-[D6E150AUS-1.10]-:bd05/19/2008:svnIBM:\
+             pnIBMSystemx3550-[7978AC1]-:pvr:rvnIBM:rn00D4059:rvr:cvnIBM:ct23:cvr:",
+            &["ics932s401", "ibmaem", "ibmpex"],
+        ),
+        (
+            "dmi:bvnIBM:bvr-[A3E157AUS-1.14]-:bd08/11/2011:svnIBM:\
+             pnIBM3850M2/x3950M2-[72333RU]-:pvr1.0:rvnIBM:rn00D4062:rvr:cvnIBM:ct23:cvrN/A:",
+            &["ibmaem"],
+        ),
+        (
+            "dmi:bvnFUJITSU:bvr1.14:bd03/23/2007:svnFUJITSU:pnLifeBookS7110:pvr:\
+             rvnFUJITSU:rnFJNB19C:rvrS1:cvn:ct10:cvr:",
+            &["apanel"],
+        ),
+        (
+            "dmi:bvnAcer:bvrv1.3308:bd12/09/2008:svnAcer:pnAspire1810TZ:pvrv1.3308:\
+             rvnAcer:rnJM11-MS:rvrBase/Board/Version:cvnAcer:ct1:cvrN/A:sku:",
+            &["acerhdf"],
+        ),
+        (
+            "dmi:bvnIBM:bvrIMET61WW(2.19):bd07/08/2004:svnIBM:pn2373G1U:pvrThinkPadT42:\
+             rvnIBM:rn2373G1U:rvrNotAvailable:cvnIBM:ct10:cvrNotAvailable:",
+            &["thinkpad_acpi"],
+        ),
+        (
+            "dmi:bvnSIEMENSAG:bvrV25.02.05:bd03/20/2019:svnSIEMENSAG:pnSIMATICIPC427E:\
+             pvr:rvnSIEMENSAG:rnA5E31233588:rvr:cvnSIEMENSAG:ct3:cvr:sku:",
+            &["simatic_ipc"],
+        ),
+        (
+            "dmi:bvnMicrosoftCorporation:bvr124.2706.768:bd04/22/2019:\
+             svnMicrosoftCorporation:pnSurfacePro6:pvr124000000000000000000000D0B09F1C03P38:\
+             rvnMicrosoftCorporation:rnSurfacePro6:rvr:cvnMicrosoftCorporation:ct9:cvr:\
+             skuSurface_Pro_6_1796_Commercial:",
+            &["surface_gpe"],
+        ),
+    ];
+    let conf = tempfile::tempdir().unwrap();
+    let (mut r, dir) = debian_resolver(&conf);
+    let mut reached = std::collections::BTreeSet::new();
+    for (modalias, modules) in real {
+        assert!(modalias.contains('/'), "{modalias}");
+        let plan = resolve_valid(&mut r, modalias);
+        for module in *modules {
+            assert!(loads(&plan, module), "{modalias} -> {plan:?}: no {module}");
+            reached.insert(module.to_string());
+        }
+    }
+    let named: std::collections::BTreeSet<String> = dmi_aliases(&dir)
+        .into_iter()
+        .map(|(_, module)| module)
+        .collect();
+    assert!(!named.is_empty(), "no dmi: alias in {}", dir.display());
+    let missed: Vec<_> = named.difference(&reached).collect();
+    assert!(
+        missed.is_empty(),
+        "no real modalias above reaches {missed:?}"
+    );
+}
+
+/// A concrete string matching `pattern`: each `*` a run with a BIOS date in it, each `?` a
+/// digit, each `[...]` its first character.
+fn concrete(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => out.push_str("bd01/15/2019"),
+            '?' => out.push('0'),
+            '[' => {
+                let first = chars.next().expect("a class after '['");
+                assert!(first != '!' && first != '^', "negated class in {pattern}");
+                out.push(first);
+                chars.by_ref().find(|&c| c == ']').expect("']'");
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Every `dmi:` alias pattern of Debian's tree (all 46 lines, not only one per module) matches a
+/// concrete modalias with slashes in it, through validation and the real resolver.
+#[test]
+fn every_dmi_alias_pattern_of_the_debian_tree_matches_a_modalias_with_slashes() {
+    let conf = tempfile::tempdir().unwrap();
+    let (mut r, dir) = debian_resolver(&conf);
+    let aliases = dmi_aliases(&dir);
+    assert!(aliases.len() >= 40, "{} dmi: aliases", aliases.len());
+    for (pattern, module) in aliases {
+        let modalias = concrete(&pattern);
+        assert!(modalias.contains('/'), "{pattern} -> {modalias}");
+        let plan = resolve_valid(&mut r, &modalias);
+        assert!(loads(&plan, &module), "{pattern} -> {modalias} -> {plan:?}");
+    }
 }

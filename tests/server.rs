@@ -21,8 +21,11 @@ impl TestServer {
     fn start(access: AccessPolicy) -> Self {
         let kernel = FakeKernel::new();
         kernel.fail("acpi_cpufreq", Errno::ENODEV);
+        // What kvm_intel's init returns on a CPU without VT-x.
+        kernel.fail("kvm_intel", Errno::EOPNOTSUPP);
         let resolver = FixedResolver::new()
             .with_module("mb_ok", node("mb_ok", vec![]))
+            .with_module("kvm-intel", node("kvm_intel", vec![]))
             .with_module("held", node("held", vec![]))
             .with_module("acpi-cpufreq", node("acpi_cpufreq", vec![]))
             .with_module("e1000", node("e1000", vec![]));
@@ -292,6 +295,44 @@ fn client_exit_status_and_failure_line() {
     assert_eq!(status["failures"][0]["error"], "ENODEV");
 }
 
+/// udev's builtin `kmod load` ignores every load error, so `--udev` exits 0 whatever happened
+/// (udev warns once per event for a non-zero exit: per CPU for a CPU modalias), leaving one
+/// stderr line per failed target. A plain `load` still fails.
+#[test]
+fn udev_load_exits_0_with_one_stderr_line_per_failure() {
+    let server = TestServer::start(AccessPolicy::default());
+    for _ in 0..2 {
+        // The second time the failure is remembered: the same answer without a load call.
+        let out = server
+            .client(&["load", "--udev", "kvm-intel"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line per failure: {err}");
+        assert!(
+            err.contains("module kvm_intel: EOPNOTSUPP (errno 95)"),
+            "{err}"
+        );
+    }
+    assert_eq!(server.kernel.calls("kvm_intel"), 1);
+
+    let out = server.client(&["load", "kvm-intel"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+
+    // A target refused as invalid is a failure like any other.
+    let out = server.client(&["load", "--udev", "a/b"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let out = server.client(&["load", "a/b"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // Usage errors are still errors.
+    let out = server.client(&["load", "--udev"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 #[test]
 fn client_falls_back_when_no_daemon_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,6 +362,11 @@ fn client_falls_back_when_no_daemon_answers() {
 
     let out = run(&["--no-fallback"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+
+    // Under udev even that is not an exit status: one line, exit 0.
+    let out = run(&["--udev", "--no-fallback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
 
 /// `modbroker --socket SOCKET --module-dir (empty) load ARGS... TARGET` with no daemon behind

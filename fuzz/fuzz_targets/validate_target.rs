@@ -4,8 +4,12 @@
 //!
 //! Properties checked, beyond "never panics":
 //! - an accepted target is returned unchanged, is 1..=`MAX_TARGET_LEN` bytes of printable
-//!   ASCII (no whitespace, control characters, NUL or non-ASCII), has no `/` and does not start
-//!   with `.` or `-`; a refusal names the actual fault (the length, the offending character...);
+//!   ASCII (no whitespace, control characters, NUL or non-ASCII) and does not start with `.` or
+//!   `-`; it has a `/` only if it is a modalias, i.e. the text before its first `:` is a
+//!   non-empty run of letters, digits, `_` and `-` (DMI modaliases carry dates such as
+//!   `bd01/15/2019`); so a module name (no such prefix) never has one. `modalias_prefix` agrees
+//!   with that rule. A refusal names the actual fault (the length, the offending character, a
+//!   `/` outside a modalias...);
 //! - anything that looks like a module name is also a valid target, and its canonical name is
 //!   the same length with no `-`;
 //! - accepted parameters join to one `NAME[=VALUE]` word per parameter, in order, names folded
@@ -17,8 +21,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use modbroker::target::{
-    canonical_name, looks_like_module_name, validate_params, validate_target, TargetError,
-    MAX_PARAMS, MAX_PARAM_LEN, MAX_TARGET_LEN,
+    canonical_name, looks_like_module_name, modalias_prefix, validate_params, validate_target,
+    TargetError, MAX_PARAMS, MAX_PARAM_LEN, MAX_TARGET_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -30,13 +34,36 @@ fuzz_target!(|data: &[u8]| {
     check_params(&input.split('\n').map(str::to_string).collect::<Vec<_>>());
 });
 
+/// The modalias rule, written out independently of `target.rs`: a non-empty run of letters,
+/// digits, `_` and `-` before the first `:`.
+fn is_modalias(target: &str) -> bool {
+    match target.find(':') {
+        Some(end) => {
+            end > 0
+                && target[..end]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        }
+        None => false,
+    }
+}
+
 fn check_target(target: &str) {
+    let modalias = is_modalias(target);
+    assert_eq!(
+        modalias_prefix(target),
+        modalias.then(|| &target[..target.find(':').unwrap()]),
+        "{target:?}"
+    );
     match validate_target(target) {
         Ok(valid) => {
             assert_eq!(valid, target);
             assert!(!valid.is_empty() && valid.len() <= MAX_TARGET_LEN);
             assert!(valid.bytes().all(|b| b.is_ascii_graphic()), "{valid:?}");
-            assert!(!valid.contains('/'), "{valid:?}");
+            assert!(
+                !valid.contains('/') || modalias,
+                "a '/' outside a modalias: {valid:?}"
+            );
             assert!(
                 !valid.starts_with('.') && !valid.starts_with('-'),
                 "{valid:?}"
@@ -50,13 +77,17 @@ fn check_target(target: &str) {
         Err(TargetError::BadChar(c)) => {
             assert!(target.contains(c) && !c.is_ascii_graphic(), "{c:?}")
         }
-        Err(TargetError::Path) => assert!(target.contains('/')),
+        Err(TargetError::Path) => {
+            assert!(target.contains('/') && !modalias, "{target:?}");
+            assert!(target.bytes().all(|b| b.is_ascii_graphic()), "{target:?}");
+        }
         Err(TargetError::BadStart(c)) => {
             assert!(target.starts_with(c) && matches!(c, '.' | '-'))
         }
         Err(other) => panic!("target refused with a parameter error: {other:?}"),
     }
     if looks_like_module_name(target) {
+        assert!(!target.contains('/') && !modalias, "{target:?}");
         // `-name` looks like a name but is refused as a target (option look-alike); the service
         // validates first, so that refusal wins.
         if !target.starts_with('-') {

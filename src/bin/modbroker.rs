@@ -6,16 +6,22 @@
 //! directly, well before udev's 60 s warning and 180 s kill. A plain `load` waits as long as it
 //! takes unless `--timeout` is given, and a timeout there is an error, never a fallback.
 //!
-//! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued
-//! (with `--udev` also blacklisted or ENODEV, as udev's builtin loader treats them);
+//! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued;
 //! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
 //! the request (permission denied, malformed) or could not be talked to; 4 when the daemon is
 //! unreachable and `--no-fallback` was given.
 //!
+//! With `--udev` the exit status is 0 for every outcome (2 for usage errors), as udev's builtin
+//! `kmod load` ignores every load error (`(void) module_load_and_warn(...)`). A failed target
+//! still gets its one stderr line (udev logs a RUN program's output), but no non-zero exit for
+//! udev to warn about once per event: a CPU modalias comes once per CPU, and a module that
+//! cannot load there (kvm_intel's EOPNOTSUPP without VT-x) would otherwise warn on every one.
+//!
 //! Kernel autoload helper: run through a name `modprobe` (a symlink; the kernel's
 //! `/proc/sys/kernel/modprobe` can point at it) or as `modbroker modprobe`, it takes the command
 //! line the kernel's `request_module()` uses, `modprobe -q -- NAME`, and loads each NAME as
-//! `modbroker load --udev NAME` would (exit 0 or 1).
+//! `modbroker load --udev NAME` would, but reports failure to the kernel: exit 0 when every NAME
+//! ended as `load` counts success or blacklisted or ENODEV, else 1.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -117,7 +123,7 @@ struct LoadOptions {
 fn reply_bound(timeout: Option<Duration>, mode: Mode) -> Option<Duration> {
     match (timeout, mode) {
         (Some(timeout), _) => Some(timeout + Duration::from_secs(1)),
-        (None, Mode::Udev) => Some(UDEV_WAIT),
+        (None, Mode::Udev | Mode::Helper) => Some(UDEV_WAIT),
         (None, Mode::Strict) => None,
     }
 }
@@ -144,7 +150,7 @@ fn load(
         Err(err @ ClientError::Unreachable { .. }) if options.fallback => {
             load_directly(module_dir, targets, params, options, &err.to_string())
         }
-        Err(ClientError::TimedOut(path)) if options.fallback && options.mode == Mode::Udev => {
+        Err(ClientError::TimedOut(path)) if options.fallback && options.mode != Mode::Strict => {
             let waited = options.bound.unwrap_or_default().as_secs_f64();
             let reason = format!(
                 "daemon at {} did not answer within {waited} s",
@@ -154,11 +160,11 @@ fn load(
         }
         Err(err @ ClientError::Unreachable { .. }) => {
             eprintln!("modbroker: {err}");
-            ExitCode::from(EXIT_UNREACHABLE)
+            options.mode.exit(EXIT_UNREACHABLE)
         }
         Err(err) => {
             eprintln!("modbroker: {err}");
-            ExitCode::from(EXIT_REFUSED)
+            options.mode.exit(EXIT_REFUSED)
         }
     }
 }
@@ -186,12 +192,13 @@ fn load_directly(
     }
     match exit_for(&results, options) {
         code if ok => code,
-        _ => ExitCode::from(EXIT_FAILED),
+        _ => options.mode.exit(EXIT_FAILED),
     }
 }
 
 /// The kernel's autoload command line, `modprobe -q -- NAME` (kernel/module/kmod.c): each NAME is
-/// loaded as `load --udev NAME` (so the daemon gets [`UDEV_WAIT`], then the name loads directly).
+/// loaded as `load --udev NAME` (so the daemon gets [`UDEV_WAIT`], then the name loads directly),
+/// but the exit status tells the kernel whether it loaded ([`Mode::Helper`]).
 /// `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` are accepted and ignored (the
 /// daemon applies the blacklist as it does for udev); anything else that looks like an option is
 /// a usage error. Exit status 0 or 1 (2 for usage errors).
@@ -207,10 +214,10 @@ fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -
     let options = LoadOptions {
         wait: true,
         timeout: None,
-        bound: reply_bound(None, Mode::Udev),
+        bound: reply_bound(None, Mode::Helper),
         retry: false,
         fallback: true,
-        mode: Mode::Udev,
+        mode: Mode::Helper,
         quiet,
     };
     match load(&socket, module_dir.as_deref(), &names, &[], &options) {
@@ -271,22 +278,40 @@ fn call_or_report(socket: &std::path::Path, request: &Request) -> Result<Reply, 
     }
 }
 
-/// Which outcomes count as success for the exit status.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Who is asking, which decides how long the daemon gets and what the exit status reports.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
-    /// loaded, already-loaded, builtin, no-match, queued.
+    /// A plain `load`: success is loaded, already-loaded, builtin, no-match or queued; anything
+    /// else exits non-zero.
     Strict,
-    /// Also blacklisted and ENODEV, as udev's builtin `kmod load` treats them.
+    /// The kernel's autoload helper: also blacklisted and ENODEV count as success (as for
+    /// modprobe's `-b` and udev); any other failure exits 1, so the kernel learns of it.
+    Helper,
+    /// `load --udev`: exit 0 whatever happened, as udev's builtin `kmod load` ignores every load
+    /// error; each failure still gets its one stderr line.
     Udev,
 }
 
 impl Mode {
     fn accepts(self, r: &TargetResult) -> bool {
         let nodev = r.failure.as_ref().and_then(|f| f.errno) == Some(libc::ENODEV);
-        r.outcome.is_success()
-            || (self == Mode::Udev
-                && (r.outcome == OutcomeKind::Blacklisted
-                    || (r.outcome == OutcomeKind::Failed && nodev)))
+        match self {
+            Mode::Strict => r.outcome.is_success(),
+            Mode::Helper => {
+                r.outcome.is_success()
+                    || r.outcome == OutcomeKind::Blacklisted
+                    || (r.outcome == OutcomeKind::Failed && nodev)
+            }
+            Mode::Udev => true,
+        }
+    }
+
+    /// The exit status for an error that would exit `code`: `code`, except 0 under udev.
+    fn exit(self, code: u8) -> ExitCode {
+        match self {
+            Mode::Udev => ExitCode::SUCCESS,
+            Mode::Strict | Mode::Helper => ExitCode::from(code),
+        }
     }
 }
 
@@ -296,7 +321,7 @@ fn report_results(reply: Reply, options: &LoadOptions) -> ExitCode {
             "modbroker: daemon refused: {} ({})",
             error.message, error.kind
         );
-        return ExitCode::from(EXIT_REFUSED);
+        return options.mode.exit(EXIT_REFUSED);
     }
     exit_for(&reply.results.unwrap_or_default(), options)
 }
@@ -308,7 +333,7 @@ fn exit_for(results: &[TargetResult], options: &LoadOptions) -> ExitCode {
     if results.iter().all(|r| options.mode.accepts(r)) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(EXIT_FAILED)
+        options.mode.exit(EXIT_FAILED)
     }
 }
 
@@ -404,9 +429,60 @@ mod tests {
     #[test]
     fn only_udev_and_explicit_timeouts_bound_the_wait() {
         assert_eq!(reply_bound(None, Mode::Udev), Some(UDEV_WAIT));
+        assert_eq!(reply_bound(None, Mode::Helper), Some(UDEV_WAIT));
         assert_eq!(reply_bound(None, Mode::Strict), None);
         let two = Some(Duration::from_secs(2));
         assert_eq!(reply_bound(Some(Duration::from_secs(1)), Mode::Udev), two);
         assert_eq!(reply_bound(Some(Duration::from_secs(1)), Mode::Strict), two);
+    }
+
+    fn result(outcome: OutcomeKind, errno: Option<i32>) -> TargetResult {
+        TargetResult {
+            target: "t".to_string(),
+            outcome,
+            modules: vec!["m".to_string()],
+            merged: false,
+            elapsed_us: 0,
+            failure: errno.map(|errno| modbroker::protocol::Failure {
+                module: "m".to_string(),
+                errno: Some(errno),
+                errno_name: None,
+                message: String::new(),
+            }),
+        }
+    }
+
+    /// udev's builtin ignores every load error; the kernel's helper and a plain load do not.
+    #[test]
+    fn what_each_mode_counts_as_success() {
+        let cases = [
+            (OutcomeKind::Loaded, None, [true, true, true]),
+            (OutcomeKind::NoMatch, None, [true, true, true]),
+            (OutcomeKind::Blacklisted, None, [false, true, true]),
+            (OutcomeKind::Failed, Some(libc::ENODEV), [false, true, true]),
+            (
+                OutcomeKind::Failed,
+                Some(libc::EOPNOTSUPP),
+                [false, false, true],
+            ),
+            (
+                OutcomeKind::Failed,
+                Some(libc::ENOENT),
+                [false, false, true],
+            ),
+            (OutcomeKind::Invalid, None, [false, false, true]),
+            (OutcomeKind::TimedOut, None, [false, false, true]),
+        ];
+        for (outcome, errno, expected) in cases {
+            let r = result(outcome, errno);
+            let got = [Mode::Strict, Mode::Helper, Mode::Udev].map(|mode| mode.accepts(&r));
+            assert_eq!(got, expected, "{outcome:?} {errno:?}");
+        }
+        assert_eq!(Mode::Udev.exit(EXIT_REFUSED), ExitCode::SUCCESS);
+        assert_eq!(Mode::Helper.exit(EXIT_FAILED), ExitCode::from(EXIT_FAILED));
+        assert_eq!(
+            Mode::Strict.exit(EXIT_UNREACHABLE),
+            ExitCode::from(EXIT_UNREACHABLE)
+        );
     }
 }

@@ -172,6 +172,9 @@ fn check_config(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--oneshot TARGET [PARAM...]`: loads directly and prints the one JSON result line the client
+/// parses. Nothing else may reach stdout: logs go to stderr, and so does the stdout of any
+/// `install` command the load runs (`kernel::run_install_command`).
 fn oneshot(config: &Config, args: &[String]) -> anyhow::Result<()> {
     let (target, params) = args.split_first().context("--oneshot needs a TARGET")?;
     let result = load_direct(&SysKernel::default(), &config.module_dir(), target, params);
