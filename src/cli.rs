@@ -43,8 +43,8 @@ pub enum Command {
         /// Fail instead of loading directly when the daemon is unreachable
         #[arg(long)]
         no_fallback: bool,
-        /// Exit status as udev's builtin kmod: blacklisted and ENODEV are not errors either; wait at
-        /// most 45 s (or --timeout) for the daemon, then load directly
+        /// As udev's builtin kmod: exit 0 whatever the outcome (one stderr line per failed module);
+        /// wait at most 45 s (or --timeout) for the daemon, then load directly
         #[arg(long)]
         udev: bool,
         /// Module name or modalias
