@@ -18,6 +18,7 @@ pub enum LoadMethod {
     Builtin,
     /// An `install NAME COMMAND` line from `modprobe.d`: run COMMAND through `/bin/sh` instead of
     /// inserting, exactly as modprobe does. `$CMDLINE_OPTS` is replaced with the module's options.
+    /// Never chosen for a module with softdeps: libkmod inserts such a module's file instead.
     Install(String),
 }
 

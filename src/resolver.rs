@@ -156,6 +156,10 @@ impl ModList {
     fn names(&self) -> Vec<String> {
         self.iter().map(|m| m.name()).collect()
     }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_null()
+    }
 }
 
 impl Drop for ModList {
@@ -451,10 +455,14 @@ fn is_alias(target: &str, matches: &ModList) -> bool {
 
 /// How `m` gets loaded; `None` if it cannot be (no file and not builtin).
 ///
+/// Its modprobe.d `install` command, unless `m` has softdeps: libkmod then inserts the module
+/// and ignores the command (`__kmod_module_fill_softdep` sets `ignorecmd` when a softdep
+/// resolved to a module), for a target, a dependency and a softdep alike.
+///
 /// A file in `modules.dep` wins over the running kernel's `/sys/module` state, which is racy
 /// (a module being inserted briefly looks builtin) and must not end up in a cached plan.
-fn load_method(m: &Module) -> Option<LoadMethod> {
-    if let Some(cmd) = m.install_command() {
+fn load_method(m: &Module, has_softdeps: bool) -> Option<LoadMethod> {
+    if let Some(cmd) = m.install_command().filter(|_| !has_softdeps) {
         return Some(LoadMethod::Install(cmd));
     }
     if let Some(path) = m.path() {
@@ -502,11 +510,11 @@ impl<'a> NodeBuilder<'a> {
             *cut = true;
             return None;
         }
-        let method = load_method(m)?;
+        let (pre, post) = m.softdeps();
+        let method = load_method(m, !pre.is_empty() || !post.is_empty())?;
         self.path.push(name.clone());
         let mut sub_cut = false;
         let deps = self.list(&m.dependencies(), &mut sub_cut);
-        let (pre, post) = m.softdeps();
         let pre = self.list(&pre, &mut sub_cut);
         let post = self.list(&post, &mut sub_cut);
         self.path.pop();

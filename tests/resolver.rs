@@ -92,6 +92,37 @@ impl Fixture {
         fs::write(self.conf_dir.join(file), content).unwrap();
     }
 
+    /// The lines the host's `modprobe --show-depends [extra...] target` prints for this tree and
+    /// `modprobe.d` (`-d`, `-S`, `-C`), trailing spaces trimmed; `None` when modprobe finds no
+    /// module for `target`.
+    fn modprobe_show_depends(&self, extra: &[&str], target: &str) -> Option<Vec<String>> {
+        let out = Command::new("modprobe")
+            .arg("-d")
+            .arg(&self.root)
+            .arg("-S")
+            .arg(&self.kver)
+            .arg("-C")
+            .arg(&self.conf_dir)
+            .args(extra)
+            .arg("--show-depends")
+            .arg("--")
+            .arg(target)
+            .output()
+            .expect("run modprobe (package kmod)");
+        if !out.status.success() {
+            return None;
+        }
+        let stdout = String::from_utf8(out.stdout).expect("modprobe prints UTF-8");
+        Some(stdout.lines().map(|l| l.trim_end().to_string()).collect())
+    }
+
+    /// Resolves `target` with a resolver made now (so it reads the current `modprobe.d`) and
+    /// checks the plan against `modprobe --show-depends` on the same tree; returns the lines.
+    fn same_as_modprobe(&self, target: &str) -> Vec<String> {
+        let plan = self.resolver().resolve(target).unwrap();
+        assert_show_depends(&plan, self.modprobe_show_depends(&[], target), target)
+    }
+
     fn depmod(&self) {
         let out = Command::new("depmod")
             .arg("-b")
@@ -128,6 +159,51 @@ fn host_module_path(host_dir: &Path, name: &str) -> String {
         .filter_map(|l| l.split(':').next())
         .find(|p| p.ends_with(&file))
         .unwrap_or_else(|| panic!("module {name} not in {}/modules.dep", host_dir.display()))
+        .to_string()
+}
+
+/// `plan` as `modprobe --show-depends` prints it: each matched module's load order, one module
+/// after the other (modprobe probes them one by one); nothing for a blacklisted target; `None`
+/// for no match.
+fn show_depends(plan: &Plan) -> Option<Vec<String>> {
+    match plan {
+        Plan::NoMatch => None,
+        Plan::Blacklisted(_) => Some(Vec::new()),
+        Plan::Load(nodes) => Some(
+            nodes
+                .iter()
+                .flat_map(|node| node.load_order())
+                .map(action_line)
+                .collect(),
+        ),
+    }
+}
+
+/// One module's line in `modprobe --show-depends` output (trailing spaces trimmed).
+fn action_line(node: &ModuleNode) -> String {
+    let line = match &node.method {
+        LoadMethod::File(path) => format!("insmod {} {}", path.display(), node.options),
+        LoadMethod::Install(command) => format!("install {command} {}", node.options),
+        LoadMethod::Builtin => format!("builtin {}", node.name),
+    };
+    line.trim_end().to_string()
+}
+
+/// Asserts that `plan` shows as modprobe showed `target`; returns modprobe's lines.
+fn assert_show_depends(plan: &Plan, modprobe: Option<Vec<String>>, target: &str) -> Vec<String> {
+    assert_eq!(
+        show_depends(plan),
+        modprobe,
+        "{target}: ours, then modprobe's"
+    );
+    modprobe.unwrap_or_default()
+}
+
+/// The fixture's `modprobe --show-depends` line for module `name` loaded from its file.
+fn insmod(fx: &Fixture, name: &str, options: &str) -> String {
+    let path = fx.module_dir().join(host_module_path(&fx.host_dir, name));
+    format!("insmod {} {options}", path.display())
+        .trim_end()
         .to_string()
 }
 
@@ -584,5 +660,85 @@ fn every_dmi_alias_pattern_of_the_debian_tree_matches_a_modalias_with_slashes() 
         assert!(modalias.contains('/'), "{pattern} -> {modalias}");
         let plan = resolve_valid(&mut r, &modalias);
         assert!(loads(&plan, &module), "{pattern} -> {modalias} -> {plan:?}");
+    }
+}
+
+/// libkmod inserts a module that has softdeps instead of running its `install` command
+/// (`__kmod_module_fill_softdep`: `ignorecmd` when a softdep resolved to a module), whether the
+/// module is the target, a dependency or a softdep. The resolver ran the command.
+#[test]
+fn install_command_gives_way_to_softdeps_as_in_libkmod() {
+    let fx = Fixture::new("");
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "install dummy /bin/false\nsoftdep dummy pre: nlmon\n",
+            "dummy",
+            &["nlmon", "dummy"],
+        ),
+        (
+            "install dummy /bin/false\nsoftdep dummy post: nlmon\n",
+            "rtnl-link-dummy",
+            &["dummy", "nlmon"],
+        ),
+        // A dependency with a softdep.
+        (
+            "install llc /bin/true\nsoftdep llc post: nlmon\n",
+            "garp",
+            &["llc", "nlmon", "stp", "garp"],
+        ),
+        // A softdep with a softdep of its own.
+        (
+            "install nlmon /bin/true\nsoftdep dummy pre: nlmon\nsoftdep nlmon post: e1000e\n",
+            "dummy",
+            &["nlmon", "e1000e", "dummy"],
+        ),
+    ];
+    for (conf, target, inserted) in cases {
+        fx.write_conf("test.conf", conf);
+        let lines = fx.same_as_modprobe(target);
+        let expected: Vec<String> = inserted.iter().map(|m| insmod(&fx, m, "")).collect();
+        assert_eq!(lines, expected, "{conf}");
+    }
+}
+
+/// The command still runs without a softdep, and when the softdep names nothing that resolves
+/// (libkmod's softdep list is then empty).
+#[test]
+fn install_command_runs_without_a_resolvable_softdep() {
+    let fx = Fixture::new("");
+    for conf in [
+        "install dummy /bin/false\n",
+        "install dummy /bin/false\nsoftdep dummy pre: no-such-module\n",
+    ] {
+        fx.write_conf("test.conf", conf);
+        assert_eq!(
+            fx.same_as_modprobe("dummy"),
+            ["install /bin/false"],
+            "{conf}"
+        );
+    }
+}
+
+/// An alias matching several modules gives them in libkmod's lookup order (here modprobe.d's
+/// order), which is the order modprobe and udev load them in.
+#[test]
+fn several_modules_for_one_alias_keep_lookup_order() {
+    let fx = Fixture::new("");
+    for (conf, order) in [
+        (
+            "alias testnet nlmon\nalias testnet dummy\n",
+            ["nlmon", "dummy"],
+        ),
+        (
+            "alias testnet dummy\nalias testnet nlmon\n",
+            ["dummy", "nlmon"],
+        ),
+    ] {
+        fx.write_conf("test.conf", conf);
+        let plan = fx.resolver().resolve("testnet").unwrap();
+        assert_eq!(names(load(&plan)), order, "{conf}");
+        let lines = fx.same_as_modprobe("testnet");
+        let expected: Vec<String> = order.iter().map(|m| insmod(&fx, m, "")).collect();
+        assert_eq!(lines, expected, "{conf}");
     }
 }
