@@ -29,7 +29,9 @@ pub struct ModuleNode {
     pub name: String,
     /// File, builtin, or install command.
     pub method: LoadMethod,
-    /// Options from `modprobe.d` and the kernel command line (`name.param=value`), space separated.
+    /// Options from `modprobe.d` and the kernel command line (`name.param=value`), space separated:
+    /// those given for the module's name and, when the module was reached through an alias, for
+    /// that alias (`options ALIAS ...`), as libkmod gathers them.
     /// Request parameters are appended by the broker for the requested module only.
     pub options: String,
     /// Hard dependencies (from `modules.dep`), in the order they must be loaded: each one's own

@@ -3,7 +3,8 @@
 //! [`KmodResolver`] owns one libkmod context and answers "what must be loaded for this target?"
 //! the way `modprobe` would: lookup (aliases, `modules.alias`, `modules.builtin`, `modules.dep`,
 //! `modprobe.d`), blacklist for alias lookups, install commands, options, hard dependencies in load
-//! order and softdeps. Answers are cached per target and nodes are shared per module name; both
+//! order and softdeps. Answers are cached per target and nodes are shared per module name and
+//! options (a module reached through an alias with `options` of its own has its own node); both
 //! caches are dropped when libkmod reports that its indexes or configuration changed (checked at
 //! most once per second) or on [`KmodResolver::reload`].
 //!
@@ -216,6 +217,8 @@ impl Module {
         Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
     }
 
+    /// Options from modprobe.d and the kernel command line given for the module's name and, when
+    /// libkmod made this module object for an alias, for that alias too.
     fn options(&self) -> String {
         // SAFETY: live module; the string (or NULL) is owned by the module and copied here.
         unsafe { cstr_to_string(ffi::kmod_module_get_options(self.0.as_ptr())) }.unwrap_or_default()
@@ -327,6 +330,9 @@ impl ContextSpec {
     }
 }
 
+/// Shared nodes by (module name, options): see [`NodeBuilder`].
+type NodeMemo = HashMap<(String, String), Arc<ModuleNode>>;
+
 /// Resolves targets into [`Plan`]s with one libkmod context. Not `Send`: use it from one thread
 /// (see [`ResolverHandle`]).
 pub struct KmodResolver {
@@ -337,7 +343,7 @@ pub struct KmodResolver {
     validate_interval: Duration,
     last_validated: Instant,
     plans: HashMap<String, Arc<Plan>>,
-    nodes: HashMap<String, Arc<ModuleNode>>,
+    nodes: NodeMemo,
 }
 
 impl std::fmt::Debug for KmodResolver {
@@ -478,17 +484,22 @@ fn load_method(m: &Module, has_softdeps: bool) -> Option<LoadMethod> {
 /// Builds [`ModuleNode`] trees, cutting cycles (a module already on the current path is skipped)
 /// and sharing nodes through the resolver's memo.
 ///
+/// The memo is keyed by module name and options. Everything else in a node (install command,
+/// softdeps, dependencies) follows from the name, but options also follow from the alias libkmod
+/// made the module for (`options ALIAS ...`), so a module reached through such an alias gets a
+/// node of its own, and every way of reaching a module with the same options shares one.
+///
 /// Only nodes with no cycle cut anywhere below them are memoized: such a tree is the same
 /// whatever path leads to it. A tree with a cut depends on where the cycle was entered (like
 /// libkmod's probe list), so it is rebuilt for each target (plans are still cached).
 struct NodeBuilder<'a> {
-    memo: &'a mut HashMap<String, Arc<ModuleNode>>,
+    memo: &'a mut NodeMemo,
     /// Names of the modules being built, outermost first.
     path: Vec<String>,
 }
 
 impl<'a> NodeBuilder<'a> {
-    fn new(memo: &'a mut HashMap<String, Arc<ModuleNode>>) -> Self {
+    fn new(memo: &'a mut NodeMemo) -> Self {
         NodeBuilder {
             memo,
             path: Vec::new(),
@@ -501,10 +512,11 @@ impl<'a> NodeBuilder<'a> {
     }
 
     fn node(&mut self, m: &Module, cut: &mut bool) -> Option<Arc<ModuleNode>> {
-        let name = m.name();
-        if let Some(node) = self.memo.get(&name) {
+        let key = (m.name(), m.options());
+        if let Some(node) = self.memo.get(&key) {
             return Some(Arc::clone(node));
         }
+        let (name, options) = key;
         if self.path.contains(&name) {
             debug!(module = %name, path = ?self.path, "dependency cycle cut");
             *cut = true;
@@ -519,9 +531,9 @@ impl<'a> NodeBuilder<'a> {
         let post = self.list(&post, &mut sub_cut);
         self.path.pop();
         let node = Arc::new(ModuleNode {
-            name: name.clone(),
+            name,
             method,
-            options: m.options(),
+            options,
             deps,
             pre,
             post,
@@ -529,7 +541,8 @@ impl<'a> NodeBuilder<'a> {
         if sub_cut {
             *cut = true;
         } else {
-            self.memo.insert(name, Arc::clone(&node));
+            let key = (node.name.clone(), node.options.clone());
+            self.memo.insert(key, Arc::clone(&node));
         }
         Some(node)
     }

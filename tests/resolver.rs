@@ -719,6 +719,61 @@ fn install_command_runs_without_a_resolvable_softdep() {
     }
 }
 
+/// `options ALIAS ...` applies when the module is reached through that alias (libkmod matches
+/// options against the module's name and the alias it was made for), on top of the name's own
+/// options, and a softdep given as an alias carries that alias's options. Nodes used to be
+/// shared by module name, so the first lookup decided the options for every later one.
+#[test]
+fn options_follow_the_alias_the_module_was_reached_through() {
+    let fx = Fixture::new(
+        "alias mynet dummy\noptions mynet numdummies=3\noptions dummy foo=1\n\
+         options rtnl-link-dummy bar=2\nsoftdep nlmon pre: mynet\n",
+    );
+    let mut r = fx.resolver();
+    let expected = [
+        ("dummy", "foo=1"),
+        ("mynet", "numdummies=3 foo=1"),
+        ("rtnl-link-dummy", "foo=1 bar=2"),
+        ("dummy", "foo=1"),
+    ];
+    for (target, options) in expected {
+        let plan = r.resolve(target).unwrap();
+        let lines = assert_show_depends(&plan, fx.modprobe_show_depends(&[], target), target);
+        assert_eq!(lines, [insmod(&fx, "dummy", options)], "{target}");
+    }
+    let plan = r.resolve("nlmon").unwrap();
+    let lines = assert_show_depends(&plan, fx.modprobe_show_depends(&[], "nlmon"), "nlmon");
+    assert_eq!(
+        lines,
+        [
+            insmod(&fx, "dummy", "numdummies=3 foo=1"),
+            insmod(&fx, "nlmon", "")
+        ]
+    );
+}
+
+/// The node cache still shares: a module reached by name is one node wherever it is reached by
+/// name (target, dependency, softdep), one reached through an alias is one node for that alias,
+/// and the two are different nodes when their options differ.
+#[test]
+fn node_cache_shares_per_module_and_options() {
+    let fx = Fixture::new(
+        "alias mynet dummy\noptions mynet numdummies=3\nsoftdep garp pre: dummy post: mynet\n",
+    );
+    let mut r = fx.resolver();
+    let by_name = r.resolve("dummy").unwrap();
+    let by_alias = r.resolve("mynet").unwrap();
+    let garp = r.resolve("garp").unwrap();
+    let garp = single(&garp);
+    assert!(Arc::ptr_eq(&load(&by_name)[0], &garp.pre[0]), "by name");
+    assert!(Arc::ptr_eq(&load(&by_alias)[0], &garp.post[0]), "by alias");
+    assert!(!Arc::ptr_eq(&load(&by_name)[0], &load(&by_alias)[0]));
+    assert_eq!(load(&by_alias)[0].options, "numdummies=3");
+    // Without options of its own, an alias shares the name's node.
+    let by_other_alias = r.resolve("rtnl-link-dummy").unwrap();
+    assert!(Arc::ptr_eq(&load(&by_name)[0], &load(&by_other_alias)[0]));
+}
+
 /// An alias matching several modules gives them in libkmod's lookup order (here modprobe.d's
 /// order), which is the order modprobe and udev load them in.
 #[test]
