@@ -66,4 +66,9 @@ dpkg --root="$scratch" --force-script-chrootless --log=/dev/null -r modbroker >/
 for f in usr/bin/modbrokerd etc/udev/rules.d/80-drivers.rules usr/share/initramfs-tools/hooks/modbroker; do
 	[ ! -e "$scratch/$f" ] || { echo "make-deb: $f left after removal" >&2; exit 1; }
 done
-echo "make-deb: installs and removes cleanly in a scratch root"
+dpkg --root="$scratch" --force-script-chrootless --log=/dev/null --purge modbroker >/dev/null
+for f in etc/modbroker/modbroker.toml etc/systemd/system/sockets.target.wants/modbroker.socket \
+	etc/systemd/system/modbroker.socket; do
+	[ ! -e "$scratch/$f" ] && [ ! -L "$scratch/$f" ] || { echo "make-deb: $f left after purge" >&2; exit 1; }
+done
+echo "make-deb: installs, removes and purges cleanly in a scratch root"
