@@ -222,6 +222,10 @@ pub async fn run_with_idle_exit(
     }
 }
 
+/// How long, at shutdown, a connection accepted but not yet asked anything waits for its first
+/// request line (a client writes it right after connecting).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 struct Connection {
     service: Service,
     access: SharedAccess,
@@ -237,10 +241,12 @@ impl Connection {
         // connection would dominate memory with 10,000 waiting clients); it grows as needed.
         let codec = LinesCodec::new_with_max_length(MAX_FRAME);
         let mut lines = FramedRead::with_capacity(read, codec, READ_BUFFER_START);
+        let mut answered_any = false;
         loop {
             let next = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                biased;
                 next = lines.next() => next,
+                _ = self.stop_waiting(answered_any) => return,
             };
             let (reply, last) = match next {
                 None => return,
@@ -266,6 +272,18 @@ impl Connection {
             if write.write_all(reply.encode().as_bytes()).await.is_err() || last {
                 return;
             }
+            answered_any = true;
+        }
+    }
+
+    /// When a connection stops waiting for its next request: at shutdown, at once if it was
+    /// answered before (an idle client), else after [`FIRST_REQUEST_GRACE`]. A client that
+    /// connected just before the shutdown (udev's during a package upgrade's restart) writes
+    /// its request right after connecting; dropping it unread would leave it without a reply.
+    async fn stop_waiting(&self, answered_any: bool) {
+        self.shutdown.cancelled().await;
+        if !answered_any {
+            tokio::time::sleep(FIRST_REQUEST_GRACE).await;
         }
     }
 

@@ -454,6 +454,24 @@ fn socket_binding_rules() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
 }
 
+/// A client accepted just before the daemon began to stop (udev's, while a package upgrade
+/// restarts the daemon) writes its request after the stop began: it still gets its reply, while
+/// a connection that was already answered is closed at once.
+#[test]
+fn request_arriving_during_shutdown_is_answered() {
+    let server = TestServer::start(AccessPolicy::default());
+    let mut early = server.connect();
+    // One accept loop takes connections in order: once a later client is answered, the first
+    // one has been accepted too.
+    let mut answered = server.connect();
+    assert!(exchange(&mut answered, &load_line(&["mb_ok"])).is_some());
+    server.begin_shutdown();
+    assert!(read_reply(&mut answered).is_none(), "an answered client is closed at shutdown");
+    let reply = exchange(&mut early, &load_line(&["e1000"]))
+        .expect("a request sent right after connecting is answered during shutdown");
+    assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
+}
+
 #[test]
 fn idle_client_does_not_block_others() {
     let server = TestServer::start(AccessPolicy::default());

@@ -70,6 +70,13 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Starts the server's orderly shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
