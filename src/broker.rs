@@ -6,10 +6,22 @@
 //! modules loads once. A failed load's outcome is remembered for the failure window so late
 //! duplicates of the same burst get the true error without another syscall.
 //!
+//! What is remembered, and for how long, is narrow on purpose (a remembered failure that is no
+//! longer true keeps a device without its driver): only a failure of the module's own load call,
+//! under that module's name, never under the modules that depend on it; only an error that
+//! another call in the same window would return again ([`is_lasting`]); only for requests with
+//! the same parameters and the same plan node (a reload that changed the module's file, options,
+//! install command or dependencies makes a new node); never once the module is live or built in
+//! (its sysfs state is read before a remembered failure is served); and not past a reload of the
+//! configuration ([`Broker::forget_failures`]).
+//!
 //! Invariants (each one is relied on by a test in `tests/broker.rs`):
 //! - The map entry is inserted before the load task can finish and removed by the task itself,
 //!   together with recording a failure, under one lock: a request arriving at any instant sees
 //!   the entry, the remembered failure, or a module whose sysfs state is final.
+//! - A remembered failure is served only after the module's sysfs state said it is neither live
+//!   nor built in, so a module loaded since (by another path, by an admin) is never reported as
+//!   failed, and a module depending on it loads.
 //! - Load tasks are spawned, not owned by a waiter: a waiter that goes away cancels nothing.
 //! - Requests whose explicit parameters differ from the in-flight load's never merge into it:
 //!   they wait for it to end and then make their own attempt.
@@ -28,6 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use nix::errno::Errno;
 use tokio::sync::Semaphore;
 // tokio's clock, so tests can move time forward instead of sleeping through the failure window.
 use tokio::time::Instant;
@@ -85,15 +98,19 @@ struct Flight {
 struct RememberedFailure {
     at: Instant,
     params: String,
+    /// The plan node the load was made for: a request for another node of the same name (after
+    /// a reload changed its file, options, install command or dependencies) is not answered
+    /// from this failure.
+    node: Arc<ModuleNode>,
     failure: Failure,
 }
 
 #[derive(Default)]
 struct MergeMap {
     in_flight: HashMap<String, Flight>,
-    /// Per module, the last failure for each parameter set it was loaded with (a request with
-    /// other parameters must not be answered with a failure that was not its own, nor erase
-    /// one that was).
+    /// Per module, the last lasting failure of its own load call for each parameter set it was
+    /// loaded with (a request with other parameters must not be answered with a failure that
+    /// was not its own, nor erase one that was).
     failures: HashMap<String, Vec<RememberedFailure>>,
     failure_counts: HashMap<(String, String), u64>,
 }
@@ -220,14 +237,17 @@ impl Broker {
         retry: bool,
         parent: Option<&str>,
     ) -> Step {
-        // In-flight loads and remembered failures first: in a burst almost every request ends
-        // here, without reading sysfs.
-        if let Some(step) = self.join_existing(&mut self.lock(), node, params, retry, parent) {
+        // In-flight loads first: in a burst almost every request ends here, without reading sysfs.
+        if let Some(step) = self.join_in_flight(&mut self.lock(), node, params, parent) {
             return step;
         }
-        let counters = &self.inner.counters;
+        // The module's state before any remembered failure: one loaded since it failed is loaded.
         if let Some(outcome) = settled_outcome(self.inner.kernel.as_ref(), node) {
-            counters.already_loaded.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .already_loaded
+                .fetch_add(1, Ordering::Relaxed);
+            self.lock().failures.remove(&node.name);
             return Step::Done(ModuleAnswer {
                 outcome,
                 merged: false,
@@ -235,8 +255,15 @@ impl Broker {
         }
         let mut map = self.lock();
         // Someone may have started the load while we read sysfs.
-        if let Some(step) = self.join_existing(&mut map, node, params, retry, parent) {
+        if let Some(step) = self.join_in_flight(&mut map, node, params, parent) {
             return step;
+        }
+        if let Some(failure) = self.remembered_failure(&map, node, params, retry) {
+            self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
+            return Step::Done(ModuleAnswer {
+                outcome: ModuleOutcome::Failed(failure),
+                merged: true,
+            });
         }
         let load = self.spawn_load(node.clone(), params.to_string(), retry);
         mark_waiting(&mut map, parent, Some(&node.name));
@@ -256,16 +283,14 @@ impl Broker {
         }
     }
 
-    /// The step for a module already in flight (or remembered as failed), if it is.
-    fn join_existing(
+    /// The step for a module already in flight (or on a dependency cycle), if it is.
+    fn join_in_flight(
         &self,
         map: &mut MergeMap,
         node: &Arc<ModuleNode>,
         params: &str,
-        retry: bool,
         parent: Option<&str>,
     ) -> Option<Step> {
-        let counters = &self.inner.counters;
         if let Some(parent) = parent {
             if waits_on(map, &node.name, parent) {
                 debug!(module = %node.name, %parent, "dependency cycle: not waiting");
@@ -275,40 +300,36 @@ impl Broker {
                 }));
             }
         }
-        if let Some(flight) = map.in_flight.get(&node.name) {
-            let load = flight.load.clone();
-            let same_params = flight.params == params;
-            // Recorded under this same lock, so two loads deciding to wait on each other at the
-            // same instant cannot both miss the cycle.
-            mark_waiting(map, parent, Some(&node.name));
-            if !same_params {
-                return Some(Step::AwaitThenRetry(load));
-            }
-            counters.merged.fetch_add(1, Ordering::Relaxed);
-            return Some(Step::Await { load, merged: true });
+        let flight = map.in_flight.get(&node.name)?;
+        let load = flight.load.clone();
+        let same_params = flight.params == params;
+        // Recorded under this same lock, so two loads deciding to wait on each other at the
+        // same instant cannot both miss the cycle.
+        mark_waiting(map, parent, Some(&node.name));
+        if !same_params {
+            return Some(Step::AwaitThenRetry(load));
         }
-        let remembered = self.remembered_failure(map, &node.name, params, retry)?;
-        counters.merged.fetch_add(1, Ordering::Relaxed);
-        Some(Step::Done(ModuleAnswer {
-            outcome: ModuleOutcome::Failed(remembered),
-            merged: true,
-        }))
+        self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
+        Some(Step::Await { load, merged: true })
     }
 
+    /// The failure remembered for this node and parameter set, while the window lasts.
     fn remembered_failure(
         &self,
         map: &MergeMap,
-        name: &str,
+        node: &Arc<ModuleNode>,
         params: &str,
         retry: bool,
     ) -> Option<Failure> {
         let remembered = map
             .failures
-            .get(name)?
+            .get(&node.name)?
             .iter()
             .find(|f| f.params == params)?;
+        // Equal nodes (`Arc`'s `==` compares the pointer first, then the contents).
+        let same_node = remembered.node == *node;
         let fresh = remembered.at.elapsed() < self.failure_window();
-        (fresh && !retry).then(|| remembered.failure.clone())
+        (same_node && fresh && !retry).then(|| remembered.failure.clone())
     }
 
     /// Awaits `load` of `name`; then `parent`'s task (if any) is no longer waiting on anything.
@@ -361,7 +382,7 @@ impl Broker {
                 self.load_soft(soft, retry, &me).await;
             }
         }
-        self.finish(&node.name, &params, &outcome);
+        self.finish(&node, &params, &outcome);
         outcome
     }
 
@@ -415,36 +436,61 @@ impl Broker {
         }
     }
 
-    /// Removes the in-flight entry and remembers a failure, under one lock.
-    fn finish(&self, name: &str, params: &str, outcome: &ModuleOutcome) {
+    /// Removes the in-flight entry and remembers a lasting failure, under one lock.
+    fn finish(&self, node: &Arc<ModuleNode>, params: &str, outcome: &ModuleOutcome) {
+        let name = node.name.as_str();
         let mut map = self.lock();
         let waiters = map.in_flight.remove(name).map_or(0, |f| f.waiters);
-        if let ModuleOutcome::Failed(failure) = outcome {
-            // A dependency's failure is counted and logged under the dependency's own load.
-            if failure.module == name {
-                self.inner
-                    .counters
-                    .failed_loads
-                    .fetch_add(1, Ordering::Relaxed);
-                let error = failure
-                    .errno_name
-                    .clone()
-                    .unwrap_or_else(|| "install-command".into());
-                *map.failure_counts
-                    .entry((name.to_string(), error.clone()))
-                    .or_default() += 1;
-                warn!(module = name, %error, message = %failure.message, waiters, "load failed");
-            }
-            let remembered = map.failures.entry(name.to_string()).or_default();
-            remembered.retain(|f| f.params != params);
+        let ModuleOutcome::Failed(failure) = outcome else {
+            map.failures.remove(name);
+            return;
+        };
+        // A dependency's failure is counted, logged and remembered under the dependency's own
+        // load: a later request for this module checks the dependency's state again.
+        let own = failure.module == name;
+        if own {
+            self.count_failure(&mut map, failure, waiters);
+        }
+        let remembered = map.failures.entry(name.to_string()).or_default();
+        remembered.retain(|f| f.params != params);
+        if own && is_lasting(failure) {
             remembered.push(RememberedFailure {
                 at: Instant::now(),
                 params: params.to_string(),
+                node: node.clone(),
                 failure: failure.clone(),
             });
-        } else {
-            map.failures.remove(name);
         }
+    }
+
+    /// Counts and logs a failure of a module's own load call.
+    fn count_failure(&self, map: &mut MergeMap, failure: &Failure, waiters: u64) {
+        let counters = &self.inner.counters;
+        counters.failed_loads.fetch_add(1, Ordering::Relaxed);
+        let error = failure
+            .errno_name
+            .clone()
+            .unwrap_or_else(|| "install-command".into());
+        let module = failure.module.as_str();
+        *map.failure_counts
+            .entry((module.to_string(), error.clone()))
+            .or_default() += 1;
+        let remembered = is_lasting(failure);
+        let message = &failure.message;
+        warn!(module, %error, %message, waiters, remembered, "load failed");
+    }
+
+    /// Forgets every remembered failure: the configuration, module indexes or module files they
+    /// came from may have changed (the daemon calls this on every reload).
+    pub fn forget_failures(&self) {
+        let mut map = self.lock();
+        if !map.failures.is_empty() {
+            info!(
+                modules = map.failures.len(),
+                "forgetting remembered load failures"
+            );
+        }
+        map.failures.clear();
     }
 
     /// Loads in flight now, oldest first.
@@ -546,4 +592,50 @@ impl Drop for WaiterGuard {
             f.waiters = f.waiters.saturating_sub(1);
         }
     }
+}
+
+/// Errors that another load call of the same module file, with the same options, in the same
+/// window would return again: only these are remembered. They come from the module itself or
+/// from a check of its file or of the system's policy, none of which a retry changes:
+/// - `ENODEV`, `ENXIO`: the module's init found no device it drives (acpi-cpufreq on a VM);
+/// - `EOPNOTSUPP`: its init found the hardware lacks a feature (kvm_intel without VT-x);
+/// - `ENOEXEC`: not a module for this kernel (ELF checks, version magic, modinfo, corrupt
+///   compressed data);
+/// - `EINVAL`: a bad parameter value, an invalid module layout, or an init that refused its
+///   configuration;
+/// - `ENOENT`: an unknown symbol (the dependencies were loaded first), or a file missing from
+///   the tree until the next depmod;
+/// - `EPERM`, `EACCES`: module loading disabled or locked down, or an LSM (LoadPin, IMA)
+///   refusing the file;
+/// - `EKEYREJECTED`, `ENOKEY`, `EKEYEXPIRED`, `EKEYREVOKED`, `EBADMSG`, `ENOPKG`, `ELIBBAD`:
+///   the module signature check of the same file;
+/// - `ENOSYS`: a kernel without module support.
+///
+/// Everything else is retried by the next request, as udev retries on its next event: `EBUSY`
+/// and `EEXIST` (another process's load of the module was in progress or being torn down),
+/// `ENOMEM`, `EINTR`, `ETIMEDOUT` (an init that waited for firmware or a device), `EAGAIN`,
+/// `ETXTBSY` (the file is being written, as during a package upgrade), `EIO`, any errno not
+/// listed, and failed install commands (whatever the admin's command did is not known to last).
+pub fn is_lasting(failure: &Failure) -> bool {
+    const LASTING: [Errno; 16] = [
+        Errno::ENODEV,
+        Errno::ENXIO,
+        Errno::EOPNOTSUPP,
+        Errno::ENOEXEC,
+        Errno::EINVAL,
+        Errno::ENOENT,
+        Errno::EPERM,
+        Errno::EACCES,
+        Errno::EKEYREJECTED,
+        Errno::ENOKEY,
+        Errno::EKEYEXPIRED,
+        Errno::EKEYREVOKED,
+        Errno::EBADMSG,
+        Errno::ENOPKG,
+        Errno::ELIBBAD,
+        Errno::ENOSYS,
+    ];
+    failure
+        .errno
+        .is_some_and(|errno| LASTING.iter().any(|&lasting| lasting as i32 == errno))
 }

@@ -495,3 +495,105 @@ async fn a_load_stuck_in_init_does_not_hold_back_others_past_the_patience() {
     assert!(stuck_was_pending, "the stuck load was still in its init");
     assert_eq!(stuck.await.unwrap().outcome, OutcomeKind::Loaded);
 }
+
+/// A dependency's failure used to be remembered under the module that needed it, and served to
+/// that module's requests for the whole window even after the dependency had been loaded by
+/// another path (an admin's modprobe, udev's builtin). It is remembered under the dependency,
+/// and each request reads the dependency's state again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_loaded_since_its_failure_lets_the_module_load() {
+    let kernel = FakeKernel::new();
+    kernel.fail("libbase", Errno::ENOEXEC);
+    let libbase = node("libbase", vec![]);
+    let resolver = FixedResolver::new()
+        .with_module("user", node("user", vec![libbase.clone()]))
+        .with_module("libbase", libbase);
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    for _ in 0..2 {
+        let r = load(&service, "user").await;
+        assert_eq!(r.outcome, OutcomeKind::Failed);
+        assert_eq!(r.failure.unwrap().module, "libbase");
+    }
+    assert_eq!(
+        kernel.calls("libbase"),
+        1,
+        "the dependency's own failure is remembered"
+    );
+
+    // Loaded outside the broker: neither it nor its user is answered with the old failure.
+    kernel.set_live("libbase");
+    assert_eq!(
+        load(&service, "libbase").await.outcome,
+        OutcomeKind::AlreadyLoaded
+    );
+    assert_eq!(load(&service, "user").await.outcome, OutcomeKind::Loaded);
+    assert_eq!(kernel.calls("user"), 1);
+    assert_eq!(kernel.calls("libbase"), 1);
+}
+
+/// Errors that the next attempt may not repeat were the answer for the whole window, so a
+/// device whose event came after the problem cleared never got its driver. Only lasting errors
+/// (ENODEV and the like) are remembered; stock udev retries on every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_not_remembered() {
+    for errno in [
+        Errno::EBUSY,
+        Errno::ENOMEM,
+        Errno::EINTR,
+        Errno::ETIMEDOUT,
+        Errno::EAGAIN,
+        Errno::ETXTBSY,
+    ] {
+        let kernel = FakeKernel::new();
+        kernel.fail("flaky", errno);
+        let resolver = FixedResolver::new().with_module("flaky", node("flaky", vec![]));
+        let service = service(&kernel, resolver, Duration::from_secs(30));
+
+        let first = load(&service, "flaky").await;
+        assert_eq!(first.outcome, OutcomeKind::Failed, "{errno}");
+        assert_eq!(
+            first.failure.unwrap().errno_name.as_deref(),
+            Some(format!("{errno:?}").as_str())
+        );
+        let calls = kernel.calls("flaky");
+        kernel.succeed("flaky");
+        let next = load(&service, "flaky").await;
+        assert_eq!(next.outcome, OutcomeKind::Loaded, "{errno}: retried");
+        assert!(!next.merged, "{errno}");
+        assert_eq!(kernel.calls("flaky"), calls + 1, "{errno}");
+    }
+}
+
+/// A reload (SIGHUP, a new modprobe.d or depmod) used to keep every remembered failure. The
+/// daemon forgets them on each reload, and a plan node the reload changed is never answered
+/// with the failure of the node it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_forget_remembered_failures() {
+    let kernel = FakeKernel::new();
+    kernel.fail("mb_fail", Errno::EINVAL);
+    let mut bad_options = ModuleNode::file("mb_fail", "/fake/mb_fail.ko");
+    bad_options.options = "mode=bogus".into();
+    let mut fixed_options = bad_options.clone();
+    fixed_options.options = "mode=fast".into();
+    // "before" and "after" stand for the same module's plan before and after a reload.
+    let resolver = FixedResolver::new()
+        .with_module("before", Arc::new(bad_options))
+        .with_module("after", Arc::new(fixed_options));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+    let broker = service.broker().clone();
+
+    assert_eq!(load(&service, "before").await.outcome, OutcomeKind::Failed);
+    assert!(load(&service, "before").await.merged, "remembered");
+    assert_eq!(kernel.calls("mb_fail"), 1);
+
+    // The configuration changed the module's options: the old failure is not the new answer.
+    assert_eq!(load(&service, "after").await.outcome, OutcomeKind::Failed);
+    assert_eq!(kernel.calls("mb_fail"), 2);
+
+    // A reload forgets failures whatever changed (here: nothing the plan shows).
+    broker.forget_failures();
+    kernel.succeed("mb_fail");
+    assert_eq!(load(&service, "after").await.outcome, OutcomeKind::Loaded);
+    assert_eq!(kernel.calls("mb_fail"), 3);
+}

@@ -690,3 +690,71 @@ fn check_config_exit_status_and_report() {
     assert_eq!(text(&out.stdout), format!("{}: ok\n", shipped.display()));
     assert!(!socket.exists(), "--check-config binds nothing");
 }
+
+/// A module tree whose only module, `mb_bogus`, is not a module at all: any kernel refuses it
+/// (ENOEXEC, or EPERM where loading is not allowed), and either error is one the failure
+/// window remembers. Nothing can be loaded into the host kernel by it.
+fn bogus_module_tree(dir: &Path) -> PathBuf {
+    let tree = dir.join("lib/modules/0.0.0-modbroker-test");
+    std::fs::create_dir_all(tree.join("kernel")).unwrap();
+    std::fs::write(tree.join("kernel/mb_bogus.ko"), vec![0x5a; 4096]).unwrap();
+    let depmod = Command::new("depmod")
+        .arg("-b")
+        .arg(dir)
+        .arg("0.0.0-modbroker-test")
+        .output()
+        .expect("depmod missing: install the Debian package 'kmod'");
+    assert!(depmod.status.success(), "{}", text(&depmod.stderr));
+    tree
+}
+
+fn load_calls(socket: &Path) -> u64 {
+    let out = client(socket, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["load_calls"].as_u64().unwrap()
+}
+
+/// SIGHUP reloads modprobe.d and the module indexes; failures remembered from before the reload
+/// used to be served for the rest of their window. They are forgotten on every reload.
+#[test]
+fn sighup_forgets_remembered_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = bogus_module_tree(dir.path());
+    let socket = dir.path().join("modbroker.sock");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbroker.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(shipped);
+    cmd.arg("--module-dir").arg(&tree);
+    let daemon = Daemon::spawn(cmd, socket.clone());
+    let load = || client(&socket, &["load", "--no-fallback", "mb_bogus"]);
+
+    for _ in 0..2 {
+        let out = load();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    }
+    assert_eq!(load_calls(&socket), 1, "the failure is remembered");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    // The reload is asynchronous: ask (bounded) until a request makes a load call again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load_calls(&socket) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "failure still served after SIGHUP"
+        );
+        assert_eq!(load().status.code(), Some(1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(load().status.code(), Some(1));
+    assert_eq!(load_calls(&socket), 2, "remembered again after one call");
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("forgetting remembered load failures"), "{log}");
+}

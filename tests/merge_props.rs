@@ -3,8 +3,12 @@
 //! results and delays, and clients that go away mid-wait. Whatever the interleaving:
 //! - every request that was not cancelled gets exactly one answer (and none hangs);
 //! - no module is ever loaded by two calls at once;
-//! - inside the failure window a module is loaded at most once per distinct parameter set, plus
-//!   once per `retry` request (the window here never expires);
+//! - inside the failure window a module that succeeds or fails with a lasting error is loaded at
+//!   most once per distinct parameter set, plus once per `retry` request (the window here never
+//!   expires);
+//! - a transient failure is never remembered: once everything is done, asking again for a module
+//!   whose load (or whose dependency's load) failed transiently makes a new load call, while a
+//!   lasting failure is answered without one and a loaded module is live;
 //! - a failure a request is told about is the failure of a real load call of that module;
 //! - the in-flight map is empty once everything is done (no leaks).
 
@@ -12,15 +16,24 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::broker::{Broker, BrokerSettings, ModuleAnswer};
 use modbroker::kernel::ModuleOutcome;
 use modbroker::plan::ModuleNode;
 use modbroker::testing::{node, FakeKernel};
 use nix::errno::Errno;
 use proptest::prelude::*;
+use tokio::task::JoinError;
+use tokio::time::error::Elapsed;
 
 const MODULES: [&str; 4] = ["base", "alpha", "beta", "gamma"];
-const ERRNOS: [Errno; 3] = [Errno::ENODEV, Errno::EINVAL, Errno::ENOENT];
+/// Three lasting errors, then a transient one (see `broker::is_lasting`).
+const ERRNOS: [Errno; 4] = [
+    Errno::ENODEV,
+    Errno::EINVAL,
+    Errno::ENOENT,
+    Errno::ETIMEDOUT,
+];
+const TRANSIENT: usize = 3;
 
 #[derive(Debug, Clone)]
 struct Req {
@@ -81,6 +94,19 @@ fn params(variant: usize) -> String {
     }
 }
 
+impl Scenario {
+    /// Whether module `i` fails with a transient error.
+    fn transient(&self, i: usize) -> bool {
+        self.results[i] == Some(TRANSIENT)
+    }
+
+    /// Whether loading module `i` again after the scenario must make a new load call: its own
+    /// load or its dependency's ("base", loaded first) failed transiently.
+    fn probe_calls_again(&self, i: usize) -> bool {
+        self.transient(0) || (i != 0 && self.results[0].is_none() && self.transient(i))
+    }
+}
+
 fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
     let kernel = FakeKernel::new();
     for (i, name) in MODULES.iter().enumerate() {
@@ -103,55 +129,61 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
         },
     );
     let nodes = plan_nodes();
-    let answers = runtime.block_on(async {
-        let mut handles = Vec::new();
-        for req in &scenario.requests {
-            let (broker, node) = (broker.clone(), nodes[req.module].clone());
-            let (p, retry) = (params(req.params), req.retry);
-            let handle = tokio::spawn(async move { broker.load(node, p, retry).await });
-            if let Some(yields) = req.cancel_after_yields {
-                let abort = handle.abort_handle();
-                tokio::spawn(async move {
-                    for _ in 0..yields {
-                        tokio::task::yield_now().await;
-                    }
-                    abort.abort();
-                });
-            }
-            handles.push(handle);
-        }
-        let mut answers = Vec::new();
-        for handle in handles {
-            answers.push(tokio::time::timeout(Duration::from_secs(30), handle).await);
-        }
-        // Loads whose waiters all went away still finish; wait for the map to drain.
-        let drained = tokio::time::timeout(Duration::from_secs(30), async {
-            while broker.in_flight_count() > 0 {
-                tokio::task::yield_now().await;
-            }
-        });
-        (answers, drained.await.is_ok())
-    });
-    let (answers, drained) = answers;
+    let (answers, drained) = runtime.block_on(drive(scenario, &broker, &nodes));
     prop_assert!(drained, "in-flight map did not drain");
     prop_assert_eq!(broker.in_flight_count(), 0);
+    check_calls(scenario, &kernel)?;
+    let answers = check_answers(scenario, answers)?;
+    check_probes(scenario, &kernel, &runtime, &broker, &nodes, &answers)
+}
 
+type Answers = Vec<Result<Result<ModuleAnswer, JoinError>, Elapsed>>;
+
+/// Runs every request of the scenario concurrently; returns the answers and whether the
+/// in-flight map drained.
+async fn drive(scenario: &Scenario, broker: &Broker, nodes: &[Arc<ModuleNode>]) -> (Answers, bool) {
+    let mut handles = Vec::new();
+    for req in &scenario.requests {
+        let (broker, node) = (broker.clone(), nodes[req.module].clone());
+        let (p, retry) = (params(req.params), req.retry);
+        let handle = tokio::spawn(async move { broker.load(node, p, retry).await });
+        if let Some(yields) = req.cancel_after_yields {
+            let abort = handle.abort_handle();
+            tokio::spawn(async move {
+                for _ in 0..yields {
+                    tokio::task::yield_now().await;
+                }
+                abort.abort();
+            });
+        }
+        handles.push(handle);
+    }
+    let mut answers = Vec::new();
+    for handle in handles {
+        answers.push(tokio::time::timeout(Duration::from_secs(30), handle).await);
+    }
+    // Loads whose waiters all went away still finish; wait for the map to drain.
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while broker.in_flight_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+    });
+    (answers, drained.await.is_ok())
+}
+
+/// No module loaded twice at once; at most one load per parameter set (plus retries) for each
+/// module that does not fail transiently.
+fn check_calls(scenario: &Scenario, kernel: &FakeKernel) -> Result<(), TestCaseError> {
     let log = kernel.call_log();
-    let mut failures_seen: HashMap<&str, HashSet<String>> = HashMap::new();
     for (i, name) in MODULES.iter().enumerate() {
         prop_assert!(
             kernel.max_concurrent(name) <= 1,
             "{} loaded twice at once",
             name
         );
-        if let Some(e) = scenario.results[i] {
-            failures_seen
-                .entry(name)
-                .or_default()
-                .insert(format!("{:?}", ERRNOS[e]));
+        if scenario.transient(i) {
+            continue;
         }
-    }
-    for (i, name) in MODULES.iter().enumerate() {
         let requests: Vec<&Req> = scenario.requests.iter().filter(|r| r.module == i).collect();
         let distinct: HashSet<usize> = requests.iter().map(|r| r.params).collect();
         let retries = requests.iter().filter(|r| r.retry).count();
@@ -177,11 +209,28 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
             retries
         );
     }
+    Ok(())
+}
+
+/// Every request was answered or cancelled, and every failure told is one a real load call of
+/// that module returned. Returns the requests that were answered.
+fn check_answers(scenario: &Scenario, answers: Answers) -> Result<Vec<&Req>, TestCaseError> {
+    let mut failures_seen: HashMap<&str, HashSet<String>> = HashMap::new();
+    for (i, name) in MODULES.iter().enumerate() {
+        if let Some(e) = scenario.results[i] {
+            failures_seen
+                .entry(name)
+                .or_default()
+                .insert(format!("{:?}", ERRNOS[e]));
+        }
+    }
+    let mut answered = Vec::new();
     for (req, answer) in scenario.requests.iter().zip(answers) {
         let answer = answer.map_err(|_| TestCaseError::fail("a request hung"))?;
         match answer {
             Err(join) => prop_assert!(join.is_cancelled() && req.cancel_after_yields.is_some()),
             Ok(answer) => {
+                answered.push(req);
                 if let ModuleOutcome::Failed(f) = &answer.outcome {
                     let real = failures_seen.get(f.module.as_str());
                     let errno = f.errno_name.clone().unwrap_or_default();
@@ -194,6 +243,33 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                 }
             }
         }
+    }
+    Ok(answered)
+}
+
+/// Asks once more, one at a time, for each module and parameter set an answered request used:
+/// a new load call happens exactly when a transient failure is on the module's path.
+fn check_probes(
+    scenario: &Scenario,
+    kernel: &FakeKernel,
+    runtime: &tokio::runtime::Runtime,
+    broker: &Broker,
+    nodes: &[Arc<ModuleNode>],
+    answered: &[&Req],
+) -> Result<(), TestCaseError> {
+    let probes: HashSet<(usize, usize)> = answered.iter().map(|r| (r.module, r.params)).collect();
+    for (module, variant) in probes {
+        let before = kernel.total_calls();
+        let node = nodes[module].clone();
+        runtime.block_on(broker.load(node, params(variant), false));
+        let called = kernel.total_calls() > before;
+        prop_assert_eq!(
+            called,
+            scenario.probe_calls_again(module),
+            "{} (value={}) asked again after the scenario",
+            MODULES[module],
+            variant
+        );
     }
     Ok(())
 }

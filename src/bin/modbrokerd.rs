@@ -3,8 +3,8 @@
 //!
 //! Signals: SIGTERM/SIGINT stop accepting, finish requests and loads in progress, and exit.
 //! SIGHUP re-reads the configuration file (allowed uids/gids, failure window, log level take
-//! effect at once; socket, module_dir and max_parallel_loads need a restart) and reloads the kmod
-//! indexes and modprobe.d.
+//! effect at once; socket, module_dir and max_parallel_loads need a restart), reloads the kmod
+//! indexes and modprobe.d, and forgets remembered load failures.
 //!
 //! A bad configuration file never stops module loading. The daemon logs the error at error
 //! priority, runs with the built-in defaults (plus command-line flags; an invalid log level
@@ -370,6 +370,9 @@ impl Reloader {
             Ok(()) => info!("reloaded module indexes and modprobe.d"),
             Err(err) => warn!(error = %err, "module index reload failed"),
         }
+        // Whatever a remembered failure came from (a module file, modprobe.d, the indexes) may
+        // have changed: the next request for the module tries again.
+        self.service.broker().forget_failures();
     }
 
     fn apply(&mut self, config: Config) {
