@@ -15,6 +15,7 @@ use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 use crate::broker::BrokerSettings;
+use crate::server::SocketPerms;
 
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/modbroker/modbroker.toml";
@@ -40,6 +41,16 @@ pub enum ConfigError {
         /// The parser's message (with line and column).
         message: String,
     },
+    /// A key has a value of the right type that cannot be used.
+    #[error("invalid {key} in {path}: {message}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
     /// `log_level` is not a usable tracing filter.
     #[error("invalid log_level {level:?} in {origin}: {message}")]
     LogLevel {
@@ -56,9 +67,9 @@ impl ConfigError {
     /// Where the error is: the file, or `--log-level`.
     pub fn origin(&self) -> String {
         match self {
-            ConfigError::Read { path, .. } | ConfigError::Parse { path, .. } => {
-                path.display().to_string()
-            }
+            ConfigError::Read { path, .. }
+            | ConfigError::Parse { path, .. }
+            | ConfigError::Value { path, .. } => path.display().to_string(),
             ConfigError::LogLevel { origin, .. } => origin.clone(),
         }
     }
@@ -101,6 +112,11 @@ pub struct Config {
     pub failure_window_secs: u64,
     /// Most module loads running at once.
     pub max_parallel_loads: usize,
+    /// Group (name or number) to own the socket the daemon binds itself; `None`: root.
+    pub socket_group: Option<String>,
+    /// Permission bits of the socket the daemon binds itself; `None`: 0660 with a
+    /// `socket_group`, else 0600.
+    pub socket_mode: Option<u32>,
     /// Users besides root allowed to use the broker.
     pub allowed_uids: Vec<u32>,
     /// Groups (primary or supplementary) allowed to use the broker.
@@ -119,6 +135,8 @@ impl Default for Config {
             module_dir: None,
             failure_window_secs: 30,
             max_parallel_loads: 16,
+            socket_group: None,
+            socket_mode: None,
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             log_level: "info".into(),
@@ -130,10 +148,18 @@ impl Default for Config {
 impl Config {
     /// Parses configuration text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: one_line(text, &e),
-        })
+        })?;
+        if config.socket_mode.is_some_and(|mode| mode & !0o777 != 0) {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key: "socket_mode",
+                message: "only permission bits (0o000 to 0o777; write it in octal, 0o660)".into(),
+            });
+        }
+        Ok(config)
     }
 
     /// Loads `path`. A missing file is an error only if `required` (given with `--config`);
@@ -158,6 +184,24 @@ impl Config {
             max_parallel_loads: self.max_parallel_loads.max(1),
             ..BrokerSettings::default()
         }
+    }
+
+    /// Owner group and mode for the socket the daemon binds itself, with `socket_group` looked
+    /// up (a number is taken as a gid). `origin` names the file in errors.
+    pub fn socket_perms(&self, origin: &Path) -> Result<SocketPerms, ConfigError> {
+        let gid = match &self.socket_group {
+            None => None,
+            Some(group) => Some(group_id(group).map_err(|message| ConfigError::Value {
+                path: origin.to_path_buf(),
+                key: "socket_group",
+                message,
+            })?),
+        };
+        let default_mode = if gid.is_some() { 0o660 } else { 0o600 };
+        Ok(SocketPerms {
+            gid,
+            mode: self.socket_mode.unwrap_or(default_mode),
+        })
     }
 
     /// The module directory, defaulting to `/lib/modules/$(uname -r)`.
@@ -192,6 +236,18 @@ fn one_line(text: &str, err: &toml::de::Error) -> String {
         "line {line}, column {column} (`{}`): {message}",
         source.trim()
     )
+}
+
+/// The gid of `group`: a group name from the group database, or a number.
+fn group_id(group: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid.as_raw()),
+        _ if !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()) => {
+            group.parse().map_err(|e| format!("{group:?}: {e}"))
+        }
+        Ok(None) => Err(format!("no group named {group:?}")),
+        Err(err) => Err(format!("cannot look up group {group:?}: {err}")),
+    }
 }
 
 /// `/lib/modules/$(uname -r)`.
@@ -266,6 +322,31 @@ mod tests {
             assert!(err.to_string().contains("/etc/m.toml"), "{err}");
             assert_eq!(err.origin(), "/etc/m.toml");
         }
+    }
+
+    #[test]
+    fn socket_perms_default_to_root_only_and_follow_the_group() {
+        let origin = Path::new("/etc/m.toml");
+        let root_only = SocketPerms {
+            gid: None,
+            mode: 0o600,
+        };
+        assert_eq!(Config::default().socket_perms(origin).unwrap(), root_only);
+        let numbered = Config::parse("socket_group = \"4242\"\n", origin).unwrap();
+        let group = SocketPerms {
+            gid: Some(4242),
+            mode: 0o660,
+        };
+        assert_eq!(numbered.socket_perms(origin).unwrap(), group);
+        let named = Config::parse("socket_group = \"root\"\nsocket_mode = 0o640\n", origin);
+        let named = named.unwrap().socket_perms(origin).unwrap();
+        assert_eq!((named.gid, named.mode), (Some(0), 0o640));
+        let unknown = Config::parse("socket_group = \"no-such-group-x\"\n", origin).unwrap();
+        let err = unknown.socket_perms(origin).unwrap_err();
+        assert!(err.to_string().contains("no group named"), "{err}");
+        assert_eq!(err.origin(), "/etc/m.toml");
+        let err = Config::parse("socket_mode = 0o4755\n", origin).unwrap_err();
+        assert!(err.to_string().contains("socket_mode"), "{err}");
     }
 
     #[test]

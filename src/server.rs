@@ -158,6 +158,114 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ListenError> {
     Ok(listener)
 }
 
+/// Who may open the socket file the daemon binds itself. Connecting to a Unix socket needs write
+/// permission on its file, so the access list ([`AccessPolicy`]) only takes effect for peers the
+/// file lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPerms {
+    /// Group to own the file (`None`: root's).
+    pub gid: Option<u32>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl Default for SocketPerms {
+    /// Root only: 0600, root's group.
+    fn default() -> Self {
+        SocketPerms {
+            gid: None,
+            mode: 0o600,
+        }
+    }
+}
+
+/// Gives the socket file at `path`, as [`bind_socket`] created it (0600, root's), the group and
+/// then the mode of `perms`: at no instant is it open to more than `perms` say. On error the
+/// file keeps what it had (at worst root's group with mode 0600: root only). The path must be
+/// in a directory only root can write (as `/run`), so that nobody can swap it in between.
+pub fn share_socket(path: &Path, perms: SocketPerms) -> io::Result<()> {
+    // chmod(2) follows symbolic links: the path must be the socket, as bind_socket left it.
+    if !std::fs::symlink_metadata(path)?.file_type().is_socket() {
+        return Err(io::Error::other("not a socket"));
+    }
+    if let Some(gid) = perms.gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perms.mode))
+}
+
+/// A socket file's owner and mode, to tell who can connect to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
+    /// The path.
+    pub path: PathBuf,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl SocketFile {
+    /// Reads the owner and mode of the file at `path`.
+    pub fn stat(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o777,
+        })
+    }
+
+    /// The uids and gids `policy` allows that cannot connect (no write permission on the file),
+    /// as `uid N` / `gid N`. Root always can.
+    pub fn unreachable(&self, policy: &AccessPolicy) -> Vec<String> {
+        let gids = policy.gids.iter().filter(|&&gid| !self.lets_group(gid));
+        let uids = policy.uids.iter().filter(|&&uid| !self.lets_user(uid));
+        let gids = gids.map(|gid| format!("gid {gid}"));
+        gids.chain(uids.map(|uid| format!("uid {uid}"))).collect()
+    }
+
+    fn lets_group(&self, gid: u32) -> bool {
+        self.mode & 0o002 != 0 || (self.gid == gid && self.mode & 0o020 != 0)
+    }
+
+    fn lets_user(&self, uid: u32) -> bool {
+        uid == 0
+            || self.mode & 0o002 != 0
+            || (self.uid == uid && self.mode & 0o200 != 0)
+            || (self.mode & 0o020 != 0 && user_in_group(uid, self.gid))
+    }
+}
+
+impl std::fmt::Display for SocketFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (path, mode) = (self.path.display(), self.mode);
+        write!(
+            f,
+            "{path} (mode {mode:04o}, owner {}:{})",
+            self.uid, self.gid
+        )
+    }
+}
+
+/// Whether user `uid` has group `gid` (primary or supplementary) in the user and group
+/// databases; false when the user is not there.
+fn user_in_group(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{getgrouplist, Gid, Uid, User};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    user.gid.as_raw() == gid
+        || getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
+}
+
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting, lets every connection
 /// finish the request it is serving, and returns.
 pub async fn run(

@@ -691,6 +691,121 @@ fn check_config_exit_status_and_report() {
     assert!(!socket.exists(), "--check-config binds nothing");
 }
 
+/// Runs the `modbroker` client as `uid` with primary group `gid` and no supplementary groups.
+fn client_as(socket: &Path, uid: u32, gid: u32, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "must run as root (make test does)"
+    );
+    Command::new(env!("CARGO_BIN_EXE_modbroker"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap()
+}
+
+/// `allowed_gids` could never take effect: the socket the daemon bound was 0600 root:root, so
+/// nobody but root could connect to be checked. With `socket_group` the daemon gives its socket
+/// that group and mode 0660 (after creating it 0600), and the group's members are served;
+/// others cannot connect; an allowed uid the file keeps out is reported at error priority.
+#[test]
+fn socket_group_lets_its_members_in_and_keeps_others_out() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_config(
+        dir.path(),
+        "socket_group = \"4242\"\nallowed_gids = [4242]\nallowed_uids = [4244]\n",
+    );
+    let socket = dir.path().join("modbroker.sock");
+    let daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (4242, 0o660));
+
+    let member = client_as(&socket, 4243, 4242, &["status"]);
+    assert!(member.status.success(), "{}", text(&member.stderr));
+    let outsider = client_as(&socket, 65534, 65534, &["status"]);
+    assert!(!outsider.status.success());
+    assert!(
+        text(&outsider.stderr).contains("Permission denied"),
+        "{}",
+        text(&outsider.stderr)
+    );
+
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    let gap = log
+        .lines()
+        .find(|l| l.contains("allowed uid 4244 cannot connect"))
+        .unwrap_or_else(|| panic!("uid 4244 not reported: {log}"));
+    assert!(gap.contains("ERROR") && gap.contains("mode 0660"), "{gap}");
+    assert!(!log.contains("gid 4242 cannot"), "{log}");
+}
+
+/// A socket-activated daemon cannot change the socket systemd made: it checks that the access
+/// list can reach it, and says so at error priority when the file keeps an allowed group out
+/// (the fix is the unit's `SocketGroup=`/`SocketMode=`, which the test plays by chown and chmod
+/// before the first connection starts the daemon).
+#[test]
+fn activated_socket_that_keeps_the_access_list_out_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_config(dir.path(), "allowed_gids = [4242]\n");
+    let activated = |name: &str, group_access: bool| {
+        let socket = dir.path().join(name);
+        let child = Command::new("/usr/bin/systemd-socket-activate")
+            .arg("--listen")
+            .arg(&socket)
+            .arg(env!("CARGO_BIN_EXE_modbrokerd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--module-dir")
+            .arg(debian_tree())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "no socket within 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if group_access {
+            std::os::unix::fs::lchown(&socket, None, Some(4242)).unwrap();
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+        }
+        let mut daemon = Daemon {
+            child,
+            socket: socket.clone(),
+        };
+        daemon.wait_ready();
+        (daemon, socket)
+    };
+
+    // As systemd-socket-activate makes it (root's, no group write), like SocketMode=0600.
+    let (daemon, socket) = activated("root-only.sock", false);
+    assert!(!client_as(&socket, 4243, 4242, &["status"]).status.success());
+    let (_, log) = daemon.terminate();
+    let gap = log
+        .lines()
+        .find(|l| l.contains("allowed gid 4242 cannot connect"))
+        .unwrap_or_else(|| panic!("gap not reported: {log}"));
+    assert!(
+        gap.contains("ERROR") && gap.contains("SocketGroup="),
+        "{gap}"
+    );
+
+    // SocketGroup= and SocketMode=0660: the group is served, nothing is reported.
+    let (daemon, socket) = activated("group.sock", true);
+    let member = client_as(&socket, 4243, 4242, &["status"]);
+    assert!(member.status.success(), "{}", text(&member.stderr));
+    let (_, log) = daemon.terminate();
+    assert!(!log.contains("cannot connect"), "{log}");
+}
+
 /// A module tree whose only module, `mb_bogus`, is not a module at all: any kernel refuses it
 /// (ENOEXEC, or EPERM where loading is not allowed), and either error is one the failure
 /// window remembers. Nothing can be loaded into the host kernel by it.

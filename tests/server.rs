@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use modbroker::protocol::{OutcomeKind, Reply, MAX_FRAME};
-use modbroker::server::{self, AccessPolicy, ListenError};
+use modbroker::server::{self, AccessPolicy, ListenError, SocketFile, SocketPerms};
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
 
@@ -466,7 +466,10 @@ fn request_arriving_during_shutdown_is_answered() {
     let mut answered = server.connect();
     assert!(exchange(&mut answered, &load_line(&["mb_ok"])).is_some());
     server.begin_shutdown();
-    assert!(read_reply(&mut answered).is_none(), "an answered client is closed at shutdown");
+    assert!(
+        read_reply(&mut answered).is_none(),
+        "an answered client is closed at shutdown"
+    );
     let reply = exchange(&mut early, &load_line(&["e1000"]))
         .expect("a request sent right after connecting is answered during shutdown");
     assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
@@ -558,4 +561,67 @@ fn client_that_never_reads_does_not_block_others() {
     drop(greedy);
     let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
     assert!(reply.ok);
+}
+
+/// `socket_group`/`socket_mode` for a socket the daemon binds: created 0600 root's, then given
+/// its group, then its mode; a path that is no longer a socket is left alone.
+#[test]
+fn shared_socket_gets_the_group_and_mode() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let _listener = server::bind_socket(&path).unwrap();
+    let perms = SocketPerms {
+        gid: Some(4242),
+        mode: 0o660,
+    };
+    server::share_socket(&path, perms).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, 4242, 0o660)
+    );
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep").unwrap();
+    // Other tests' bind_socket changes the process's umask for a moment: compare, don't assume.
+    let before = std::fs::metadata(&file).unwrap();
+    assert!(server::share_socket(&file, perms).is_err());
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!((after.gid(), after.mode()), (before.gid(), before.mode()));
+}
+
+/// Who an access list allows but a socket file keeps out (connecting needs write permission).
+#[test]
+fn unreachable_names_whom_the_socket_file_keeps_out() {
+    let file = |gid, mode| SocketFile {
+        path: "/run/modbroker.sock".into(),
+        uid: 0,
+        gid,
+        mode,
+    };
+    let policy = AccessPolicy {
+        uids: vec![0, 4244],
+        gids: vec![4242],
+    };
+    assert_eq!(
+        file(0, 0o600).unreachable(&policy),
+        ["gid 4242", "uid 4244"]
+    );
+    // Group write for the allowed group; uid 4244 is in no database here, so not in it.
+    assert_eq!(file(4242, 0o660).unreachable(&policy), ["uid 4244"]);
+    assert_eq!(
+        file(4242, 0o640).unreachable(&policy),
+        ["gid 4242", "uid 4244"]
+    );
+    assert!(file(0, 0o666).unreachable(&policy).is_empty());
+    assert!(file(0, 0o600)
+        .unreachable(&AccessPolicy::default())
+        .is_empty());
+    assert_eq!(
+        file(4242, 0o660).to_string(),
+        "/run/modbroker.sock (mode 0660, owner 0:4242)"
+    );
 }

@@ -3,8 +3,13 @@
 //!
 //! Signals: SIGTERM/SIGINT stop accepting, finish requests and loads in progress, and exit.
 //! SIGHUP re-reads the configuration file (allowed uids/gids, failure window, log level take
-//! effect at once; socket, module_dir and max_parallel_loads need a restart), reloads the kmod
-//! indexes and modprobe.d, and forgets remembered load failures.
+//! effect at once; socket, socket_group, socket_mode, module_dir and max_parallel_loads need a
+//! restart), reloads the kmod indexes and modprobe.d, and forgets remembered load failures.
+//!
+//! The access list (allowed uids/gids) only reaches peers that can open the socket file. The
+//! daemon gives a socket it binds itself the configured `socket_group`/`socket_mode`; under
+//! socket activation the unit's `SocketGroup=`/`SocketMode=` decide. Either way it logs, at error
+//! priority, every allowed uid or gid the socket file keeps out.
 //!
 //! A bad configuration file never stops module loading. The daemon logs the error at error
 //! priority, runs with the built-in defaults (plus command-line flags; an invalid log level
@@ -14,7 +19,7 @@
 
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,8 +36,9 @@ use modbroker::kernel::SysKernel;
 use modbroker::notify::Notifier;
 use modbroker::plan::Plan;
 use modbroker::resolver::ResolverHandle;
-use modbroker::server::{self, AccessPolicy, SharedAccess};
+use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
+use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -155,8 +161,10 @@ fn report_config_errors(errors: &[ConfigError], reloading: bool) -> String {
 fn check_config(args: &Args) -> ExitCode {
     let (path, required) = config_file(args);
     let shown = path.display();
-    let checked = Config::load(path, true)
-        .and_then(|config| check_log_level(&config.log_level, &shown.to_string()));
+    let checked = Config::load(path, true).and_then(|config| {
+        check_log_level(&config.log_level, &shown.to_string())?;
+        config.socket_perms(path).map(drop)
+    });
     match checked {
         Ok(()) => println!("{shown}: ok"),
         Err(ConfigError::Read { source, .. })
@@ -265,13 +273,9 @@ async fn serve(
     let broker = Broker::new(Arc::new(SysKernel::default()), config.broker_settings());
     let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
     let access = SharedAccess::from(access_policy(&config));
-    let (listener, bound_path) = match server::activated_listener()? {
-        Some(listener) => (listener, None),
-        None => (
-            server::bind_socket(&config.socket)?,
-            Some(config.socket.clone()),
-        ),
-    };
+    let (listener, bound_path) = listen(&config, config_file(&args).0)?;
+    let socket_file = socket_file(&listener);
+    report_access_gaps(socket_file.as_deref(), &access_policy(&config));
     // Idle exit only makes sense when systemd holds the socket and can start us again.
     let idle_exit = (bound_path.is_none() && config.idle_exit_secs > 0)
         .then(|| Duration::from_secs(config.idle_exit_secs));
@@ -298,6 +302,7 @@ async fn serve(
         resolver,
         service: service.clone(),
         access: access.clone(),
+        socket_file,
         log_level,
         config_note,
     };
@@ -336,6 +341,68 @@ fn raise_fd_limit() {
     }
 }
 
+/// The socket to serve: the one systemd handed us, else our own, bound at `config.socket` and
+/// given `socket_group`/`socket_mode`; with the path we bound (removed on exit).
+fn listen(config: &Config, origin: &Path) -> anyhow::Result<(UnixListener, Option<PathBuf>)> {
+    if let Some(listener) = server::activated_listener()? {
+        if config.socket_group.is_some() || config.socket_mode.is_some() {
+            warn!(
+                "socket_group and socket_mode apply to a socket the daemon binds itself; under \
+                 socket activation set SocketGroup= and SocketMode= for modbroker.socket \
+                 (systemctl edit modbroker.socket)"
+            );
+        }
+        return Ok((listener, None));
+    }
+    let listener = server::bind_socket(&config.socket)?;
+    share_own_socket(config, origin);
+    Ok((listener, Some(config.socket.clone())))
+}
+
+/// Gives the socket we bound its `socket_group`/`socket_mode`. On error it stays root-only,
+/// which still serves udev and the kernel's helper: logged, never fatal.
+fn share_own_socket(config: &Config, origin: &Path) {
+    let perms = match config.socket_perms(origin) {
+        Ok(perms) if perms == SocketPerms::default() => return,
+        Ok(perms) => perms,
+        Err(err) => {
+            error!("{err}; the socket stays root-only");
+            return;
+        }
+    };
+    if let Err(err) = server::share_socket(&config.socket, perms) {
+        let socket = config.socket.display();
+        error!(%socket, error = %err, "cannot set the socket's group and mode; it stays root-only");
+    }
+}
+
+/// The file of the socket we serve (`None` for an abstract socket, which has no permissions).
+fn socket_file(listener: &UnixListener) -> Option<PathBuf> {
+    let addr = listener.local_addr().ok()?;
+    addr.as_pathname().map(Path::to_path_buf)
+}
+
+/// Logs at error priority each uid or gid `policy` allows that the socket file keeps out: for
+/// them the access list cannot take effect.
+fn report_access_gaps(socket: Option<&Path>, policy: &AccessPolicy) {
+    let Some(path) = socket else { return };
+    let file = match SocketFile::stat(path) {
+        Ok(file) => file,
+        Err(err) => {
+            warn!(socket = %path.display(), error = %err, "cannot check who can connect");
+            return;
+        }
+    };
+    for who in file.unreachable(policy) {
+        error!(
+            "allowed {who} cannot connect to {file}: the access list cannot take effect for it; \
+             open the socket to it with socket_group/socket_mode (a socket the daemon binds) or \
+             SocketGroup=/SocketMode= in a drop-in for modbroker.socket (systemctl edit \
+             modbroker.socket)"
+        );
+    }
+}
+
 fn access_policy(config: &Config) -> AccessPolicy {
     AccessPolicy {
         uids: config.allowed_uids.clone(),
@@ -350,6 +417,8 @@ struct Reloader {
     resolver: ResolverHandle,
     service: Service,
     access: SharedAccess,
+    /// The socket's file, to check the access list against on reload.
+    socket_file: Option<PathBuf>,
     log_level: LogLevelHandle,
     /// The `STATUS=` prefix naming a configuration error the daemon runs despite.
     config_note: watch::Sender<String>,
@@ -382,18 +451,23 @@ impl Reloader {
             }
             Err(err) => error!("invalid log level {:?} ignored: {err}", config.log_level),
         }
-        self.access.set(access_policy(&config));
+        let policy = access_policy(&config);
+        report_access_gaps(self.socket_file.as_deref(), &policy);
+        self.access.set(policy);
         self.service
             .broker()
             .set_failure_window(config.broker_settings().failure_window);
         let old = &self.running;
         if config.socket != old.socket
+            || config.socket_group != old.socket_group
+            || config.socket_mode != old.socket_mode
             || config.module_dir != old.module_dir
             || config.max_parallel_loads != old.max_parallel_loads
             || config.idle_exit_secs != old.idle_exit_secs
         {
             warn!(
-                "socket, module_dir, max_parallel_loads and idle_exit_secs change only on restart"
+                "socket, socket_group, socket_mode, module_dir, max_parallel_loads and \
+                 idle_exit_secs change only on restart"
             );
         }
         info!("configuration reloaded");
