@@ -51,8 +51,9 @@ pub enum Plan {
     /// Every matching module was blacklisted (only applied to alias lookups, as modprobe does).
     /// Holds the names of the blacklisted modules.
     Blacklisted(Vec<String>),
-    /// Modules to load, each with its own dependency tree. An alias may match several modules;
-    /// like modprobe, all of them are loaded.
+    /// Modules to load, each with its own dependency tree, in libkmod's lookup order. An alias
+    /// may match several modules; like modprobe and udev's builtin, all of them are loaded, one
+    /// after the other in that order.
     Load(Vec<Arc<ModuleNode>>),
 }
 

@@ -116,15 +116,28 @@ impl Service {
             Err(message) => return resolve_failed(target, message, started),
         };
         let answers = match plan.as_ref() {
-            Plan::Load(nodes) => {
-                let loads = nodes
-                    .iter()
-                    .map(|node| self.broker.load(node.clone(), params.to_string(), retry));
-                join_all(loads).await
-            }
+            Plan::Load(nodes) => self.load_in_lookup_order(nodes, params, retry).await,
             _ => Vec::new(),
         };
         plan_result(target, &plan, &answers, started)
+    }
+
+    /// Loads the modules one target matched one after another, in lookup order, each through
+    /// the broker's merge, as modprobe and udev's builtin do (one probe per module of libkmod's
+    /// lookup list): which of two drivers binds a device must not depend on timing. A failure
+    /// does not stop the next module; each answer is kept.
+    async fn load_in_lookup_order(
+        &self,
+        nodes: &[Arc<ModuleNode>],
+        params: &str,
+        retry: bool,
+    ) -> Vec<ModuleAnswer> {
+        let mut answers = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let answer = self.broker.load(node.clone(), params.to_string(), retry);
+            answers.push(answer.await);
+        }
+        answers
     }
 
     async fn resolve_one(&self, target: &str) -> ResolveResult {
