@@ -85,6 +85,9 @@ pub struct ModuleAnswer {
 type SharedLoad = Shared<BoxFuture<'static, ModuleOutcome>>;
 
 struct Flight {
+    /// The node being loaded: a request for the same module reached another way (an alias with
+    /// its own `options`, a reloaded configuration) is a different load, not this one.
+    node: Arc<ModuleNode>,
     /// Request parameters the load was started with (canonical, space-joined).
     params: String,
     started: Instant,
@@ -270,6 +273,7 @@ impl Broker {
         map.in_flight.insert(
             node.name.clone(),
             Flight {
+                node: node.clone(),
                 params: params.to_string(),
                 started: Instant::now(),
                 waiters: 0,
@@ -302,11 +306,11 @@ impl Broker {
         }
         let flight = map.in_flight.get(&node.name)?;
         let load = flight.load.clone();
-        let same_params = flight.params == params;
+        let same_load = flight.params == params && flight.node == *node;
         // Recorded under this same lock, so two loads deciding to wait on each other at the
         // same instant cannot both miss the cycle.
         mark_waiting(map, parent, Some(&node.name));
-        if !same_params {
+        if !same_load {
             return Some(Step::AwaitThenRetry(load));
         }
         self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);

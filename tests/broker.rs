@@ -253,6 +253,43 @@ async fn differing_parameters_are_not_merged() {
     );
 }
 
+/// A module reached through an alias with its own `options` line is not the same load as the
+/// module by name: the second request waits for the first to end instead of being told its
+/// outcome as if its options had been used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_module_with_other_configured_options_is_not_merged() {
+    let kernel = FakeKernel::new();
+    kernel.hold("mb_ok");
+    let mut by_alias = ModuleNode::file("mb_ok", "/fake/mb_ok.ko");
+    by_alias.options = "value=7".into();
+    let resolver = FixedResolver::new()
+        .with_module("mb_ok", node("mb_ok", vec![]))
+        .with_module("mbtest:ok", Arc::new(by_alias));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let by_name = {
+        let service = service.clone();
+        tokio::spawn(async move { one_result(&service, load_request("mb_ok", &[], false)).await })
+    };
+    calls_started(&kernel, "mb_ok", 1).await;
+    let by_alias = {
+        let service = service.clone();
+        tokio::spawn(
+            async move { one_result(&service, load_request("mbtest:ok", &[], false)).await },
+        )
+    };
+    kernel.release("mb_ok");
+    let (by_name, by_alias) = (by_name.await.unwrap(), by_alias.await.unwrap());
+    assert_eq!(by_name.outcome, OutcomeKind::Loaded);
+    assert!(!by_alias.merged, "other configured options never merge");
+    assert_eq!(
+        by_alias.outcome,
+        OutcomeKind::AlreadyLoaded,
+        "it ran after the first load ended, and found the module live, as modprobe would"
+    );
+    assert_eq!(kernel.calls("mb_ok"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_options_come_before_request_parameters() {
     let kernel = FakeKernel::new();
@@ -368,6 +405,7 @@ async fn invalid_targets_and_params_get_their_own_result() {
             wait: true,
             retry: false,
             timeout_ms: None,
+            blacklist_names: false,
         }))
         .await;
     let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
@@ -398,6 +436,7 @@ async fn waiter_timeout_replies_and_the_load_goes_on() {
         wait: true,
         retry: false,
         timeout_ms: Some(50),
+        blacklist_names: false,
     });
     let r = one_result(&service, request).await;
     assert_eq!(r.outcome, OutcomeKind::TimedOut);
@@ -427,6 +466,7 @@ async fn no_wait_replies_queued_and_loads() {
         wait: false,
         retry: false,
         timeout_ms: None,
+        blacklist_names: false,
     });
     assert_eq!(
         one_result(&service, request).await.outcome,
