@@ -86,6 +86,7 @@ fn broker_call(socket: &str, target: &str) -> Call {
         wait: true,
         retry: false,
         timeout_ms: None,
+        blacklist_names: false,
     })
     .encode();
     Box::new(move || {

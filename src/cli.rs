@@ -43,8 +43,9 @@ pub enum Command {
         /// Fail instead of loading directly when the daemon is unreachable
         #[arg(long)]
         no_fallback: bool,
-        /// As udev's builtin kmod: exit 0 whatever the outcome (one stderr line per failed module);
-        /// wait at most 45 s (or --timeout) for the daemon, then load directly
+        /// As udev's builtin kmod: refuse a blacklisted module asked for by name too; exit 0
+        /// whatever the outcome (one stderr line per failed module); wait at most 45 s (or
+        /// --timeout) for the daemon, then load directly
         #[arg(long)]
         udev: bool,
         /// Module name or modalias
@@ -64,10 +65,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Kernel autoload helper: `modprobe [-q] [-b] [--] NAME...`, each NAME loaded as with
-    /// `load --udev` (also what runs when this program is called through a name `modprobe`)
+    /// Kernel autoload helper: `modprobe [-q] [-b] [--] NAME...`, each NAME loaded as modprobe
+    /// would, with `load --udev`'s bounded wait and fallback (also what runs when this program
+    /// is called through a name `modprobe`)
     Modprobe {
-        /// -q/--quiet (no stdout lines), -b/--use-blacklist (ignored), --, then module names
+        /// -q/--quiet (no stdout lines), -b/--use-blacklist (refuse a blacklisted module asked
+        /// for by name too; without it the blacklist applies to aliases only), --, then names
         #[arg(
             value_name = "ARGS",
             trailing_var_arg = true,
@@ -105,6 +108,10 @@ pub struct DaemonArgs {
     /// client's fallback when no daemon answers
     #[arg(long, requires = "oneshot_args")]
     pub oneshot: bool,
+    /// With --oneshot: refuse a blacklisted module asked for by name too (`load --udev`,
+    /// `modprobe -b`)
+    #[arg(long, requires = "oneshot")]
+    pub blacklist_names: bool,
     /// With --oneshot: TARGET [PARAM=VALUE...]
     #[arg(requires = "oneshot", value_name = "TARGET [PARAM...]")]
     pub oneshot_args: Vec<String>,

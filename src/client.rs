@@ -155,11 +155,13 @@ fn connect(socket: &Path, timeout: Option<Duration>) -> io::Result<UnixStream> {
 }
 
 /// Loads `target` without a daemon, by running `modbrokerd --oneshot` (found beside this
-/// executable, else on `$PATH`) and returning the result it prints.
+/// executable, else on `$PATH`) and returning the result it prints. `blacklist_names` as in
+/// [`crate::protocol::LoadRequest`].
 pub fn load_without_daemon(
     module_dir: Option<&Path>,
     target: &str,
     params: &[String],
+    blacklist_names: bool,
 ) -> Result<TargetResult, String> {
     let daemon = std::env::current_exe()
         .ok()
@@ -170,6 +172,9 @@ pub fn load_without_daemon(
     cmd.arg("--oneshot");
     if let Some(dir) = module_dir {
         cmd.arg("--module-dir").arg(dir);
+    }
+    if blacklist_names {
+        cmd.arg("--blacklist-names");
     }
     cmd.arg("--").arg(target).args(params);
     let out = cmd

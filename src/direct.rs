@@ -18,19 +18,20 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::broker::ModuleAnswer;
 use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
-use crate::plan::{LoadMethod, ModuleNode, Plan};
+use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{OutcomeKind, TargetResult};
 use crate::resolver::KmodResolver;
 use crate::service::{bare_result, plan_result};
 use crate::target::{validate_params, validate_target};
 
-/// Resolves `target` in `module_dir` and loads it through `kernel`, with `params` for the
-/// target's own module(s).
+/// Resolves `target` in `module_dir` (refusing blacklisted modules as `blacklist` says) and
+/// loads it through `kernel`, with `params` for the target's own module(s).
 pub fn load_direct(
     kernel: &dyn Kernel,
     module_dir: &Path,
     target: &str,
     params: &[String],
+    blacklist: BlacklistScope,
 ) -> TargetResult {
     let started = Instant::now();
     let refused =
@@ -42,7 +43,9 @@ pub fn load_direct(
         Ok(params) => params,
         Err(err) => return refused(OutcomeKind::Invalid, err.to_string()),
     };
-    let plan = match KmodResolver::new(module_dir, None).and_then(|mut r| r.resolve(target)) {
+    let plan = match KmodResolver::new(module_dir, None)
+        .and_then(|mut r| r.resolve_with(target, blacklist))
+    {
         Ok(plan) => plan,
         Err(err) => return refused(OutcomeKind::Failed, format!("cannot resolve: {err}")),
     };

@@ -43,13 +43,41 @@ pub struct ModuleNode {
     pub post: Vec<Arc<ModuleNode>>,
 }
 
+/// Whom modprobe.d's `blacklist` lines refuse, as modprobe's `-b` (`--use-blacklist`) chooses.
+///
+/// libkmod decides per module: one made for an alias (every module an alias lookup finds) is
+/// refused when blacklisted whatever the scope (`KMOD_PROBE_APPLY_BLACKLIST_ALIAS_ONLY`, which
+/// modprobe always sets); a module asked for by its own name only under
+/// [`BlacklistScope::AliasesAndNames`] (`KMOD_PROBE_APPLY_BLACKLIST`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BlacklistScope {
+    /// `modprobe NAME`, and the kernel's `request_module()` (`modprobe -q -- NAME`): a
+    /// blacklisted module still loads when asked for by its own name.
+    #[default]
+    Aliases,
+    /// `modprobe -b NAME`, and udev's builtin `kmod load`: a blacklisted module is refused
+    /// however it is asked for.
+    AliasesAndNames,
+}
+
+impl BlacklistScope {
+    /// The scope for a request that does (`true`) or does not apply the blacklist to names.
+    pub fn names_too(blacklist_names: bool) -> Self {
+        if blacklist_names {
+            BlacklistScope::AliasesAndNames
+        } else {
+            BlacklistScope::Aliases
+        }
+    }
+}
+
 /// What one target (a module name or a modalias) resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// No module matches: normal for udev (most modaliases have no driver module).
     NoMatch,
-    /// Every matching module was blacklisted (only applied to alias lookups, as modprobe does).
-    /// Holds the names of the blacklisted modules.
+    /// Every matching module was blacklisted: found through an alias, or asked for by name under
+    /// [`BlacklistScope::AliasesAndNames`]. Holds the names of the blacklisted modules.
     Blacklisted(Vec<String>),
     /// Modules to load, each with its own dependency tree, in libkmod's lookup order. An alias
     /// may match several modules; like modprobe and udev's builtin, all of them are loaded, one

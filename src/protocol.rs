@@ -44,6 +44,11 @@ pub struct LoadRequest {
     pub retry: bool,
     /// Give up waiting after this long (the load itself goes on) and reply `timed-out`.
     pub timeout_ms: Option<u64>,
+    /// Refuse a blacklisted module asked for by its own name too, as udev's builtin and
+    /// `modprobe -b` do. `false` (the default, also when the field is absent): the blacklist
+    /// applies to modules found through an alias only, as `modprobe` and the kernel's
+    /// `request_module()` do.
+    pub blacklist_names: bool,
 }
 
 /// The request line as it appears on the wire. Unknown fields are refused so that a typo (say
@@ -63,6 +68,8 @@ struct WireRequest {
     retry: bool,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    blacklist_names: bool,
 }
 
 fn default_wait() -> bool {
@@ -153,6 +160,7 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
         wait: wire.wait,
         retry: wire.retry,
         timeout_ms: wire.timeout_ms,
+        blacklist_names: wire.blacklist_names,
     }))
 }
 
@@ -171,17 +179,25 @@ fn check_targets(targets: &[String]) -> Result<(), ProtocolError> {
 
 impl Request {
     /// Encodes the request as one JSON line (with its newline), as the client sends it.
+    /// `blacklist_names` is sent only when true, so that a request without it still reaches a
+    /// daemon older than the field (which refuses unknown fields).
     pub fn encode(&self) -> String {
         let value = match self {
-            Request::Load(load) => serde_json::json!({
-                "v": PROTOCOL_VERSION,
-                "op": "load",
-                "targets": load.targets,
-                "params": load.params,
-                "wait": load.wait,
-                "retry": load.retry,
-                "timeout_ms": load.timeout_ms,
-            }),
+            Request::Load(load) => {
+                let mut value = serde_json::json!({
+                    "v": PROTOCOL_VERSION,
+                    "op": "load",
+                    "targets": load.targets,
+                    "params": load.params,
+                    "wait": load.wait,
+                    "retry": load.retry,
+                    "timeout_ms": load.timeout_ms,
+                });
+                if load.blacklist_names {
+                    value["blacklist_names"] = true.into();
+                }
+                value
+            }
             Request::Resolve(targets) => serde_json::json!({
                 "v": PROTOCOL_VERSION, "op": "resolve", "targets": targets,
             }),
@@ -472,10 +488,30 @@ mod tests {
             wait: false,
             retry: true,
             timeout_ms: Some(500),
+            blacklist_names: true,
         });
         let line = req.encode();
         assert!(line.ends_with('\n'));
         assert_eq!(decode_request(line.trim_end().as_bytes()), Ok(req));
+    }
+
+    /// Absent means false (older clients, the kernel helper without `-b`), and false is not
+    /// sent, so such requests still reach a daemon that predates the field.
+    #[test]
+    fn blacklist_names_is_optional_and_sent_only_when_set() {
+        let line = br#"{"v":1,"op":"load","targets":["ppdev"]}"#;
+        let Ok(Request::Load(load)) = decode_request(line) else {
+            panic!("not a load")
+        };
+        assert!(!load.blacklist_names);
+        assert!(!Request::Load(load.clone())
+            .encode()
+            .contains("blacklist_names"));
+        let udev = Request::Load(LoadRequest {
+            blacklist_names: true,
+            ..load
+        });
+        assert!(udev.encode().contains(r#""blacklist_names":true"#));
     }
 
     #[test]

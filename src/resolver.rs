@@ -2,9 +2,10 @@
 //!
 //! [`KmodResolver`] owns one libkmod context and answers "what must be loaded for this target?"
 //! the way `modprobe` would: lookup (aliases, `modules.alias`, `modules.builtin`, `modules.dep`,
-//! `modprobe.d`), blacklist for alias lookups, install commands, options, hard dependencies in load
-//! order and softdeps. Answers are cached per target and nodes are shared per module name and
-//! options (a module reached through an alias with `options` of its own has its own node); both
+//! `modprobe.d`), blacklist (for alias lookups, and for names too with `-b`: [`BlacklistScope`]),
+//! install commands, options, hard dependencies in load order and softdeps. Answers are cached
+//! per target and blacklist scope, and nodes are shared per module name and options (a module
+//! reached through an alias with `options` of its own has its own node); both
 //! caches are dropped when libkmod reports that its indexes or configuration changed (checked at
 //! most once per second) or on [`KmodResolver::reload`].
 //!
@@ -24,7 +25,7 @@ use kmod_sys as ffi;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::plan::{LoadMethod, ModuleNode, Plan};
+use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 
 /// How often, at most, libkmod is asked whether its indexes or configuration changed.
 const DEFAULT_VALIDATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -133,6 +134,26 @@ impl Ctx {
             return Err(-rc);
         }
         Ok(out)
+    }
+
+    /// Whether libkmod made `m` for an alias, that is whether its private `alias` field is set:
+    /// modprobe refuses a blacklisted module by that field (`KMOD_PROBE_APPLY_BLACKLIST_ALIAS_ONLY`).
+    /// The API does not show the field, but libkmod keeps one object per module name and one
+    /// per (name, alias) pair, so `m` was made for an alias exactly when its name gives another
+    /// object. When in doubt, says yes (the blacklist then applies).
+    fn made_for_alias(&self, m: &Module) -> bool {
+        let Ok(name) = CString::new(m.name()) else {
+            return true;
+        };
+        let mut by_name = ptr::null_mut();
+        // SAFETY: live context, valid C string, `by_name` starts NULL; on success libkmod gives
+        // us a reference, released by `Module::drop`.
+        let rc =
+            unsafe { ffi::kmod_module_new_from_name(self.0.as_ptr(), name.as_ptr(), &mut by_name) };
+        match NonNull::new(by_name).map(Module) {
+            Some(by_name) if rc >= 0 => by_name.0 != m.0,
+            _ => true,
+        }
     }
 }
 
@@ -342,7 +363,8 @@ pub struct KmodResolver {
     resources_loaded: bool,
     validate_interval: Duration,
     last_validated: Instant,
-    plans: HashMap<String, Arc<Plan>>,
+    /// Plans by target and blacklist scope.
+    plans: HashMap<(String, BlacklistScope), Arc<Plan>>,
     nodes: NodeMemo,
 }
 
@@ -393,19 +415,30 @@ impl KmodResolver {
         Ok(())
     }
 
-    /// What loading `target` (a module name or a modalias) takes. Repeated targets get the same
-    /// `Arc` until indexes or configuration change.
+    /// What loading `target` (a module name or a modalias) takes, as `modprobe TARGET`: the
+    /// blacklist applies to aliases only. See [`KmodResolver::resolve_with`].
     pub fn resolve(&mut self, target: &str) -> Result<Arc<Plan>, ResolverError> {
+        self.resolve_with(target, BlacklistScope::Aliases)
+    }
+
+    /// What loading `target` takes with the blacklist applied as `blacklist` says. Repeated
+    /// targets get the same `Arc` until indexes or configuration change.
+    pub fn resolve_with(
+        &mut self,
+        target: &str,
+        blacklist: BlacklistScope,
+    ) -> Result<Arc<Plan>, ResolverError> {
         self.revalidate();
-        if let Some(plan) = self.plans.get(target) {
+        let key = (target.to_string(), blacklist);
+        if let Some(plan) = self.plans.get(&key) {
             return Ok(Arc::clone(plan));
         }
-        let plan = Arc::new(self.build_plan(target)?);
-        debug!(target, plan = ?plan.module_names(), "resolved");
+        let plan = Arc::new(self.build_plan(target, blacklist)?);
+        debug!(target, ?blacklist, plan = ?plan.module_names(), "resolved");
         if self.plans.len() >= MAX_CACHED_PLANS {
             self.plans.clear();
         }
-        self.plans.insert(target.to_string(), Arc::clone(&plan));
+        self.plans.insert(key, Arc::clone(&plan));
         Ok(plan)
     }
 
@@ -423,40 +456,51 @@ impl KmodResolver {
         }
     }
 
-    fn build_plan(&mut self, target: &str) -> Result<Plan, ResolverError> {
+    fn build_plan(
+        &mut self,
+        target: &str,
+        blacklist: BlacklistScope,
+    ) -> Result<Plan, ResolverError> {
         let matches = self.ctx.lookup(target)?;
         if matches.0.is_null() {
             return Ok(Plan::NoMatch);
         }
-        let allowed = if is_alias(target, &matches) {
-            let allowed =
-                self.ctx
-                    .not_blacklisted(&matches)
-                    .map_err(|errno| ResolverError::Lookup {
-                        target: target.to_string(),
-                        errno,
-                    })?;
-            if allowed.0.is_null() {
-                return Ok(Plan::Blacklisted(matches.names()));
-            }
-            allowed
-        } else {
-            matches
-        };
-        let nodes = NodeBuilder::new(&mut self.nodes).list(&allowed, &mut false);
+        let (kept, refused) = self.apply_blacklist(target, &matches, blacklist)?;
+        if kept.is_empty() {
+            return Ok(Plan::Blacklisted(
+                refused.iter().map(Module::name).collect(),
+            ));
+        }
+        let nodes = NodeBuilder::new(&mut self.nodes).modules(kept, &mut false);
         Ok(if nodes.is_empty() {
             Plan::NoMatch
         } else {
             Plan::Load(nodes)
         })
     }
-}
 
-/// Whether `target` named none of the matched modules (so it was an alias, and the blacklist
-/// applies, as in modprobe).
-fn is_alias(target: &str, matches: &ModList) -> bool {
-    let canonical = target.replace('-', "_");
-    !matches.iter().any(|m| m.name() == canonical)
+    /// Splits `matches` into the modules to load and those the blacklist refuses, in lookup
+    /// order, deciding per module as `kmod_module_probe_insert_module` does.
+    fn apply_blacklist(
+        &self,
+        target: &str,
+        matches: &ModList,
+        blacklist: BlacklistScope,
+    ) -> Result<(Vec<Module>, Vec<Module>), ResolverError> {
+        let allowed = self
+            .ctx
+            .not_blacklisted(matches)
+            .map_err(|errno| ResolverError::Lookup {
+                target: target.to_string(),
+                errno,
+            })?
+            .names();
+        let refused = |m: &Module| {
+            !allowed.contains(&m.name())
+                && (blacklist == BlacklistScope::AliasesAndNames || self.ctx.made_for_alias(m))
+        };
+        Ok(matches.iter().partition(|m| !refused(m)))
+    }
 }
 
 /// How `m` gets loaded; `None` if it cannot be (no file and not builtin).
@@ -508,7 +552,19 @@ impl<'a> NodeBuilder<'a> {
 
     /// Nodes for every module of `list`; sets `cut` if a cycle was cut below.
     fn list(&mut self, list: &ModList, cut: &mut bool) -> Vec<Arc<ModuleNode>> {
-        list.iter().filter_map(|m| self.node(&m, cut)).collect()
+        self.modules(list.iter(), cut)
+    }
+
+    /// Nodes for each of `modules` that can be loaded; sets `cut` if a cycle was cut below.
+    fn modules(
+        &mut self,
+        modules: impl IntoIterator<Item = Module>,
+        cut: &mut bool,
+    ) -> Vec<Arc<ModuleNode>> {
+        modules
+            .into_iter()
+            .filter_map(|m| self.node(&m, cut))
+            .collect()
     }
 
     fn node(&mut self, m: &Module, cut: &mut bool) -> Option<Arc<ModuleNode>> {
@@ -550,7 +606,11 @@ impl<'a> NodeBuilder<'a> {
 
 /// A request to the resolver thread.
 enum Request {
-    Resolve(String, oneshot::Sender<Result<Arc<Plan>, ResolverError>>),
+    Resolve(
+        String,
+        BlacklistScope,
+        oneshot::Sender<Result<Arc<Plan>, ResolverError>>,
+    ),
     Reload(oneshot::Sender<Result<(), ResolverError>>),
 }
 
@@ -566,8 +626,8 @@ pub struct ResolverHandle {
     front: Arc<Mutex<FrontCache>>,
 }
 
-/// Target → (when the thread answered, its plan).
-type FrontCache = HashMap<String, (Instant, Arc<Plan>)>;
+/// (Target, blacklist scope) → (when the thread answered, its plan).
+type FrontCache = HashMap<(String, BlacklistScope), (Instant, Arc<Plan>)>;
 
 /// How long the handle's front cache serves a plan without asking the thread again.
 pub const FRONT_CACHE_TTL: Duration = Duration::from_secs(1);
@@ -604,25 +664,36 @@ impl ResolverHandle {
         })
     }
 
-    /// Resolves `target` on the resolver thread (see [`KmodResolver::resolve`]).
+    /// Resolves `target` on the resolver thread as `modprobe TARGET` (see
+    /// [`KmodResolver::resolve`]).
     pub async fn resolve(&self, target: &str) -> Result<Arc<Plan>, ResolverError> {
-        if let Some(plan) = self.cached(target) {
+        self.resolve_with(target, BlacklistScope::Aliases).await
+    }
+
+    /// Resolves `target` on the resolver thread (see [`KmodResolver::resolve_with`]).
+    pub async fn resolve_with(
+        &self,
+        target: &str,
+        blacklist: BlacklistScope,
+    ) -> Result<Arc<Plan>, ResolverError> {
+        let key = (target.to_string(), blacklist);
+        if let Some(plan) = self.cached(&key) {
             return Ok(plan);
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Resolve(target.to_string(), reply))?;
+        self.send(Request::Resolve(target.to_string(), blacklist, reply))?;
         let plan = rx.await.map_err(|_| ResolverError::ThreadGone)??;
         let mut front = self.front_cache();
         if front.len() >= FRONT_CACHE_MAX {
             front.clear();
         }
-        front.insert(target.to_string(), (Instant::now(), plan.clone()));
+        front.insert(key, (Instant::now(), plan.clone()));
         Ok(plan)
     }
 
-    fn cached(&self, target: &str) -> Option<Arc<Plan>> {
+    fn cached(&self, key: &(String, BlacklistScope)) -> Option<Arc<Plan>> {
         let front = self.front_cache();
-        let (at, plan) = front.get(target)?;
+        let (at, plan) = front.get(key)?;
         (at.elapsed() < FRONT_CACHE_TTL).then(|| plan.clone())
     }
 
@@ -650,8 +721,8 @@ fn serve(mut resolver: KmodResolver, rx: mpsc::Receiver<Request>) {
     for request in rx {
         // A dropped reply receiver (caller gave up) is not an error.
         match request {
-            Request::Resolve(target, reply) => {
-                let _ = reply.send(resolver.resolve(&target));
+            Request::Resolve(target, blacklist, reply) => {
+                let _ = reply.send(resolver.resolve_with(&target, blacklist));
             }
             Request::Reload(reply) => {
                 let _ = reply.send(resolver.reload());

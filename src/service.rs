@@ -13,7 +13,7 @@ use futures_util::future::{join_all, BoxFuture};
 
 use crate::broker::{Broker, ModuleAnswer};
 use crate::kernel::ModuleOutcome;
-use crate::plan::{LoadMethod, ModuleNode, Plan};
+use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{
     Failure, LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
     TargetResult,
@@ -22,8 +22,13 @@ use crate::target::{validate_params, validate_target};
 
 /// Something that turns a validated target into a plan (libkmod in the daemon, a table in tests).
 pub trait Resolve: Send + Sync + 'static {
-    /// Resolves `target`; the error is a human-readable reason.
-    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Arc<Plan>, String>>;
+    /// Resolves `target`, refusing blacklisted modules as `blacklist` says; the error is a
+    /// human-readable reason.
+    fn resolve<'a>(
+        &'a self,
+        target: &'a str,
+        blacklist: BlacklistScope,
+    ) -> BoxFuture<'a, Result<Arc<Plan>, String>>;
 }
 
 /// Serves decoded requests. Cheap to clone.
@@ -81,21 +86,24 @@ impl Service {
             }
         };
         let timeout = request.timeout_ms.map(Duration::from_millis);
+        let how = TargetLoad {
+            retry: request.retry,
+            blacklist: BlacklistScope::names_too(request.blacklist_names),
+        };
         let jobs = request.targets.iter().map(|target| {
             let this = self.clone();
             let (target, params) = (target.clone(), params.clone());
-            let retry = request.retry;
             async move {
                 if !request.wait {
                     let queued = queued(&target);
-                    tokio::spawn(async move { this.load_target(&target, &params, retry).await });
+                    tokio::spawn(async move { this.load_target(&target, &params, how).await });
                     return queued;
                 }
                 let started = Instant::now();
                 match timeout {
-                    None => this.load_target(&target, &params, retry).await,
+                    None => this.load_target(&target, &params, how).await,
                     Some(limit) => {
-                        tokio::time::timeout(limit, this.load_target(&target, &params, retry))
+                        tokio::time::timeout(limit, this.load_target(&target, &params, how))
                             .await
                             .unwrap_or_else(|_| timed_out(&target, started))
                     }
@@ -106,17 +114,17 @@ impl Service {
     }
 
     /// Loads one target; never fails to produce a result.
-    pub async fn load_target(&self, target: &str, params: &str, retry: bool) -> TargetResult {
+    pub async fn load_target(&self, target: &str, params: &str, how: TargetLoad) -> TargetResult {
         let started = Instant::now();
         if let Err(err) = validate_target(target) {
             return invalid(target, &err.to_string());
         }
-        let plan = match self.resolver.resolve(target).await {
+        let plan = match self.resolver.resolve(target, how.blacklist).await {
             Ok(plan) => plan,
             Err(message) => return resolve_failed(target, message, started),
         };
         let answers = match plan.as_ref() {
-            Plan::Load(nodes) => self.load_in_lookup_order(nodes, params, retry).await,
+            Plan::Load(nodes) => self.load_in_lookup_order(nodes, params, how.retry).await,
             _ => Vec::new(),
         };
         plan_result(target, &plan, &answers, started)
@@ -152,7 +160,7 @@ impl Service {
             result.message = Some(err.to_string());
             return result;
         }
-        match self.resolver.resolve(target).await {
+        match self.resolver.resolve(target, BlacklistScope::Aliases).await {
             Err(message) => {
                 result.plan = "error".into();
                 result.message = Some(message);
@@ -178,6 +186,15 @@ impl Service {
             in_flight: self.broker.in_flight(),
         }
     }
+}
+
+/// How one target of a load request is loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TargetLoad {
+    /// Bypass the failure window.
+    pub retry: bool,
+    /// Whom the blacklist refuses.
+    pub blacklist: BlacklistScope,
 }
 
 /// The result for `target` given its plan and, for `Plan::Load`, one answer per top module.

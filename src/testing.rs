@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use nix::errno::Errno;
 
 use crate::kernel::{InstallFailure, Kernel, ModuleState};
-use crate::plan::{ModuleNode, Plan};
+use crate::plan::{BlacklistScope, ModuleNode, Plan};
 use crate::service::Resolve;
 
 #[derive(Default)]
@@ -202,6 +202,8 @@ impl Kernel for FakeKernel {
 #[derive(Default)]
 pub struct FixedResolver {
     plans: HashMap<String, Arc<Plan>>,
+    /// Targets naming a blacklisted module: refused under [`BlacklistScope::AliasesAndNames`].
+    blacklisted_names: HashSet<String>,
 }
 
 impl FixedResolver {
@@ -220,15 +222,32 @@ impl FixedResolver {
     pub fn with_module(self, target: &str, node: Arc<ModuleNode>) -> Self {
         self.with(target, Plan::Load(vec![node]))
     }
+
+    /// `target` names the module `node`, which modprobe.d blacklists: loaded under
+    /// [`BlacklistScope::Aliases`], refused (`blacklisted`) under
+    /// [`BlacklistScope::AliasesAndNames`].
+    pub fn with_blacklisted_name(mut self, target: &str, node: Arc<ModuleNode>) -> Self {
+        self.blacklisted_names.insert(target.to_string());
+        self.with_module(target, node)
+    }
 }
 
 impl Resolve for FixedResolver {
-    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Arc<Plan>, String>> {
-        let plan = self
-            .plans
-            .get(target)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Plan::NoMatch));
+    fn resolve<'a>(
+        &'a self,
+        target: &'a str,
+        blacklist: BlacklistScope,
+    ) -> BoxFuture<'a, Result<Arc<Plan>, String>> {
+        let plan = match self.plans.get(target) {
+            Some(plan)
+                if blacklist == BlacklistScope::AliasesAndNames
+                    && self.blacklisted_names.contains(target) =>
+            {
+                Arc::new(Plan::Blacklisted(plan.module_names()))
+            }
+            Some(plan) => plan.clone(),
+            None => Arc::new(Plan::NoMatch),
+        };
         Box::pin(async move { Ok(plan) })
     }
 }

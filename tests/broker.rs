@@ -29,6 +29,7 @@ fn load_request(target: &str, params: &[&str], retry: bool) -> Request {
         wait: true,
         retry,
         timeout_ms: None,
+        blacklist_names: false,
     })
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modbroker::plan::{LoadMethod, ModuleNode, Plan};
+use modbroker::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use modbroker::resolver::{KmodResolver, ResolverError, ResolverHandle};
 use modbroker::target::validate_target;
 
@@ -795,5 +795,83 @@ fn several_modules_for_one_alias_keep_lookup_order() {
         let lines = fx.same_as_modprobe("testnet");
         let expected: Vec<String> = order.iter().map(|m| insmod(&fx, m, "")).collect();
         assert_eq!(lines, expected, "{conf}");
+    }
+}
+
+/// Each blacklist scope against the modprobe it stands for: `modprobe` (the kernel's
+/// `request_module()`, a plain `load`) and `modprobe -b` (udev's builtin, `load --udev`).
+const SCOPES: [(BlacklistScope, &[&str]); 2] = [
+    (BlacklistScope::Aliases, &[]),
+    (BlacklistScope::AliasesAndNames, &["-b"]),
+];
+
+/// udev's builtin loads with `KMOD_PROBE_APPLY_BLACKLIST`, which refuses a blacklisted module
+/// asked for by its own name too (`blacklist ppdev`, and 80-drivers.rules' `ppdev` line); plain
+/// modprobe refuses it only through an alias. The resolver applied the blacklist to aliases only,
+/// whoever asked.
+#[test]
+fn blacklist_by_name_follows_modprobe_b() {
+    let fx = Fixture::new("blacklist ppdev\nblacklist dummy\n");
+    fx.copy_module("parport");
+    fx.copy_module("ppdev");
+    fx.depmod();
+    let mut r = fx.resolver();
+    for target in [
+        "ppdev",
+        "dummy",
+        "rtnl-link-dummy",
+        "nlmon",
+        "rtnl-link-nlmon",
+    ] {
+        for (scope, flags) in SCOPES {
+            let plan = r.resolve_with(target, scope).unwrap();
+            let modprobe = fx.modprobe_show_depends(flags, target);
+            assert_show_depends(&plan, modprobe, &format!("{target} {flags:?}"));
+        }
+    }
+    let names_too = BlacklistScope::AliasesAndNames;
+    let refused = r.resolve_with("ppdev", names_too).unwrap();
+    assert_eq!(*refused, Plan::Blacklisted(vec!["ppdev".to_string()]));
+    let loaded = r.resolve_with("ppdev", BlacklistScope::Aliases).unwrap();
+    assert_eq!(order(single(&loaded)), ["parport", "ppdev"]);
+    // The plain `resolve` is modprobe's default.
+    assert!(Arc::ptr_eq(&loaded, &r.resolve("ppdev").unwrap()));
+}
+
+/// libkmod decides per module object whether it was asked for by name: a modprobe.d alias that
+/// matches the module's own name (`alias dumm* dummy`) makes it an alias lookup, refused when
+/// blacklisted even without `-b`. Telling names from aliases by comparing the target with the
+/// module's name got that wrong.
+#[test]
+fn an_alias_spelled_like_its_module_is_still_an_alias() {
+    let fx = Fixture::new("alias dumm* dummy\nblacklist dummy\n");
+    let mut r = fx.resolver();
+    for target in ["dummy", "dumm"] {
+        for (scope, flags) in SCOPES {
+            let plan = r.resolve_with(target, scope).unwrap();
+            assert_eq!(
+                *plan,
+                Plan::Blacklisted(vec!["dummy".to_string()]),
+                "{target}"
+            );
+            let modprobe = fx.modprobe_show_depends(flags, target);
+            assert_show_depends(&plan, modprobe, &format!("{target} {flags:?}"));
+        }
+    }
+}
+
+/// The handle caches per target and scope: a name refused for udev still loads for modprobe.
+#[tokio::test]
+async fn handle_keeps_scopes_apart() {
+    let fx = Fixture::new("blacklist dummy\n");
+    let handle = ResolverHandle::spawn(fx.module_dir(), Some(vec![fx.conf_dir.clone()])).unwrap();
+    let names_too = BlacklistScope::AliasesAndNames;
+    for _ in 0..2 {
+        let refused = handle.resolve_with("dummy", names_too).await.unwrap();
+        assert_eq!(*refused, Plan::Blacklisted(vec!["dummy".to_string()]));
+        assert_eq!(
+            single(&handle.resolve("dummy").await.unwrap()).name,
+            "dummy"
+        );
     }
 }

@@ -245,6 +245,7 @@ fn pick_request(rng: &mut Rng) -> (Vec<usize>, LoadRequest) {
         wait: !rng.one_in(100),
         retry: rng.one_in(50),
         timeout_ms: None,
+        blacklist_names: false,
     };
     (picks, request)
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::server::{self, AccessPolicy};
-use modbroker::service::Service;
+use modbroker::service::{Service, TargetLoad};
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,7 @@ async fn serve_fake(socket: &Path) {
     let broker = Broker::new(kernel.clone(), settings);
     let service = Service::new(Arc::new(resolver), broker);
     // Prime the failure window: one real (fake) failed load.
-    let primed = service.load_target(FAILED, "", false).await;
+    let primed = service.load_target(FAILED, "", TargetLoad::default()).await;
     assert_eq!(primed.outcome, modbroker::protocol::OutcomeKind::Failed);
     let listener = server::bind_socket(socket).expect("bind socket");
     let shutdown = CancellationToken::new();
@@ -231,6 +231,7 @@ pub fn load_line(target: &str) -> String {
         wait: true,
         retry: false,
         timeout_ms: None,
+        blacklist_names: false,
     })
     .encode()
 }

@@ -22,6 +22,11 @@
 //! line the kernel's `request_module()` uses, `modprobe -q -- NAME`, and loads each NAME as
 //! `modbroker load --udev NAME` would, but reports failure to the kernel: exit 0 when every NAME
 //! ended as `load` counts success or blacklisted or ENODEV, else 1.
+//!
+//! Blacklist, as in the tools replaced: `load --udev` refuses a blacklisted module asked for by
+//! name too (udev's builtin loads with `KMOD_PROBE_APPLY_BLACKLIST`); a plain `load` and the
+//! helper (the kernel runs `modprobe -q -- NAME`, without `-b`) refuse blacklisted modules found
+//! through an alias only, as modprobe does, and `modprobe -b` refuses names too.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
                 fallback: !no_fallback,
                 mode,
                 quiet: false,
+                blacklist_names: udev,
             };
             load(
                 &socket,
@@ -115,6 +121,8 @@ struct LoadOptions {
     mode: Mode,
     /// No stdout lines (failures still get their stderr line).
     quiet: bool,
+    /// Refuse a blacklisted module asked for by name too (see the module docs).
+    blacklist_names: bool,
 }
 
 /// The client's total wait for the daemon: an explicit `--timeout` plus a second (so that the
@@ -144,6 +152,7 @@ fn load(
         wait: options.wait,
         retry: options.retry,
         timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
+        blacklist_names: options.blacklist_names,
     });
     match client::call(socket, &request, options.bound) {
         Ok(reply) => report_results(reply, options),
@@ -182,7 +191,7 @@ fn load_directly(
     let mut ok = true;
     for target in targets {
         eprintln!("modbroker: {reason}: loading {target} directly, without merging");
-        match client::load_without_daemon(module_dir, target, params) {
+        match client::load_without_daemon(module_dir, target, params, options.blacklist_names) {
             Ok(result) => results.push(result),
             Err(err) => {
                 eprintln!("modbroker: {target}: failed: {err}");
@@ -199,11 +208,16 @@ fn load_directly(
 /// The kernel's autoload command line, `modprobe -q -- NAME` (kernel/module/kmod.c): each NAME is
 /// loaded as `load --udev NAME` (so the daemon gets [`UDEV_WAIT`], then the name loads directly),
 /// but the exit status tells the kernel whether it loaded ([`Mode::Helper`]).
-/// `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` are accepted and ignored (the
-/// daemon applies the blacklist as it does for udev); anything else that looks like an option is
-/// a usage error. Exit status 0 or 1 (2 for usage errors).
+/// `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` refuse a blacklisted module
+/// asked for by name too (without it, as in modprobe, the blacklist applies to aliases only);
+/// anything else that looks like an option is a usage error. Exit status 0 or 1 (2 for usage
+/// errors).
 fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -> ExitCode {
-    let (quiet, names) = match parse_modprobe_args(args) {
+    let ModprobeArgs {
+        quiet,
+        use_blacklist,
+        names,
+    } = match parse_modprobe_args(args) {
         Ok(parsed) => parsed,
         Err(message) => {
             eprintln!("modbroker: {message}");
@@ -219,6 +233,7 @@ fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -
         fallback: true,
         mode: Mode::Helper,
         quiet,
+        blacklist_names: use_blacklist,
     };
     match load(&socket, module_dir.as_deref(), &names, &[], &options) {
         // A refusal from the daemon (3) is a failure like any other for the kernel's helper.
@@ -227,9 +242,21 @@ fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -
     }
 }
 
-/// Splits modprobe arguments into (quiet, names).
-fn parse_modprobe_args(args: Vec<OsString>) -> Result<(bool, Vec<String>), String> {
+/// The modprobe command line the helper accepts.
+#[derive(Debug, PartialEq, Eq)]
+struct ModprobeArgs {
+    /// `-q`/`--quiet`.
+    quiet: bool,
+    /// `-b`/`--use-blacklist`.
+    use_blacklist: bool,
+    names: Vec<String>,
+}
+
+/// Parses modprobe arguments: options `-q`, `-b` (alone or bundled) and their long forms, `--`,
+/// then names.
+fn parse_modprobe_args(args: Vec<OsString>) -> Result<ModprobeArgs, String> {
     let mut quiet = false;
+    let mut use_blacklist = false;
     let mut names = Vec::new();
     let mut options_done = false;
     for arg in args {
@@ -243,11 +270,12 @@ fn parse_modprobe_args(args: Vec<OsString>) -> Result<(bool, Vec<String>), Strin
         match arg.as_str() {
             "--" => options_done = true,
             "--quiet" => quiet = true,
-            "--use-blacklist" => {}
+            "--use-blacklist" => use_blacklist = true,
             short
                 if !short.starts_with("--") && short[1..].chars().all(|c| c == 'q' || c == 'b') =>
             {
                 quiet |= short.contains('q');
+                use_blacklist |= short.contains('b');
             }
             _ => return Err(format!("modprobe: unsupported option {arg:?}")),
         }
@@ -255,7 +283,11 @@ fn parse_modprobe_args(args: Vec<OsString>) -> Result<(bool, Vec<String>), Strin
     if names.is_empty() {
         return Err("modprobe: no module name given".to_string());
     }
-    Ok((quiet, names))
+    Ok(ModprobeArgs {
+        quiet,
+        use_blacklist,
+        names,
+    })
 }
 
 /// Calls the daemon; on any failure prints it and returns the exit code to use.
@@ -449,6 +481,30 @@ mod tests {
                 errno_name: None,
                 message: String::new(),
             }),
+        }
+    }
+
+    fn modprobe_args(args: &[&str]) -> Result<ModprobeArgs, String> {
+        parse_modprobe_args(args.iter().map(OsString::from).collect())
+    }
+
+    /// `-b` in any spelling, and only `-b`, applies the blacklist to names (after `--`, `-b` is
+    /// a name).
+    #[test]
+    fn use_blacklist_comes_from_b_only() {
+        for (args, quiet, use_blacklist, name) in [
+            (&["-q", "--", "ppdev"][..], true, false, "ppdev"),
+            (&["-b", "ppdev"], false, true, "ppdev"),
+            (&["-qb", "--", "ppdev"], true, true, "ppdev"),
+            (&["--use-blacklist", "ppdev"], false, true, "ppdev"),
+            (&["--quiet", "--", "-b"], true, false, "-b"),
+        ] {
+            let expected = ModprobeArgs {
+                quiet,
+                use_blacklist,
+                names: vec![name.to_string()],
+            };
+            assert_eq!(modprobe_args(args), Ok(expected), "{args:?}");
         }
     }
 

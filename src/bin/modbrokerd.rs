@@ -34,7 +34,7 @@ use modbroker::config::{check_log_level, Config, ConfigError, DEFAULT_CONFIG_PAT
 use modbroker::direct::load_direct;
 use modbroker::kernel::SysKernel;
 use modbroker::notify::Notifier;
-use modbroker::plan::Plan;
+use modbroker::plan::{BlacklistScope, Plan};
 use modbroker::resolver::ResolverHandle;
 use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
@@ -51,8 +51,15 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 struct KmodResolve(ResolverHandle);
 
 impl Resolve for KmodResolve {
-    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Arc<Plan>, String>> {
-        Box::pin(async move { self.0.resolve(target).await.map_err(|e| e.to_string()) })
+    fn resolve<'a>(
+        &'a self,
+        target: &'a str,
+        blacklist: BlacklistScope,
+    ) -> BoxFuture<'a, Result<Arc<Plan>, String>> {
+        Box::pin(async move {
+            let plan = self.0.resolve_with(target, blacklist).await;
+            plan.map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -70,7 +77,8 @@ fn main() -> anyhow::Result<ExitCode> {
         for err in &errors {
             warn!("{err}; loading with {}", fallback(err, false));
         }
-        oneshot(&config, &args.oneshot_args)?;
+        let blacklist = BlacklistScope::names_too(args.blacklist_names);
+        oneshot(&config, &args.oneshot_args, blacklist)?;
         return Ok(ExitCode::SUCCESS);
     }
     let config_note = report_config_errors(&errors, false);
@@ -180,12 +188,13 @@ fn check_config(args: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `--oneshot TARGET [PARAM...]`: loads directly and prints the one JSON result line the client
-/// parses. Nothing else may reach stdout: logs go to stderr, and so does the stdout of any
-/// `install` command the load runs (`kernel::run_install_command`).
-fn oneshot(config: &Config, args: &[String]) -> anyhow::Result<()> {
+/// `--oneshot [--blacklist-names] TARGET [PARAM...]`: loads directly and prints the one JSON
+/// result line the client parses. Nothing else may reach stdout: logs go to stderr, and so does
+/// the stdout of any `install` command the load runs (`kernel::run_install_command`).
+fn oneshot(config: &Config, args: &[String], blacklist: BlacklistScope) -> anyhow::Result<()> {
     let (target, params) = args.split_first().context("--oneshot needs a TARGET")?;
-    let result = load_direct(&SysKernel::default(), &config.module_dir(), target, params);
+    let kernel = SysKernel::default();
+    let result = load_direct(&kernel, &config.module_dir(), target, params, blacklist);
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
