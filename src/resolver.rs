@@ -17,6 +17,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -366,6 +367,9 @@ pub struct KmodResolver {
     /// Plans by target and blacklist scope.
     plans: HashMap<(String, BlacklistScope), Arc<Plan>>,
     nodes: NodeMemo,
+    /// Reloads so far (forced or noticed), shared with the handles: whatever was learnt from the
+    /// old indexes and configuration (the broker's remembered failures) is stale once it moves.
+    reloads: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for KmodResolver {
@@ -393,6 +397,7 @@ impl KmodResolver {
             last_validated: Instant::now(),
             plans: HashMap::new(),
             nodes: HashMap::new(),
+            reloads: Arc::default(),
         })
     }
 
@@ -411,8 +416,14 @@ impl KmodResolver {
         self.plans.clear();
         self.nodes.clear();
         self.last_validated = Instant::now();
+        self.reloads.fetch_add(1, Ordering::Release);
         info!(dir = %self.spec.module_dir.display(), "module indexes and configuration reloaded");
         Ok(())
+    }
+
+    /// How many times the indexes and configuration were reloaded (see [`KmodResolver::reload`]).
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Acquire)
     }
 
     /// What loading `target` (a module name or a modalias) takes, as `modprobe TARGET`: the
@@ -624,6 +635,8 @@ pub struct ResolverHandle {
     /// thread per target and second is enough. Entries live [`FRONT_CACHE_TTL`], so an index
     /// change (which the thread checks for at most once a second) shows within about 2 s.
     front: Arc<Mutex<FrontCache>>,
+    /// The thread's reload count (see [`KmodResolver::reload_count`]).
+    reloads: Arc<AtomicU64>,
 }
 
 /// (Target, blacklist scope) → (when the thread answered, its plan).
@@ -648,7 +661,7 @@ impl ResolverHandle {
             .spawn(
                 move || match KmodResolver::new(&module_dir, config_dirs.as_deref()) {
                     Ok(resolver) => {
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send(Ok(resolver.reloads.clone()));
                         serve(resolver, rx);
                     }
                     Err(e) => {
@@ -657,11 +670,18 @@ impl ResolverHandle {
                 },
             )
             .map_err(ResolverError::Spawn)?;
-        ready_rx.recv().map_err(|_| ResolverError::ThreadGone)??;
+        let reloads = ready_rx.recv().map_err(|_| ResolverError::ThreadGone)??;
         Ok(ResolverHandle {
             tx,
             front: Arc::default(),
+            reloads,
         })
+    }
+
+    /// How many times the thread reloaded indexes and configuration, forced or noticed. Read
+    /// after a resolution, it already counts a reload that resolution caused.
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Acquire)
     }
 
     /// Resolves `target` on the resolver thread as `modprobe TARGET` (see

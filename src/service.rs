@@ -5,7 +5,7 @@
 //! know libkmod and the kernel). It sees the resolver only through the small [`Resolve`] trait, so
 //! tests drive it with a fixed table instead of libkmod.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,12 @@ pub trait Resolve: Send + Sync + 'static {
         target: &'a str,
         blacklist: BlacklistScope,
     ) -> BoxFuture<'a, Result<Arc<Plan>, String>>;
+
+    /// How many times the resolver reloaded its indexes and configuration; a change makes the
+    /// broker forget its remembered failures. Resolvers that never reload keep the default.
+    fn reload_count(&self) -> u64 {
+        0
+    }
 }
 
 /// Serves decoded requests. Cheap to clone.
@@ -37,15 +43,28 @@ pub struct Service {
     resolver: Arc<dyn Resolve>,
     broker: Broker,
     started: Instant,
+    /// The resolver's reload count when the broker's failure memory was last made to match it.
+    reloads_seen: Arc<AtomicU64>,
 }
 
 impl Service {
     /// A service resolving with `resolver` and loading through `broker`.
     pub fn new(resolver: Arc<dyn Resolve>, broker: Broker) -> Self {
         Service {
+            reloads_seen: Arc::new(AtomicU64::new(resolver.reload_count())),
             resolver,
             broker,
             started: Instant::now(),
+        }
+    }
+
+    /// After a resolution: if the resolver reloaded (a new depmod or modprobe.d, noticed on its
+    /// own or forced by SIGHUP), failures remembered from before may no longer hold. Checked
+    /// before the broker sees the plan, so no stale failure is served in between.
+    fn forget_failures_after_reload(&self) {
+        let now = self.resolver.reload_count();
+        if self.reloads_seen.swap(now, Ordering::AcqRel) != now {
+            self.broker.forget_failures();
         }
     }
 
@@ -123,6 +142,7 @@ impl Service {
             Ok(plan) => plan,
             Err(message) => return resolve_failed(target, message, started),
         };
+        self.forget_failures_after_reload();
         let answers = match plan.as_ref() {
             Plan::Load(nodes) => self.load_in_lookup_order(nodes, params, how.retry).await,
             _ => Vec::new(),

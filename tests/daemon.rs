@@ -873,3 +873,45 @@ fn sighup_forgets_remembered_failures() {
     assert!(status.success(), "{log}");
     assert!(log.contains("forgetting remembered load failures"), "{log}");
 }
+
+/// A new depmod is noticed without any signal (the resolver checks its indexes at most once a
+/// second); failures remembered from the old tree are forgotten then too, before the first
+/// request on the new tree is answered.
+#[test]
+fn a_new_depmod_forgets_remembered_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = bogus_module_tree(dir.path());
+    let socket = dir.path().join("modbroker.sock");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbroker.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(shipped);
+    cmd.arg("--module-dir").arg(&tree);
+    let daemon = Daemon::spawn(cmd, socket.clone());
+    let load = || client(&socket, &["load", "--no-fallback", "mb_bogus"]);
+
+    for _ in 0..2 {
+        assert_eq!(load().status.code(), Some(1));
+    }
+    assert_eq!(load_calls(&socket), 1, "the failure is remembered");
+
+    bogus_module_tree(dir.path()); // depmod again: new index files, no signal
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load_calls(&socket) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "failure still served after a new depmod"
+        );
+        assert_eq!(load().status.code(), Some(1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("module indexes and configuration reloaded"),
+        "{log}"
+    );
+    assert!(log.contains("forgetting remembered load failures"), "{log}");
+}

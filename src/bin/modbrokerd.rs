@@ -61,6 +61,10 @@ impl Resolve for KmodResolve {
             plan.map_err(|e| e.to_string())
         })
     }
+
+    fn reload_count(&self) -> u64 {
+        self.0.reload_count()
+    }
 }
 
 /// Changes the log filter while running (SIGHUP).
