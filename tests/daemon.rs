@@ -829,13 +829,11 @@ fn load_calls(socket: &Path) -> u64 {
     status["load_calls"].as_u64().unwrap()
 }
 
-/// SIGHUP reloads modprobe.d and the module indexes; failures remembered from before the reload
-/// used to be served for the rest of their window. They are forgotten on every reload.
-#[test]
-fn sighup_forgets_remembered_failures() {
-    let dir = tempfile::tempdir().unwrap();
-    let tree = bogus_module_tree(dir.path());
-    let socket = dir.path().join("modbroker.sock");
+/// A daemon over [`bogus_module_tree`] whose one module has failed once and is remembered:
+/// a second request made no load call.
+fn daemon_remembering_a_failure(dir: &Path) -> (Daemon, PathBuf) {
+    let tree = bogus_module_tree(dir);
+    let socket = dir.join("modbroker.sock");
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbroker.toml");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
     cmd.arg("--socket")
@@ -844,30 +842,44 @@ fn sighup_forgets_remembered_failures() {
         .arg(shipped);
     cmd.arg("--module-dir").arg(&tree);
     let daemon = Daemon::spawn(cmd, socket.clone());
-    let load = || client(&socket, &["load", "--no-fallback", "mb_bogus"]);
-
     for _ in 0..2 {
-        let out = load();
+        let out = load_bogus(&socket);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     }
     assert_eq!(load_calls(&socket), 1, "the failure is remembered");
+    (daemon, socket)
+}
 
+fn load_bogus(socket: &Path) -> Output {
+    client(socket, &["load", "--no-fallback", "mb_bogus"])
+}
+
+/// Asks (bounded: reloads are asynchronous) until a request makes a load call again.
+fn ask_until_a_new_load_call(socket: &Path, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load_calls(socket) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "failure still served after {after}"
+        );
+        assert_eq!(load_bogus(socket).status.code(), Some(1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP reloads modprobe.d and the module indexes; failures remembered from before the reload
+/// used to be served for the rest of their window. They are forgotten on every reload.
+#[test]
+fn sighup_forgets_remembered_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, socket) = daemon_remembering_a_failure(dir.path());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.child.id() as i32),
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    // The reload is asynchronous: ask (bounded) until a request makes a load call again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load_calls(&socket) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "failure still served after SIGHUP"
-        );
-        assert_eq!(load().status.code(), Some(1));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(load().status.code(), Some(1));
+    ask_until_a_new_load_call(&socket, "SIGHUP");
+    assert_eq!(load_bogus(&socket).status.code(), Some(1));
     assert_eq!(load_calls(&socket), 2, "remembered again after one call");
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
@@ -880,33 +892,9 @@ fn sighup_forgets_remembered_failures() {
 #[test]
 fn a_new_depmod_forgets_remembered_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = bogus_module_tree(dir.path());
-    let socket = dir.path().join("modbroker.sock");
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbroker.toml");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbrokerd"));
-    cmd.arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(shipped);
-    cmd.arg("--module-dir").arg(&tree);
-    let daemon = Daemon::spawn(cmd, socket.clone());
-    let load = || client(&socket, &["load", "--no-fallback", "mb_bogus"]);
-
-    for _ in 0..2 {
-        assert_eq!(load().status.code(), Some(1));
-    }
-    assert_eq!(load_calls(&socket), 1, "the failure is remembered");
-
+    let (daemon, socket) = daemon_remembering_a_failure(dir.path());
     bogus_module_tree(dir.path()); // depmod again: new index files, no signal
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load_calls(&socket) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "failure still served after a new depmod"
-        );
-        assert_eq!(load().status.code(), Some(1));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ask_until_a_new_load_call(&socket, "a new depmod");
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     assert!(
