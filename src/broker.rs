@@ -364,9 +364,7 @@ impl Broker {
     /// The body of a load task: softdeps before, dependencies, the module, softdeps after.
     async fn run_load(&self, node: Arc<ModuleNode>, params: String, retry: bool) -> ModuleOutcome {
         let me = Some(node.name.clone());
-        for soft in &node.pre {
-            self.load_soft(soft, retry, &me).await;
-        }
+        // libkmod's order: hard dependencies first, then the pre-softdeps, then the module.
         let mut outcome = None;
         for dep in &node.deps {
             let answer = self
@@ -379,7 +377,12 @@ impl Broker {
         }
         let outcome = match outcome {
             Some(dep_failure) => dep_failure,
-            None => self.load_self(&node, &params).await,
+            None => {
+                for soft in &node.pre {
+                    self.load_soft(soft, retry, &me).await;
+                }
+                self.load_self(&node, &params).await
+            }
         };
         if outcome.is_ok() {
             for soft in &node.post {

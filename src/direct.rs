@@ -78,15 +78,16 @@ pub fn load_tree(
         return outcome;
     }
     path.push(node.name.clone());
-    for soft in &node.pre {
-        load_tree(kernel, soft, "", path);
-    }
+    // libkmod's order: hard dependencies first, then the pre-softdeps, then the module.
     let dep_failure = node
         .deps
         .iter()
         .map(|dep| load_tree(kernel, dep, "", path))
         .find(|outcome| !outcome.is_ok());
     let outcome = dep_failure.unwrap_or_else(|| {
+        for soft in &node.pre {
+            load_tree(kernel, soft, "", path);
+        }
         // Direct loaders of one module (fallback clients while the daemon is down) take turns,
         // and one finding the module live after its turn came needs no syscall.
         let _turn = match &node.method {
@@ -124,7 +125,20 @@ mod tests {
     use super::*;
     use crate::testing::FakeKernel;
     use nix::errno::Errno;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    /// The fallback loads in libkmod's order too: hard dependencies, then pre-softdeps.
+    #[test]
+    fn hard_dependencies_load_before_pre_softdeps() {
+        let kernel = FakeKernel::new();
+        let mut garp = ModuleNode::file("garp", "/fake/garp.ko");
+        garp.deps = vec![Arc::new(ModuleNode::file("llc", "/fake/llc.ko"))];
+        garp.pre = vec![Arc::new(ModuleNode::file("dummy", "/fake/dummy.ko"))];
+        assert!(load_tree(kernel.as_ref(), &garp, "", &mut Vec::new()).is_ok());
+        let order: Vec<String> = kernel.call_log().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(order, ["llc", "dummy", "garp"]);
+    }
 
     /// Two direct loaders of one failing module: they take turns (never two load calls at
     /// once, so the kernel has no reason to answer EBUSY) and both get the module's own errno.

@@ -121,7 +121,9 @@ impl ModuleNode {
         if out.iter().any(|n| n.name == self.name) {
             return;
         }
-        for node in self.pre.iter().chain(self.deps.iter()) {
+        // libkmod's order (`__kmod_module_get_probe_list`): the hard dependencies, each with its
+        // own softdeps, then this module's pre-softdeps, the module, its post-softdeps.
+        for node in self.deps.iter().chain(self.pre.iter()) {
             node.collect_order(out);
         }
         if !out.iter().any(|n| n.name == self.name) {

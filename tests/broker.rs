@@ -349,6 +349,22 @@ async fn softdep_failure_does_not_fail_the_module() {
     assert_eq!(order, ["soft_pre", "main_mod", "soft_post"]);
 }
 
+/// libkmod's order (`__kmod_module_get_probe_list`): a module's hard dependencies come before
+/// its pre-softdeps (with `softdep garp pre: dummy`, modprobe loads llc, stp, dummy, garp).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_dependencies_load_before_pre_softdeps() {
+    let kernel = FakeKernel::new();
+    let mut garp = ModuleNode::file("garp", "/fake/garp.ko");
+    garp.deps = vec![node("llc", vec![]), node("stp", vec![])];
+    garp.pre = vec![node("dummy", vec![])];
+    let resolver = FixedResolver::new().with_module("garp", Arc::new(garp));
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    assert_eq!(load(&service, "garp").await.outcome, OutcomeKind::Loaded);
+    let order: Vec<String> = kernel.call_log().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(order, ["llc", "stp", "dummy", "garp"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn softdep_cycle_across_requests_does_not_deadlock() {
     let kernel = FakeKernel::new();

@@ -338,7 +338,9 @@ fn softdeps_pre_and_post_resolve_aliases() {
     let garp = single(&plan);
     assert_eq!(names(&garp.pre), ["dummy"]);
     assert_eq!(names(&garp.post), ["nlmon"]);
-    assert_eq!(order(garp), ["dummy", "llc", "stp", "garp", "nlmon"]);
+    // As libkmod: garp's hard dependencies, then its pre-softdep, garp, its post-softdep.
+    assert_eq!(order(garp), ["llc", "stp", "dummy", "garp", "nlmon"]);
+    fx.same_as_modprobe("garp");
 }
 
 #[test]
