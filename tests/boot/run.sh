@@ -20,7 +20,10 @@ set -euo pipefail
 need qemu-system-x86_64 qemu-system-x86
 need mkfs.ext4 e2fsprogs
 need debugfs e2fsprogs
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mounts)"
+if [ "$(id -u)" != 0 ]; then
+	command -v sudo >/dev/null || die "needs root (debootstrap, chroot, mounts), or sudo"
+	exec sudo -E "$0" "$@"
+fi
 SMP=${MB_BOOT_SMP:-4}
 DEB=${MB_BOOT_DEB:-$(ls "$REPO_ROOT"/build/modbroker_*.deb 2>/dev/null | tail -n1)}
 [ -f "$DEB" ] || die "no .deb: run 'make deb' first"
