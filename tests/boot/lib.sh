@@ -39,6 +39,13 @@ in_chroot() {
 	return "$rc"
 }
 
+# remove_tree DIR: deletes DIR, first unmounting whatever an interrupted in_chroot left mounted
+# below it; --one-file-system keeps rm out of any mount it could not release (a bind of /dev).
+remove_tree() {
+	findmnt -rno TARGET | grep "^$1/" | sort -r | xargs -r umount -l
+	rm -rf --one-file-system "$1"
+}
+
 # The cache key: the recipe below (the guest's test files go into each boot's copy instead).
 base_stamp() {
 	declare -f base_tree in_chroot | sha256sum | cut -c1-16
@@ -54,7 +61,7 @@ base_tree() {
 	fi
 	need debootstrap debootstrap
 	log "building the $dist base image with $gen (cached in $dir)"
-	rm -rf "$dir"
+	remove_tree "$dir"
 	mkdir -p "$dir"
 	debootstrap --variant=minbase --include=systemd-sysv,udev,kmod,e2fsprogs,apt \
 		"$dist" "$dir/base" "$MB_BOOT_MIRROR" >"$dir/debootstrap.log" 2>&1 ||
@@ -87,7 +94,7 @@ base_tree() {
 new_tree() {
 	local base dir="$MB_BOOT_WORK/$1-$2/$3"
 	base=$(base_tree "$1" "$2") || exit 1
-	rm -rf "$dir"
+	remove_tree "$dir"
 	mkdir -p "$dir"
 	cp -a "$base" "$dir/root"
 	install -m 0755 "$BOOT_DIR/guest/mbtest-report" "$dir/root/usr/local/sbin/mbtest-report"

@@ -69,7 +69,8 @@ boot_case() {
 	log "$case: booting with $SMP vCPUs"
 	boot_image "$dir" "$SMP" || return 1
 	summarise "$dir"
-	rm -rf "$root" "$dir/disk.img"
+	remove_tree "$root"
+	rm -f "$dir/disk.img"
 }
 
 # summarise DIR: per phase (initramfs = before PID 1's last exec, root = after), the trace through
