@@ -439,9 +439,21 @@ fn bound_daemon_ignores_idle_exit() {
     assert!(client(&socket, &["status"]).status.success());
 }
 
+/// `modbroker status` run as nobody (uid and gid 65534).
+fn status_as_nobody(socket: &Path) -> Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(env!("CARGO_BIN_EXE_modbroker"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn sighup_reloads_the_access_list() {
-    use std::os::unix::process::CommandExt;
     assert!(
         nix::unistd::geteuid().is_root(),
         "must run as root (make test does)"
@@ -453,16 +465,7 @@ fn sighup_reloads_the_access_list() {
     let daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
     // Let the file mode pass everyone, so that the daemon's own check is what decides.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let as_nobody = || {
-        Command::new(env!("CARGO_BIN_EXE_modbroker"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("status")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    };
+    let as_nobody = || status_as_nobody(&socket);
     assert_eq!(as_nobody().status.code(), Some(3), "refused before reload");
 
     std::fs::write(&config, "allowed_uids = [65534]\n").unwrap();
@@ -576,7 +579,6 @@ fn bad_config_is_reported_and_the_daemon_serves_with_defaults() {
 
 #[test]
 fn sighup_with_a_bad_file_keeps_the_running_configuration() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = write_config(dir.path(), "allowed_uids = [65534]\n");
@@ -586,18 +588,7 @@ fn sighup_with_a_bad_file_keeps_the_running_configuration() {
     cmd.env("NOTIFY_SOCKET", &notify.path);
     let daemon = Daemon::spawn(cmd, socket.clone());
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let nobody_served = || {
-        Command::new(env!("CARGO_BIN_EXE_modbroker"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("status")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let nobody_served = || status_as_nobody(&socket).status.success();
     assert!(nobody_served());
     let hup = || {
         nix::sys::signal::kill(
