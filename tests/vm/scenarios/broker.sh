@@ -132,6 +132,36 @@ mb_run g load no-such-alias:xyz
 check_eq "(g) exit 0 (no match is normal)" 0 "$MB_RC"
 check_eq "(g) no finit_module call" 0 "$(finit_calls)"
 
+step "(f2) modprobe.d as libkmod reads it (/run/modprobe.d, then SIGHUP)"
+mkdir -p /run/modprobe.d
+cat >/run/modprobe.d/mbtest.conf <<'CONF'
+alias mbtest:pair nf_defrag_ipv6
+alias mbtest:pair nf_defrag_ipv4
+install nf_conntrack /bin/false
+softdep nf_conntrack pre: mb_ok
+CONF
+kill -HUP "$DAEMON_PID"
+check "(f2) the daemon reloaded modprobe.d" wait_for 15 sh -c 'modbroker resolve mbtest:pair | grep -q nf_defrag_ipv4'
+lookup=$(modbroker resolve mbtest:pair | awk '/^  / && $2 ~ /^nf_defrag/ { printf "%s ", $2 }')
+say "lookup order of mbtest:pair: $lookup"
+trace_reset
+mb_run f2a load mbtest:pair
+check_eq "(f2) two modules for one alias: exit 0" 0 "$MB_RC"
+check_eq "(f2) two finit_module calls" 2 "$(finit_calls)"
+loaded=$(grep -o 'module_load: nf_defrag_ipv[46]' "$TRACE/trace" | awk '{ printf "%s ", $2 }')
+check_eq "(f2) loaded in lookup order" "$lookup" "$loaded"
+# E: a call entered, X: a call returned. Concurrent loads would show EEXX.
+calls=$(awk '/ sys_finit_module\(/ { printf "E" } / sys_finit_module -> / { printf "X" }' "$TRACE/trace")
+check_eq "(f2) one after the other" EXEX "$calls"
+trace_reset
+mb_run f2b load nf_conntrack
+check_eq "(f2) install line of a module with a softdep is ignored, as libkmod does: exit 0" 0 "$MB_RC"
+check "(f2) nf_conntrack inserted from its file" is_loaded nf_conntrack
+check_eq "(f2) 1 finit_module call (nf_conntrack)" 1 "$(finit_calls)"
+mb_run f2c load --udev acpi-cpufreq
+check_eq "(f2) --udev failure: exit 0, as udev's builtin" 0 "$MB_RC"
+check_eq "(f2) --udev failure: one stderr line" 1 "$(wc -l <"$MB_ERR")"
+
 step "(h) modbroker status --json"
 mb_run h status --json
 check_eq "(h) exit 0" 0 "$MB_RC"
