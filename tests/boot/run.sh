@@ -178,10 +178,12 @@ judge_broker() {
 	udevd_up=$(sed -n '/^Id=systemd-udevd.service/,/^$/s/^InactiveExitTimestampMonotonic=//p' "$r/units")
 	check "$case: modbroker.socket listening (${sock_up} us) before systemd-udevd started (${udevd_up} us)" \
 		awk -v a="$sock_up" -v b="$udevd_up" 'BEGIN { exit !(a > 0 && a < b) }'
-	check "$case: modbroker.service was socket-activated" sh -c "sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -q '^TriggeredBy=modbroker.socket'"
-	check "$case: nothing else pulls modbroker.service in" sh -c "sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -Eq '^WantedBy=\$' && sed -n '/^Id=modbroker.service/,/^\$/p' '$r/units' | grep -Eq '^RequiredBy=\$'"
-	local order
-	order=$(sed -n '/^Id=modbroker.service/,/^$/p' "$r/units" | grep -E '^(After|RequiresMountsFor)=' | tr '\n' ' ')
+	# modbroker.service's properties, from the guest's `systemctl show` of several units.
+	local svc=$dir/modbroker.service.props order
+	sed -n '/^Id=modbroker.service/,/^$/p' "$r/units" >"$svc"
+	check "$case: modbroker.service was socket-activated" grep -q '^TriggeredBy=modbroker.socket' "$svc"
+	check "$case: nothing else pulls modbroker.service in" sh -c "grep -Eq '^WantedBy=\$' '$svc' && grep -Eq '^RequiredBy=\$' '$svc'"
+	order=$(grep -E '^(After|RequiresMountsFor)=' "$svc" | tr '\n' ' ')
 	check "$case: modbroker.service not ordered after local-fs.target, no RequiresMountsFor ($order)" \
 		sh -c "! echo '$order' | grep -Eq 'local-fs|tmpfiles-setup|basic.target|sysinit.target|RequiresMountsFor=[^ ]'"
 	# The real root's first daemon (the upgrade check restarts it later): its "ready" line.
