@@ -212,16 +212,36 @@ fn stderr_is_journal() -> bool {
     stream.to_string_lossy() == format!("{}:{}", stat.st_dev, stat.st_ino)
 }
 
+/// The broker's counters now.
+struct Totals {
+    requests: u64,
+    merged: u64,
+    load_calls: u64,
+    failed_loads: u64,
+}
+
+impl Totals {
+    fn of(service: &Service) -> Self {
+        let c = service.broker().counters();
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        Totals {
+            requests: get(&c.requests),
+            merged: get(&c.merged),
+            load_calls: get(&c.load_calls),
+            failed_loads: get(&c.failed_loads),
+        }
+    }
+}
+
 /// The `STATUS=` line: the configuration error note (if any), then the counters.
 fn status_line(service: &Service, config_note: &str) -> String {
-    let c = service.broker().counters();
-    let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    let t = Totals::of(service);
     format!(
         "STATUS={config_note}{} requests, {} merged, {} loads, {} failed, {} in flight",
-        get(&c.requests),
-        get(&c.merged),
-        get(&c.load_calls),
-        get(&c.failed_loads),
+        t.requests,
+        t.merged,
+        t.load_calls,
+        t.failed_loads,
         service.broker().in_flight_count()
     )
 }
@@ -326,13 +346,12 @@ async fn serve(
         let _ = std::fs::remove_file(path);
     }
     // The totals outlive the process in the log: an initramfs daemon's are all that is left of it.
-    let c = service.broker().counters();
-    let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    let t = Totals::of(&service);
     info!(
-        requests = get(&c.requests),
-        merged = get(&c.merged),
-        load_calls = get(&c.load_calls),
-        failed_loads = get(&c.failed_loads),
+        requests = t.requests,
+        merged = t.merged,
+        load_calls = t.load_calls,
+        failed_loads = t.failed_loads,
         "modbrokerd stopped"
     );
     Ok(())
