@@ -94,6 +94,8 @@ install: build docs
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
 	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker.service > $(DESTDIR)$(UNITDIR)/modbroker.service
 	install -m 0644 systemd/modbroker.socket $(DESTDIR)$(UNITDIR)/modbroker.socket
+	install -m 0644 systemd/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install.socket
+	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker-install@.service > $(DESTDIR)$(UNITDIR)/modbroker-install@.service
 	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-drivers.rules > $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
 	for f in hooks/modbroker scripts/init-top/modbroker scripts/init-bottom/modbroker; do \
 		install -d $(DESTDIR)$(INITRAMFSDIR)/$$(dirname $$f); \
@@ -115,7 +117,8 @@ install: build docs
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
-	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket
+	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket \
+		$(DESTDIR)$(UNITDIR)/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install@.service
 	rm -f $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
 	rm -f $(DESTDIR)$(INITRAMFSDIR)/hooks/modbroker $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/modbroker \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/modbroker

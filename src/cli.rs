@@ -112,6 +112,10 @@ pub struct DaemonArgs {
     /// `modprobe -b`)
     #[arg(long, requires = "oneshot")]
     pub blacklist_names: bool,
+    /// Serve one install-command request on stdin (a connection accepted by
+    /// modbroker-install.socket), run the command if the configuration has it, answer, exit
+    #[arg(long, conflicts_with_all = ["oneshot", "check_config"])]
+    pub run_install: bool,
     /// With --oneshot: TARGET [PARAM=VALUE...]
     #[arg(requires = "oneshot", value_name = "TARGET [PARAM...]")]
     pub oneshot_args: Vec<String>,

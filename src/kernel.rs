@@ -17,7 +17,9 @@ use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 use nix::kmod::{finit_module, init_module, ModuleInitFlags};
+use tracing::{debug, warn};
 
+use crate::install_runner::{self, InstallRequest};
 use crate::module_file::{
     decompress, kernel_compression, Compression, MODULE_INIT_COMPRESSED_FILE,
 };
@@ -59,6 +61,8 @@ pub struct SysKernel {
     sys_module: PathBuf,
     /// The format the kernel decompresses itself (`/sys/module/compression`), read once.
     kernel_compression: Option<String>,
+    /// The install-command runner's socket, if install commands go through it.
+    install_runner: Option<PathBuf>,
 }
 
 impl Default for SysKernel {
@@ -74,7 +78,15 @@ impl SysKernel {
         SysKernel {
             sys_module,
             kernel_compression,
+            install_runner: None,
         }
+    }
+
+    /// Runs install commands through the runner listening at `socket` (the daemon does: see
+    /// [`crate::install_runner`]); when nothing listens there, runs them itself.
+    pub fn with_install_runner(mut self, socket: PathBuf) -> Self {
+        self.install_runner = Some(socket);
+        self
     }
 
     fn insert_compressed(
@@ -120,6 +132,25 @@ impl Kernel for SysKernel {
     }
 
     fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
+        if let Some(socket) = &self.install_runner {
+            let request = InstallRequest {
+                module: name.to_string(),
+                command: command.to_string(),
+                options: options.to_string(),
+            };
+            match install_runner::run_through(socket, &request) {
+                Ok(outcome) => return outcome,
+                // No runner installed (an initramfs without systemd, where we are not
+                // sandboxed): as before.
+                Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
+                    debug!(module = name, "{e}; running the install command here")
+                }
+                Err(e) => warn!(
+                    module = name,
+                    "{e}; running the install command inside the daemon's sandbox"
+                ),
+            }
+        }
         run_install_command(name, command, options)
     }
 }
@@ -156,6 +187,7 @@ pub fn run_install_command(name: &str, command: &str, options: &str) -> Result<(
         .arg("-c")
         .arg(&command)
         .env("MODPROBE_MODULE", name)
+        .stdin(Stdio::null())
         .stdout(stdout_to_stderr())
         .status()
         .map_err(|e| InstallFailure(format!("cannot run install command {command:?}: {e}")))?;

@@ -19,7 +19,8 @@
 //! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
 //! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply), [`notify`] (systemd notifications),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client) and
-//! [`direct`] (loading without the daemon). [`testing`] holds the fake kernel used by tests.
+//! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
+//! outside the daemon's sandbox). [`testing`] holds the fake kernel used by tests.
 //!
 //! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
 //! server and the broker so that the server knows only sockets and the broker only modules (the
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod direct;
+pub mod install_runner;
 pub mod kernel;
 pub mod module_file;
 pub mod notify;

@@ -12,7 +12,7 @@
 //! A libkmod context is not thread-safe, so [`KmodResolver`] is not `Send`. [`ResolverHandle`]
 //! runs one on a dedicated thread and serves async callers over a channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, CStr, CString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -330,16 +330,7 @@ impl ContextSpec {
 
     /// Creates a context and tries to mmap its indexes; returns whether that worked.
     fn create(&self) -> Result<(Ctx, bool), ResolverError> {
-        let array: Option<Vec<*const c_char>> = self.config_dirs.as_ref().map(|dirs| {
-            let mut a: Vec<_> = dirs.iter().map(|d| d.as_ptr()).collect();
-            a.push(ptr::null());
-            a
-        });
-        let config = array.as_ref().map_or(ptr::null(), |a| a.as_ptr());
-        let ctx = Ctx::new(&self.c_module_dir, config).ok_or_else(|| ResolverError::Context {
-            module_dir: self.module_dir.clone(),
-            reason: "kmod_new failed".to_string(),
-        })?;
+        let ctx = self.context()?;
         let loaded = match ctx.load_resources() {
             Ok(()) => true,
             Err(errno) => {
@@ -350,6 +341,95 @@ impl ContextSpec {
         };
         Ok((ctx, loaded))
     }
+
+    /// Creates a context that has read the configuration (not yet the indexes).
+    fn context(&self) -> Result<Ctx, ResolverError> {
+        let array: Option<Vec<*const c_char>> = self.config_dirs.as_ref().map(|dirs| {
+            let mut a: Vec<_> = dirs.iter().map(|d| d.as_ptr()).collect();
+            a.push(ptr::null());
+            a
+        });
+        let config = array.as_ref().map_or(ptr::null(), |a| a.as_ptr());
+        Ctx::new(&self.c_module_dir, config).ok_or_else(|| ResolverError::Context {
+            module_dir: self.module_dir.clone(),
+            reason: "kmod_new failed".to_string(),
+        })
+    }
+}
+
+/// The `install` lines and `options` of the configuration libkmod reads (modprobe.d and the
+/// kernel command line's `MODULE.PARAM=`): what the install-command runner checks a request
+/// against (see `crate::install_runner`).
+#[derive(Debug, Default)]
+pub struct InstallConfig {
+    /// (name the line is for, command) of every `install` line.
+    commands: HashSet<(String, String)>,
+    /// Every whitespace-separated word of every `options` line.
+    option_words: HashSet<String>,
+}
+
+impl InstallConfig {
+    /// Reads the configuration of a libkmod context for `module_dir` with `config_dirs` (or
+    /// libkmod's default directories when `None`), as [`KmodResolver::new`] would.
+    pub fn read(module_dir: &Path, config_dirs: Option<&[PathBuf]>) -> Result<Self, ResolverError> {
+        let ctx = ContextSpec::new(module_dir, config_dirs)?.context()?;
+        let commands = config_pairs(&ctx, ffi::kmod_config_get_install_commands);
+        let option_words = config_pairs(&ctx, ffi::kmod_config_get_options)
+            .into_iter()
+            .flat_map(|(_, options)| {
+                let words: Vec<String> = options.split_whitespace().map(str::to_string).collect();
+                words
+            })
+            .collect();
+        Ok(InstallConfig {
+            commands: commands.into_iter().collect(),
+            option_words,
+        })
+    }
+
+    /// Whether an `install` line with exactly this command is configured for module `name`
+    /// (the line's name is a shell pattern to libkmod, as to `kmod_module_get_install_commands`).
+    pub fn has_command(&self, name: &str, command: &str) -> bool {
+        let Ok(c_name) = CString::new(name) else {
+            return false;
+        };
+        self.commands.iter().any(|(pattern, configured)| {
+            configured == command
+                && CString::new(pattern.as_str()).is_ok_and(|pattern| {
+                    // SAFETY: two valid NUL-terminated strings; fnmatch only reads them.
+                    unsafe { libc::fnmatch(pattern.as_ptr(), c_name.as_ptr(), 0) == 0 }
+                })
+        })
+    }
+
+    /// Whether `word` appears in some `options` line.
+    pub fn has_option_word(&self, word: &str) -> bool {
+        self.option_words.contains(word)
+    }
+}
+
+/// The (key, value) pairs of one of libkmod's configuration lists.
+fn config_pairs(
+    ctx: &Ctx,
+    list: unsafe extern "C" fn(*const ffi::kmod_ctx) -> *mut ffi::kmod_config_iter,
+) -> Vec<(String, String)> {
+    // SAFETY: live context; the iterator (or NULL) is ours and freed below.
+    let iter = unsafe { list(ctx.0.as_ptr()) };
+    if iter.is_null() {
+        return Vec::new();
+    }
+    let mut pairs = Vec::new();
+    // SAFETY: `iter` is a valid iterator; next() must come before the first get_key/get_value,
+    // whose strings (or NULL) live as long as the context and are copied here.
+    unsafe {
+        while ffi::kmod_config_iter_next(iter) {
+            let key = cstr_to_string(ffi::kmod_config_iter_get_key(iter));
+            let value = cstr_to_string(ffi::kmod_config_iter_get_value(iter));
+            pairs.push((key.unwrap_or_default(), value.unwrap_or_default()));
+        }
+        ffi::kmod_config_iter_free_iter(iter);
+    }
+    pairs
 }
 
 /// Shared nodes by (module name, options): see [`NodeBuilder`].

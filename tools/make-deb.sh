@@ -48,7 +48,8 @@ mkdir -p "$scratch/var/lib/dpkg/info" "$scratch/var/lib/dpkg/updates"
 touch "$scratch/var/lib/dpkg/status"
 dpkg --root="$scratch" --force-script-chrootless --force-depends --log=/dev/null -i "$deb" >/dev/null
 for f in usr/bin/modbrokerd usr/bin/modbroker usr/lib/systemd/system/modbroker.socket \
-	usr/lib/systemd/system/modbroker.service etc/udev/rules.d/80-drivers.rules \
+	usr/lib/systemd/system/modbroker.service usr/lib/systemd/system/modbroker-install.socket \
+	usr/lib/systemd/system/modbroker-install@.service etc/udev/rules.d/80-drivers.rules \
 	usr/share/initramfs-tools/hooks/modbroker usr/share/initramfs-tools/scripts/init-top/modbroker \
 	usr/share/initramfs-tools/scripts/init-bottom/modbroker \
 	usr/lib/dracut/modules.d/90modbroker/module-setup.sh \

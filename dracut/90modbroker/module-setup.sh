@@ -25,7 +25,13 @@ install() {
 	[[ -f /etc/modbroker/modbroker.toml ]] && inst_simple /etc/modbroker/modbroker.toml
 	inst_simple "$systemdsystemunitdir/modbroker.socket"
 	inst_simple "$systemdsystemunitdir/modbroker.service"
-	inst_simple "$moddir/initrd.conf" "$systemdsystemunitdir/modbroker.socket.d/initrd.conf"
-	inst_simple "$moddir/initrd.conf" "$systemdsystemunitdir/modbroker.service.d/initrd.conf"
+	# The install-command runner (pulled in by modbroker.service): modprobe.d `install` lines
+	# run outside the daemon's sandbox here too.
+	inst_simple "$systemdsystemunitdir/modbroker-install.socket"
+	inst_simple "$systemdsystemunitdir/modbroker-install@.service"
+	local unit
+	for unit in modbroker.socket modbroker.service modbroker-install.socket modbroker-install@.service; do
+		inst_simple "$moddir/initrd.conf" "$systemdsystemunitdir/$unit.d/initrd.conf"
+	done
 	$SYSTEMCTL -q --root "$initdir" enable modbroker.socket
 }

@@ -18,7 +18,7 @@
 //! once on stderr and loads with the defaults. `--check-config` checks a file and exits.
 
 use std::io::IsTerminal;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -32,6 +32,7 @@ use modbroker::broker::Broker;
 use modbroker::cli::DaemonArgs as Args;
 use modbroker::config::{check_log_level, Config, ConfigError, DEFAULT_CONFIG_PATH};
 use modbroker::direct::load_direct;
+use modbroker::install_runner;
 use modbroker::kernel::SysKernel;
 use modbroker::notify::Notifier;
 use modbroker::plan::{BlacklistScope, Plan};
@@ -77,6 +78,9 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let (config, errors) = load_config(&args);
     let log_level = init_logging(&config.log_level);
+    if args.run_install {
+        return run_install(&config);
+    }
     if args.oneshot {
         for err in &errors {
             warn!("{err}; loading with {}", fallback(err, false));
@@ -99,6 +103,18 @@ fn main() -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(serve(args, config, config_note, log_level))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--run-install`: the connection modbroker-install.socket accepted is our stdin.
+fn run_install(config: &Config) -> anyhow::Result<ExitCode> {
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot take the connection on stdin")?;
+    let stream = std::os::unix::net::UnixStream::from(stdin);
+    install_runner::serve(stream, &config.module_dir(), None)
+        .context("cannot serve the install-command request")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -303,7 +319,10 @@ async fn serve(
     let module_dir = config.module_dir();
     let resolver = ResolverHandle::spawn(module_dir.clone(), None)
         .with_context(|| format!("cannot open the module tree {}", module_dir.display()))?;
-    let broker = Broker::new(Arc::new(SysKernel::default()), config.broker_settings());
+    // Install commands go to the unsandboxed runner when its socket is there (see
+    // modbroker::install_runner); in an initramfs without systemd they run here.
+    let kernel = SysKernel::default().with_install_runner(install_runner::DEFAULT_SOCKET.into());
+    let broker = Broker::new(Arc::new(kernel), config.broker_settings());
     let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
     let access = SharedAccess::from(access_policy(&config));
     let (listener, bound_path) = listen(&config, config_file(&args).0)?;

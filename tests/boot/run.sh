@@ -40,7 +40,8 @@ prepare() {
 		# dpkg runs the initramfs generator through the trigger (no explicit rebuild here).
 		in_chroot "$root" dpkg -i /root/modbroker.deb ;;&
 	*-broker)
-		install -D -m 0755 "$BOOT_DIR/guest/extra-broker.sh" "$root/etc/mbtest/extra.sh" ;;
+		install -D -m 0755 "$BOOT_DIR/guest/extra-broker.sh" "$root/etc/mbtest/extra.sh"
+		install -D -m 0644 "$BOOT_DIR/guest/mbtest-install.conf" "$root/etc/modprobe.d/mbtest-install.conf" ;;
 	*-removed) in_chroot "$root" dpkg -r modbroker ;;
 	*-typo) echo "failure_window = 10" >>"$root/etc/modbroker/modbroker.toml"
 		rebuild_initramfs "$root" "$gen" ;;
@@ -201,6 +202,11 @@ judge_broker() {
 		;;
 	*-broker)
 		check "$case: requests during an upgrade (dpkg -i while serving) all answered" grep -q '^upgrade: all answered' "$r/extra"
+		check "$case: an install line through the daemon wrote /run, /sys and /proc/sys (modbroker-install@.service)" \
+			grep -q '^install: ran outside the sandbox' "$r/extra"
+		check "$case: its stdout went to the runner's journal" grep -q '^install: stdout in the journal' "$r/extra"
+		check "$case: control: the same line inside the daemon's sandbox fails" \
+			grep -q '^install control: fails inside the sandbox' "$r/extra"
 		;;
 	esac
 	# The initramfs's daemon is gone; its last log line holds its totals (requests it answered

@@ -187,5 +187,12 @@ check_eq "(i) exit 0" 0 "$MB_RC"
 check "(i) stderr says daemon unreachable" grep -q 'daemon unreachable' "$MB_ERR"
 check "(i) mb_ok2 in /proc/modules" is_loaded mb_ok2
 check_eq "(i) 1 finit_module call" 1 "$(finit_calls)"
+# An install line that prints: its output must not reach the result the client reads.
+echo 'install mbtest_chatty echo "chatter on stdout"; echo ran >/tmp/mbtest-chatty.ran' \
+	>>/run/modprobe.d/mbtest.conf
+mb_run i3 load mbtest_chatty
+check_eq "(i) install line printing to stdout, through the fallback: exit 0" 0 "$MB_RC"
+check "(i) the install line ran" test -e /tmp/mbtest-chatty.ran
+check "(i) its output went to stderr, not into the result" grep -q 'chatter on stdout' "$MB_ERR"
 
 finish
