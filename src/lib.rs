@@ -20,7 +20,7 @@
 //! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply), [`notify`] (systemd notifications),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
-//! outside the daemon's sandbox). [`testing`] holds the fake kernel used by tests.
+//! outside the daemon's sandbox), [`record`] (the boot's record of module loading). [`testing`] holds the fake kernel used by tests.
 //!
 //! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
 //! server and the broker so that the server knows only sockets and the broker only modules (the
@@ -40,6 +40,7 @@ pub mod module_file;
 pub mod notify;
 pub mod plan;
 pub mod protocol;
+pub mod record;
 pub mod resolver;
 pub mod server;
 pub mod service;
