@@ -47,8 +47,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
-use crate::plan::ModuleNode;
+use crate::plan::{LoadMethod, ModuleNode};
 use crate::protocol::{Failure, FailureCount, InFlight};
+use crate::record::{Answered, LoadRecord, LoadTimer, Method, Phase, Recorder, Requester, Totals};
 
 /// Tunables of the merge.
 #[derive(Debug, Clone)]
@@ -95,6 +96,8 @@ struct Flight {
     waiters: u64,
     /// The module this load's task is awaiting right now (a dependency or softdep), if any.
     waiting_on: Option<String>,
+    /// Requests this load answers: the one that started it and those merged into it.
+    answered: u64,
     load: SharedLoad,
 }
 
@@ -135,6 +138,21 @@ pub struct Counters {
     pub failed_loads: AtomicU64,
 }
 
+impl Counters {
+    /// One reading of every counter, as the record keeps them.
+    pub fn totals(&self) -> Totals {
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        Totals {
+            requests: get(&self.requests),
+            targets: get(&self.targets),
+            merged: get(&self.merged),
+            already_loaded: get(&self.already_loaded),
+            load_calls: get(&self.load_calls),
+            failed_loads: get(&self.failed_loads),
+        }
+    }
+}
+
 struct Inner {
     kernel: Arc<dyn Kernel>,
     /// The failure window in milliseconds; changeable while serving (SIGHUP).
@@ -143,6 +161,7 @@ struct Inner {
     permits: Semaphore,
     permit_patience: Duration,
     counters: Counters,
+    recorder: Arc<Recorder>,
 }
 
 /// The merge map and everything around it. Cheap to clone; all clones share one map.
@@ -163,8 +182,17 @@ enum Step {
 }
 
 impl Broker {
-    /// A broker over `kernel`.
+    /// A broker over `kernel`, recording into a fresh root-phase [`Recorder`].
     pub fn new(kernel: Arc<dyn Kernel>, settings: BrokerSettings) -> Self {
+        Self::with_recorder(kernel, settings, Arc::new(Recorder::new(Phase::Root)))
+    }
+
+    /// A broker over `kernel` that records requests and loads into `recorder`.
+    pub fn with_recorder(
+        kernel: Arc<dyn Kernel>,
+        settings: BrokerSettings,
+        recorder: Arc<Recorder>,
+    ) -> Self {
         let permits = Semaphore::new(settings.max_parallel_loads.max(1));
         Broker {
             inner: Arc::new(Inner {
@@ -174,6 +202,7 @@ impl Broker {
                 permits,
                 permit_patience: settings.permit_patience,
                 counters: Counters::default(),
+                recorder,
             }),
         }
     }
@@ -195,6 +224,11 @@ impl Broker {
         &self.inner.counters
     }
 
+    /// The record of requests and loads.
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.inner.recorder
+    }
+
     fn lock(&self) -> MutexGuard<'_, MergeMap> {
         // The map is only mutated in short sections that cannot panic half-way; a poisoned lock
         // still holds consistent data, and a boot-path daemon must keep serving.
@@ -202,9 +236,31 @@ impl Broker {
     }
 
     /// Brings `node` (and its dependencies) into the kernel, merging with any load of the same
-    /// name in flight. `params` are the request's validated parameters for this module.
-    pub async fn load(&self, node: Arc<ModuleNode>, params: String, retry: bool) -> ModuleAnswer {
+    /// name in flight. `params` are the request's validated parameters for this module;
+    /// `requester` is who asked, for the record.
+    pub async fn load(
+        &self,
+        node: Arc<ModuleNode>,
+        params: String,
+        retry: bool,
+        requester: &Requester,
+    ) -> ModuleAnswer {
+        self.inner.recorder.request(&node.name, requester);
         self.load_as(node, params, retry, None).await
+    }
+
+    /// `load` of a dependency or softdep by the load task of module `parent`.
+    fn load_for(
+        &self,
+        node: Arc<ModuleNode>,
+        retry: bool,
+        parent: &str,
+    ) -> BoxFuture<'static, ModuleAnswer> {
+        let requester = Requester::Dependency {
+            of: parent.to_string(),
+        };
+        self.inner.recorder.request(&node.name, &requester);
+        self.load_as(node, String::new(), retry, Some(parent.to_string()))
     }
 
     /// `load`, on behalf of the load task of module `parent` when there is one (for cycle checks).
@@ -250,6 +306,9 @@ impl Broker {
                 .counters
                 .already_loaded
                 .fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .recorder
+                .answered(&node.name, Answered::AlreadyLoaded);
             self.lock().failures.remove(&node.name);
             return Step::Done(ModuleAnswer {
                 outcome,
@@ -263,6 +322,9 @@ impl Broker {
         }
         if let Some(failure) = self.remembered_failure(&map, node, params, retry) {
             self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .recorder
+                .answered(&node.name, Answered::FailureWindow);
             return Step::Done(ModuleAnswer {
                 outcome: ModuleOutcome::Failed(failure),
                 merged: true,
@@ -278,9 +340,11 @@ impl Broker {
                 started: Instant::now(),
                 waiters: 0,
                 waiting_on: None,
+                answered: 1,
                 load: load.clone(),
             },
         );
+        self.inner.recorder.answered(&node.name, Answered::Direct);
         Step::Await {
             load,
             merged: false,
@@ -298,15 +362,19 @@ impl Broker {
         if let Some(parent) = parent {
             if waits_on(map, &node.name, parent) {
                 debug!(module = %node.name, %parent, "dependency cycle: not waiting");
+                self.inner.recorder.answered(&node.name, Answered::Merged);
                 return Some(Step::Done(ModuleAnswer {
                     outcome: ModuleOutcome::AlreadyLoaded,
                     merged: true,
                 }));
             }
         }
-        let flight = map.in_flight.get(&node.name)?;
+        let flight = map.in_flight.get_mut(&node.name)?;
         let load = flight.load.clone();
         let same_load = flight.params == params && flight.node == *node;
+        if same_load {
+            flight.answered += 1;
+        }
         // Recorded under this same lock, so two loads deciding to wait on each other at the
         // same instant cannot both miss the cycle.
         mark_waiting(map, parent, Some(&node.name));
@@ -314,6 +382,7 @@ impl Broker {
             return Some(Step::AwaitThenRetry(load));
         }
         self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
+        self.inner.recorder.answered(&node.name, Answered::Merged);
         Some(Step::Await { load, merged: true })
     }
 
@@ -363,13 +432,12 @@ impl Broker {
 
     /// The body of a load task: softdeps before, dependencies, the module, softdeps after.
     async fn run_load(&self, node: Arc<ModuleNode>, params: String, retry: bool) -> ModuleOutcome {
-        let me = Some(node.name.clone());
+        let mut timer = LoadTimer::default();
+        let me = node.name.as_str();
         // libkmod's order: hard dependencies first, then the pre-softdeps, then the module.
         let mut outcome = None;
         for dep in &node.deps {
-            let answer = self
-                .load_as(dep.clone(), String::new(), retry, me.clone())
-                .await;
+            let answer = self.load_for(dep.clone(), retry, me).await;
             if let ModuleOutcome::Failed(failure) = answer.outcome {
                 outcome = Some(ModuleOutcome::Failed(failure));
                 break;
@@ -379,37 +447,46 @@ impl Broker {
             Some(dep_failure) => dep_failure,
             None => {
                 for soft in &node.pre {
-                    self.load_soft(soft, retry, &me).await;
+                    self.load_soft(soft, retry, me).await;
                 }
-                self.load_self(&node, &params).await
+                timer.deps_done();
+                self.load_self(&node, &params, &mut timer).await
             }
         };
         if outcome.is_ok() {
             for soft in &node.post {
-                self.load_soft(soft, retry, &me).await;
+                self.load_soft(soft, retry, me).await;
             }
         }
-        self.finish(&node, &params, &outcome);
+        self.finish(&node, &params, &outcome, &timer);
         outcome
     }
 
-    async fn load_soft(&self, soft: &Arc<ModuleNode>, retry: bool, me: &Option<String>) {
-        let answer = self
-            .load_as(soft.clone(), String::new(), retry, me.clone())
-            .await;
+    async fn load_soft(&self, soft: &Arc<ModuleNode>, retry: bool, me: &str) {
+        let answer = self.load_for(soft.clone(), retry, me).await;
         if let ModuleOutcome::Failed(f) = answer.outcome {
             info!(module = %soft.name, error = %f.message, "softdep failed (ignored)");
         }
     }
 
     /// The module's own syscall, unless someone loaded it meanwhile.
-    async fn load_self(&self, node: &Arc<ModuleNode>, params: &str) -> ModuleOutcome {
+    async fn load_self(
+        &self,
+        node: &Arc<ModuleNode>,
+        params: &str,
+        timer: &mut LoadTimer,
+    ) -> ModuleOutcome {
         let kernel = self.inner.kernel.clone();
         if let Some(outcome) = settled_outcome(kernel.as_ref(), node) {
             return outcome;
         }
         let options = join_options(&node.options, params);
         let _permit = self.parallel_slot(&node.name).await;
+        timer.call_starts(match &node.method {
+            LoadMethod::File(path) => kernel.hand_over(path),
+            LoadMethod::Install(_) => Method::Install,
+            LoadMethod::Builtin => Method::None,
+        });
         self.inner
             .counters
             .load_calls
@@ -443,14 +520,39 @@ impl Broker {
         }
     }
 
-    /// Removes the in-flight entry and remembers a lasting failure, under one lock.
-    fn finish(&self, node: &Arc<ModuleNode>, params: &str, outcome: &ModuleOutcome) {
+    /// Removes the in-flight entry and remembers a lasting failure, under one lock; then
+    /// records the load.
+    fn finish(
+        &self,
+        node: &Arc<ModuleNode>,
+        params: &str,
+        outcome: &ModuleOutcome,
+        timer: &LoadTimer,
+    ) {
+        let load = self.finish_locked(node, params, outcome, timer);
+        self.inner.recorder.journal(&node.name, &load);
+    }
+
+    /// `finish`'s part under the lock, the load's record included: once the entry is gone, the
+    /// record has the load. Returns the record.
+    fn finish_locked(
+        &self,
+        node: &Arc<ModuleNode>,
+        params: &str,
+        outcome: &ModuleOutcome,
+        timer: &LoadTimer,
+    ) -> LoadRecord {
         let name = node.name.as_str();
         let mut map = self.lock();
-        let waiters = map.in_flight.remove(name).map_or(0, |f| f.waiters);
+        let flight = map.in_flight.remove(name);
+        // The entry is always there (inserted before the task could run); 1 if it ever were not.
+        let answered = flight.as_ref().map_or(1, |f| f.answered);
+        let waiters = flight.map_or(0, |f| f.waiters);
+        let load = timer.finish(outcome, answered);
+        self.inner.recorder.load_ended(name, load.clone());
         let ModuleOutcome::Failed(failure) = outcome else {
             map.failures.remove(name);
-            return;
+            return load;
         };
         // A dependency's failure is counted, logged and remembered under the dependency's own
         // load: a later request for this module checks the dependency's state again.
@@ -468,6 +570,7 @@ impl Broker {
                 failure: failure.clone(),
             });
         }
+        load
     }
 
     /// Counts and logs a failure of a module's own load call.

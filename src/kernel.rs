@@ -25,6 +25,7 @@ use crate::module_file::{
 };
 use crate::plan::{LoadMethod, ModuleNode};
 use crate::protocol::Failure;
+use crate::record::Method;
 
 /// What `/sys/module/NAME` says about a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,11 @@ pub trait Kernel: Send + Sync + 'static {
     fn load_file(&self, name: &str, path: &Path, options: &str) -> Result<(), Errno>;
     /// Runs an `install` command from modprobe.d for module `name`.
     fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure>;
+
+    /// How [`Kernel::load_file`] will hand the file at `path` to the kernel (for the record).
+    fn hand_over(&self, _path: &Path) -> Method {
+        Method::Finit
+    }
 }
 
 /// The real kernel: syscalls and sysfs.
@@ -129,6 +135,16 @@ impl Kernel for SysKernel {
         }
         let file = File::open(path).map_err(|e| io_errno(&e))?;
         finit_module(&file, &options, ModuleInitFlags::empty())
+    }
+
+    fn hand_over(&self, path: &Path) -> Method {
+        match Compression::of(path) {
+            None => Method::Finit,
+            Some(c) if self.kernel_compression.as_deref() == Some(c.sysfs_name()) => {
+                Method::FinitCompressed
+            }
+            Some(_) => Method::InitModule,
+        }
     }
 
     fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {

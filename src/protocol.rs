@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::record::Requester;
+
 /// Protocol version. Requests carry it as `"v"`; a request with another version is refused with
 /// an `unsupported-version` error instead of being guessed at.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -49,6 +51,10 @@ pub struct LoadRequest {
     /// applies to modules found through an alias only, as `modprobe` and the kernel's
     /// `request_module()` do.
     pub blacklist_names: bool,
+    /// Who asks, for the boot's record (`modbroker blame`): `udev` (with the uevent's
+    /// `SUBSYSTEM` and `DEVPATH`) or `kernel` (the autoload helper). Absent: the daemon records
+    /// the peer's uid and command name.
+    pub origin: Option<Requester>,
 }
 
 /// The request line as it appears on the wire. Unknown fields are refused so that a typo (say
@@ -70,6 +76,8 @@ struct WireRequest {
     timeout_ms: Option<u64>,
     #[serde(default)]
     blacklist_names: bool,
+    #[serde(default)]
+    origin: Option<Requester>,
 }
 
 fn default_wait() -> bool {
@@ -154,6 +162,9 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
             "params need exactly one target".into(),
         ));
     }
+    if let Some(origin) = &wire.origin {
+        check_origin(origin)?;
+    }
     Ok(Request::Load(LoadRequest {
         targets: wire.targets,
         params: wire.params,
@@ -161,7 +172,18 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
         retry: wire.retry,
         timeout_ms: wire.timeout_ms,
         blacklist_names: wire.blacklist_names,
+        origin: wire.origin,
     }))
+}
+
+/// Clients may say `udev` or `kernel`; the daemon itself fills in a CLI peer and dependencies.
+fn check_origin(origin: &Requester) -> Result<(), ProtocolError> {
+    match origin {
+        Requester::Udev { .. } | Requester::Kernel => Ok(()),
+        _ => Err(ProtocolError::Invalid(
+            "origin must be udev or kernel".into(),
+        )),
+    }
 }
 
 fn check_targets(targets: &[String]) -> Result<(), ProtocolError> {
@@ -179,8 +201,8 @@ fn check_targets(targets: &[String]) -> Result<(), ProtocolError> {
 
 impl Request {
     /// Encodes the request as one JSON line (with its newline), as the client sends it.
-    /// `blacklist_names` is sent only when true, so that a request without it still reaches a
-    /// daemon older than the field (which refuses unknown fields).
+    /// `blacklist_names` is sent only when true, and `origin` only when set, so that a request
+    /// without them still reaches a daemon older than the fields (which refuses unknown fields).
     pub fn encode(&self) -> String {
         let value = match self {
             Request::Load(load) => {
@@ -195,6 +217,9 @@ impl Request {
                 });
                 if load.blacklist_names {
                     value["blacklist_names"] = true.into();
+                }
+                if let Some(origin) = &load.origin {
+                    value["origin"] = serde_json::to_value(origin).unwrap_or_default();
                 }
                 value
             }
@@ -489,6 +514,7 @@ mod tests {
             retry: true,
             timeout_ms: Some(500),
             blacklist_names: true,
+            origin: None,
         });
         let line = req.encode();
         assert!(line.ends_with('\n'));
@@ -509,6 +535,7 @@ mod tests {
             .contains("blacklist_names"));
         let udev = Request::Load(LoadRequest {
             blacklist_names: true,
+            origin: None,
             ..load
         });
         assert!(udev.encode().contains(r#""blacklist_names":true"#));

@@ -23,7 +23,8 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::protocol::{decode_request, ProtocolError, Reply, MAX_FRAME};
+use crate::protocol::{decode_request, ProtocolError, Reply, Request, MAX_FRAME};
+use crate::record::Requester;
 use crate::service::Service;
 
 /// Initial read buffer per connection.
@@ -345,6 +346,7 @@ impl Connection {
         let (read, mut write) = stream.into_split();
         // A refused peer still gets exactly one (permission-denied) reply per request line.
         let denied = self.check_peer(read.as_ref()).err();
+        let peer = peer_requester(read.as_ref());
         // Requests are a few hundred bytes: start the buffer small (the default 8 KiB per
         // connection would dominate memory with 10,000 waiting clients); it grows as needed.
         let codec = LinesCodec::new_with_max_length(MAX_FRAME);
@@ -361,7 +363,7 @@ impl Connection {
                 Some(Ok(line)) => match &denied {
                     Some(denied) => (Reply::error(denied), false),
                     None => match self
-                        .answer_unless_gone(&line, lines.get_ref().as_ref())
+                        .answer_unless_gone(&line, &peer, lines.get_ref().as_ref())
                         .await
                     {
                         Some(reply) => (reply, false),
@@ -397,8 +399,13 @@ impl Connection {
 
     /// Answers `line`, unless the peer hangs up first: then its wait is dropped (the loads it
     /// asked for go on; they are spawned tasks) so `status` does not count it as a waiter.
-    async fn answer_unless_gone(&self, line: &str, stream: &UnixStream) -> Option<Reply> {
-        let answer = self.answer(line);
+    async fn answer_unless_gone(
+        &self,
+        line: &str,
+        peer: &Requester,
+        stream: &UnixStream,
+    ) -> Option<Reply> {
+        let answer = self.answer(line, peer);
         tokio::pin!(answer);
         tokio::select! {
             reply = &mut answer => return Some(reply),
@@ -412,8 +419,14 @@ impl Connection {
         Some(answer.await)
     }
 
-    async fn answer(&self, line: &str) -> Reply {
+    /// Serves one request line; a load that does not say who asks (udev, the kernel) is
+    /// recorded as asked by `peer`.
+    async fn answer(&self, line: &str, peer: &Requester) -> Reply {
         match decode_request(line.as_bytes()) {
+            Ok(Request::Load(mut load)) => {
+                load.origin.get_or_insert_with(|| peer.clone());
+                self.service.handle(Request::Load(load)).await
+            }
             Ok(request) => self.service.handle(request).await,
             Err(err) => {
                 debug!(error = %err, "bad request");
@@ -463,6 +476,25 @@ async fn peer_hung_up(stream: &UnixStream) -> bool {
                     .is_some_and(|revents| revents.contains(PollFlags::POLLHUP))
         }
         Ok(_) => false,
+    }
+}
+
+/// The peer as the record names a CLI requester: its uid and `/proc/PID/comm` (unknown uid
+/// `u32::MAX` if the kernel cannot say; no name if the process is gone or hidden from us).
+fn peer_requester(stream: &UnixStream) -> Requester {
+    match stream.peer_cred() {
+        Ok(cred) => Requester::Cli {
+            uid: cred.uid(),
+            comm: cred.pid().and_then(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .ok()
+                    .map(|c| c.trim_end().to_string())
+            }),
+        },
+        Err(_) => Requester::Cli {
+            uid: u32::MAX,
+            comm: None,
+        },
     }
 }
 

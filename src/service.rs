@@ -18,6 +18,7 @@ use crate::protocol::{
     Failure, LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
     TargetResult,
 };
+use crate::record::Requester;
 use crate::target::{validate_params, validate_target};
 
 /// Something that turns a validated target into a plan (libkmod in the daemon, a table in tests).
@@ -108,10 +109,11 @@ impl Service {
         let how = TargetLoad {
             retry: request.retry,
             blacklist: BlacklistScope::names_too(request.blacklist_names),
+            requester: request.origin.unwrap_or_else(Requester::this_process),
         };
         let jobs = request.targets.iter().map(|target| {
             let this = self.clone();
-            let (target, params) = (target.clone(), params.clone());
+            let (target, params, how) = (target.clone(), params.clone(), how.clone());
             async move {
                 if !request.wait {
                     let queued = queued(&target);
@@ -144,7 +146,10 @@ impl Service {
         };
         self.forget_failures_after_reload();
         let answers = match plan.as_ref() {
-            Plan::Load(nodes) => self.load_in_lookup_order(nodes, params, how.retry).await,
+            Plan::Load(nodes) => {
+                self.load_in_lookup_order(nodes, params, how.retry, &how.requester)
+                    .await
+            }
             _ => Vec::new(),
         };
         plan_result(target, &plan, &answers, started)
@@ -159,10 +164,13 @@ impl Service {
         nodes: &[Arc<ModuleNode>],
         params: &str,
         retry: bool,
+        requester: &Requester,
     ) -> Vec<ModuleAnswer> {
         let mut answers = Vec::with_capacity(nodes.len());
         for node in nodes {
-            let answer = self.broker.load(node.clone(), params.to_string(), retry);
+            let answer = self
+                .broker
+                .load(node.clone(), params.to_string(), retry, requester);
             answers.push(answer.await);
         }
         answers
@@ -209,12 +217,25 @@ impl Service {
 }
 
 /// How one target of a load request is loaded.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct TargetLoad {
     /// Bypass the failure window.
     pub retry: bool,
     /// Whom the blacklist refuses.
     pub blacklist: BlacklistScope,
+    /// Who asked, for the record.
+    pub requester: Requester,
+}
+
+impl Default for TargetLoad {
+    /// No retry, the blacklist for aliases, asked by this process.
+    fn default() -> Self {
+        TargetLoad {
+            retry: false,
+            blacklist: BlacklistScope::default(),
+            requester: Requester::this_process(),
+        }
+    }
 }
 
 /// The result for `target` given its plan and, for `Plan::Load`, one answer per top module.

@@ -30,6 +30,7 @@ fn load_request(target: &str, params: &[&str], retry: bool) -> Request {
         retry,
         timeout_ms: None,
         blacklist_names: false,
+        origin: None,
     })
 }
 
@@ -423,6 +424,7 @@ async fn invalid_targets_and_params_get_their_own_result() {
             retry: false,
             timeout_ms: None,
             blacklist_names: false,
+            origin: None,
         }))
         .await;
     let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
@@ -454,6 +456,7 @@ async fn waiter_timeout_replies_and_the_load_goes_on() {
         retry: false,
         timeout_ms: Some(50),
         blacklist_names: false,
+        origin: None,
     });
     let r = one_result(&service, request).await;
     assert_eq!(r.outcome, OutcomeKind::TimedOut);
@@ -484,6 +487,7 @@ async fn no_wait_replies_queued_and_loads() {
         retry: false,
         timeout_ms: None,
         blacklist_names: false,
+        origin: None,
     });
     assert_eq!(
         one_result(&service, request).await.outcome,

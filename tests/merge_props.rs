@@ -19,6 +19,7 @@ use std::time::Duration;
 use modbroker::broker::{Broker, BrokerSettings, ModuleAnswer};
 use modbroker::kernel::ModuleOutcome;
 use modbroker::plan::ModuleNode;
+use modbroker::record::{Outcome, Requester};
 use modbroker::testing::{node, FakeKernel};
 use nix::errno::Errno;
 use proptest::prelude::*;
@@ -132,12 +133,51 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
     let (answers, drained) = runtime.block_on(drive(scenario, &broker, &nodes));
     prop_assert!(drained, "in-flight map did not drain");
     prop_assert_eq!(broker.in_flight_count(), 0);
+    check_record(&broker, &kernel)?;
     check_calls(scenario, &kernel)?;
     let answers = check_answers(scenario, answers)?;
     check_probes(scenario, &kernel, &runtime, &broker, &nodes, &answers)
 }
 
 type Answers = Vec<Result<Result<ModuleAnswer, JoinError>, Elapsed>>;
+
+/// The boot's record agrees with the counters and the fake kernel, whatever the interleaving
+/// (cancelled requests included): merged answers (joins and remembered failures), sysfs answers,
+/// load calls and failed calls, and each load's timestamps in order.
+fn check_record(broker: &Broker, kernel: &FakeKernel) -> Result<(), TestCaseError> {
+    let totals = broker.counters().totals();
+    let record = broker.recorder().snapshot(totals.clone(), false);
+    let modules = &record.modules;
+    let sum =
+        |f: &dyn Fn(&modbroker::record::ModuleRecord) -> u64| modules.iter().map(f).sum::<u64>();
+    prop_assert_eq!(
+        sum(&|m| m.requests.merged + m.requests.failure_window),
+        totals.merged
+    );
+    prop_assert_eq!(sum(&|m| m.requests.already_loaded), totals.already_loaded);
+    let loads = || modules.iter().flat_map(|m| m.loads.iter());
+    // Loads past MAX_LOADS per module are counted, not kept: the kept ones bound the calls.
+    let dropped = sum(&|m| m.loads_dropped);
+    let calls = loads().filter(|l| l.call_start_us.is_some()).count() as u64;
+    prop_assert_eq!(totals.load_calls, kernel.total_calls() as u64);
+    prop_assert!(calls <= totals.load_calls && totals.load_calls <= calls + dropped);
+    let own_failures = loads()
+        .filter(|l| l.call_start_us.is_some() && l.outcome == Outcome::Failed)
+        .count() as u64;
+    prop_assert!(own_failures <= totals.failed_loads);
+    prop_assert!(totals.failed_loads <= own_failures + dropped);
+    // Every load was started by exactly one direct request.
+    prop_assert_eq!(
+        sum(&|m| m.loads.len() as u64 + m.loads_dropped),
+        sum(&|m| m.requests.direct)
+    );
+    for load in loads() {
+        let call = load.call_start_us.unwrap_or(load.end_us);
+        prop_assert!(load.queued_us <= load.deps_done_us && load.deps_done_us <= call);
+        prop_assert!(call <= load.end_us && load.answered >= 1);
+    }
+    Ok(())
+}
 
 /// Runs every request of the scenario concurrently; returns the answers and whether the
 /// in-flight map drained.
@@ -146,7 +186,11 @@ async fn drive(scenario: &Scenario, broker: &Broker, nodes: &[Arc<ModuleNode>]) 
     for req in &scenario.requests {
         let (broker, node) = (broker.clone(), nodes[req.module].clone());
         let (p, retry) = (params(req.params), req.retry);
-        let handle = tokio::spawn(async move { broker.load(node, p, retry).await });
+        let handle = tokio::spawn(async move {
+            broker
+                .load(node, p, retry, &Requester::this_process())
+                .await
+        });
         if let Some(yields) = req.cancel_after_yields {
             let abort = handle.abort_handle();
             tokio::spawn(async move {
@@ -261,7 +305,7 @@ fn check_probes(
     for (module, variant) in probes {
         let before = kernel.total_calls();
         let node = nodes[module].clone();
-        runtime.block_on(broker.load(node, params(variant), false));
+        runtime.block_on(broker.load(node, params(variant), false, &Requester::this_process()));
         let called = kernel.total_calls() > before;
         prop_assert_eq!(
             called,

@@ -246,6 +246,7 @@ fn pick_request(rng: &mut Rng) -> (Vec<usize>, LoadRequest) {
         retry: rng.one_in(50),
         timeout_ms: None,
         blacklist_names: false,
+        origin: None,
     };
     (picks, request)
 }

@@ -10,12 +10,13 @@
 # Compressed-module and coldplug VM tests: xz-utils, zstd, lz4.
 # Fuzzing (tools/fuzz.sh, which installs cargo-fuzz itself): g++ (libFuzzer is C++).
 # Real-boot tests (tests/boot): debootstrap, e2fsprogs (mkfs.ext4 -d, debugfs), init-system-helpers
-#   (the package's maintainer scripts, checked in a scratch root by make-deb).
+#   (the package's maintainer scripts, checked in a scratch root by make-deb), jq (the boot's
+#   record, read back from the guest).
 set -eu
 
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
-xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers"
+xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers jq"
 
 missing=
 for p in $packages; do

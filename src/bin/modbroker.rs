@@ -37,6 +37,7 @@ use clap::Parser;
 use modbroker::cli::{Cli, Command};
 use modbroker::client::{self, ClientError};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
+use modbroker::record::Requester;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -125,6 +126,20 @@ struct LoadOptions {
     blacklist_names: bool,
 }
 
+/// Who asks, for the daemon's record: udev (the uevent's `SUBSYSTEM` and `DEVPATH`, from the
+/// environment udev gives its `RUN` programs), the kernel's autoload helper, or, when `None`, the
+/// CLI (the daemon records the peer's uid and command name itself).
+fn origin(mode: Mode) -> Option<Requester> {
+    match mode {
+        Mode::Udev => Some(Requester::Udev {
+            subsystem: std::env::var("SUBSYSTEM").ok(),
+            devpath: std::env::var("DEVPATH").ok(),
+        }),
+        Mode::Helper => Some(Requester::Kernel),
+        Mode::Strict => None,
+    }
+}
+
 /// The client's total wait for the daemon: an explicit `--timeout` plus a second (so that the
 /// daemon's own timed-out reply arrives first), else [`UDEV_WAIT`] for udev and the kernel helper,
 /// else no bound.
@@ -153,6 +168,7 @@ fn load(
         retry: options.retry,
         timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
         blacklist_names: options.blacklist_names,
+        origin: origin(options.mode),
     });
     match client::call(socket, &request, options.bound) {
         Ok(reply) => report_results(reply, options),

@@ -36,6 +36,7 @@ use modbroker::install_runner;
 use modbroker::kernel::SysKernel;
 use modbroker::notify::Notifier;
 use modbroker::plan::{BlacklistScope, Plan};
+use modbroker::record::{self, Phase, Recorder};
 use modbroker::resolver::ResolverHandle;
 use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
@@ -228,30 +229,9 @@ fn stderr_is_journal() -> bool {
     stream.to_string_lossy() == format!("{}:{}", stat.st_dev, stat.st_ino)
 }
 
-/// The broker's counters now.
-struct Totals {
-    requests: u64,
-    merged: u64,
-    load_calls: u64,
-    failed_loads: u64,
-}
-
-impl Totals {
-    fn of(service: &Service) -> Self {
-        let c = service.broker().counters();
-        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
-        Totals {
-            requests: get(&c.requests),
-            merged: get(&c.merged),
-            load_calls: get(&c.load_calls),
-            failed_loads: get(&c.failed_loads),
-        }
-    }
-}
-
 /// The `STATUS=` line: the configuration error note (if any), then the counters.
 fn status_line(service: &Service, config_note: &str) -> String {
-    let t = Totals::of(service);
+    let t = service.broker().counters().totals();
     format!(
         "STATUS={config_note}{} requests, {} merged, {} loads, {} failed, {} in flight",
         t.requests,
@@ -292,7 +272,13 @@ fn init_logging(level: &str) -> LogLevelHandle {
         .and_then(Result::ok);
     match journald {
         Some(journald) => registry
-            .with(journald.with_syslog_identifier("modbrokerd".into()))
+            // No `F_` prefix: a finished load's fields are `MODULE=`, `ERRNO=`, ... so that
+            // `journalctl MODULE=kvm_amd` finds it.
+            .with(
+                journald
+                    .with_syslog_identifier("modbrokerd".into())
+                    .with_field_prefix(None),
+            )
             .init(),
         // Colours only for a person at a terminal: in an initramfs stderr is a log file or
         // /dev/kmsg, where escape codes are noise.
@@ -322,7 +308,9 @@ async fn serve(
     // Install commands go to the unsandboxed runner when its socket is there (see
     // modbroker::install_runner); in an initramfs without systemd they run here.
     let kernel = SysKernel::default().with_install_runner(install_runner::DEFAULT_SOCKET.into());
-    let broker = Broker::new(Arc::new(kernel), config.broker_settings());
+    let recorder = Arc::new(Recorder::new(Phase::detect()));
+    let broker = Broker::with_recorder(Arc::new(kernel), config.broker_settings(), recorder);
+    tokio::spawn(keep_record_written(broker.clone()));
     let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
     let access = SharedAccess::from(access_policy(&config));
     let (listener, bound_path) = listen(&config, config_file(&args).0)?;
@@ -365,7 +353,8 @@ async fn serve(
         let _ = std::fs::remove_file(path);
     }
     // The totals outlive the process in the log: an initramfs daemon's are all that is left of it.
-    let t = Totals::of(&service);
+    let t = service.broker().counters().totals();
+    write_record(service.broker(), true);
     info!(
         requests = t.requests,
         merged = t.merged,
@@ -374,6 +363,40 @@ async fn serve(
         "modbrokerd stopped"
     );
     Ok(())
+}
+
+/// How often the record file is brought up to date while anything changes.
+const RECORD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps this instance's file in the boot's record (`modbroker blame`) current: rewritten within
+/// [`RECORD_INTERVAL`] of a change. A reading of the change counter and the counters every
+/// interval costs next to nothing, and batches a coldplug burst into a few writes.
+async fn keep_record_written(broker: Broker) {
+    let mut written = None;
+    loop {
+        tokio::time::sleep(RECORD_INTERVAL).await;
+        let now = (broker.recorder().generation(), broker.counters().totals());
+        if written.as_ref() != Some(&now) {
+            write_record(&broker, false);
+            written = Some(now);
+        }
+    }
+}
+
+/// Writes this instance's record file; a failure is logged (at most once until a write works
+/// again) and never stops the daemon.
+fn write_record(broker: &Broker, stopped: bool) {
+    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let recorder = broker.recorder();
+    let snapshot = recorder.snapshot(broker.counters().totals(), stopped);
+    let dir = Path::new(record::RECORD_DIR);
+    match record::write_record(dir, &recorder.file_name(), &snapshot) {
+        Ok(()) => FAILING.store(false, Ordering::Relaxed),
+        Err(err) if !FAILING.swap(true, Ordering::Relaxed) => {
+            warn!(dir = %dir.display(), error = %err, "cannot write the boot's record")
+        }
+        Err(_) => {}
+    }
 }
 
 /// One descriptor per waiting client: during coldplug on a big machine thousands wait at once,

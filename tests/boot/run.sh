@@ -224,7 +224,55 @@ judge_broker() {
 	fi
 	check "$case: the initramfs's daemon answered requests and merged some, then stopped (requests merged: ${stopped:-none})" \
 		awk -v s="$stopped" 'BEGIN { split(s, a, " "); exit !(a[1] > 0 && a[2] > 0) }'
+	case $case in *-broker | *-generic) judge_record "$case" "$dir" "$gen" ;; esac
 	return 0
+}
+
+# judge_record CASE DIR GEN: the boot's record (modbroker blame, plot) against the kernel's trace
+# and the daemons' own totals. Each daemon instance left one file in results/record (the
+# guest stopped the last one, so every file is final).
+judge_record() {
+	local case=$1 dir=$2 gen=$3 r=$2/results phase files m missing calls recorded
+	need jq jq
+	need rsvg-convert librsvg2-bin
+	check "$case: modbroker blame ran (exit 0)" grep -qx 0 "$r/blame.rc"
+	check "$case: modbroker plot ran (exit 0)" grep -qx 0 "$r/plot.rc"
+	check "$case: the plot renders (rsvg-convert)" rsvg-convert -o "$r/plot.png" "$r/plot.svg"
+	files=$(ls "$r"/record/*.json 2>/dev/null)
+	for phase in initramfs root; do
+		# shellcheck disable=SC2086
+		jq -s --arg p "$phase" 'map(select(.phase == $p))' $files >"$r/record-$phase.json" 2>/dev/null
+		check "$case: $phase: the record has this phase's daemon" \
+			[ "$(jq length "$r/record-$phase.json")" -ge 1 ]
+		missing=""
+		for m in $(get "$dir" "${phase}_modbrokerd_modules" | tr , ' '); do
+			grep -qw -- "$m" "$r/blame.txt" || missing="$missing $m"
+		done
+		check "$case: $phase: blame lists every module modbrokerd loaded (missing:${missing:- none})" [ -z "$missing" ]
+		# Load calls that handed a file to the kernel, as recorded, against the tracepoints.
+		calls=$(get "$dir" "${phase}_modbrokerd_calls")
+		recorded=$(jq '[.[].modules[].loads[] | select(.method == "finit" or .method == "finit-compressed" or .method == "init-module")] | length' "$r/record-$phase.json")
+		check "$case: $phase: recorded load calls ($recorded) = modbrokerd's traced calls ($calls)" [ "$recorded" = "$calls" ]
+	done
+	# Each instance's totals against the line it logged as it stopped (same instant): for the
+	# initramfs-tools daemon its log file, for the others the journal (matched by pid and time).
+	local bad=""
+	while read -r pid phase stopped requests merged load_calls; do
+		local logged
+		if [ "$gen-$phase" = initramfs-tools-initramfs ]; then
+			logged=$(grep 'modbrokerd stopped' "$r/initramfs.log" | tail -n1 |
+				sed 's/.*requests=\([0-9]*\) merged=\([0-9]*\) load_calls=\([0-9]*\).*/\1 \2 \3/')
+		else
+			logged=$(jq -rs --arg pid "$pid" --argjson t "$stopped" '
+				map(select(.MESSAGE == "modbrokerd stopped" and ._PID == $pid))
+				| min_by((.__MONOTONIC_TIMESTAMP | tonumber) - $t | if . < 0 then -. else . end)
+				| "\(.REQUESTS) \(.MERGED) \(.LOAD_CALLS)"' "$r/journal-modbroker.json" 2>/dev/null)
+		fi
+		[ "$logged" = "$requests $merged $load_calls" ] || bad="$bad $phase/$pid:[$requests $merged $load_calls]!=[$logged]"
+	done < <(jq -r '"\(.pid) \(.phase) \(.stopped_us // 0) \(.totals.requests) \(.totals.merged) \(.totals.load_calls)"' $files)
+	check "$case: every daemon's recorded totals equal the totals it logged on stopping (${bad:-all equal})" [ -z "$bad" ]
+	check "$case: journalctl MODULE= finds a finished load with its fields" \
+		jq -se 'map(select(.MODULE != null and .DURATION_USEC != null and .REQUESTS != null and .PHASE != null)) | length > 0' "$r/journal-modbroker.json"
 }
 
 CASES=${*:-bookworm-stock bookworm-broker bookworm-removed bookworm-typo bookworm-nohook bookworm-brokenhook trixie-stock trixie-broker}

@@ -28,7 +28,7 @@
 # udev's own processes called a load for), modbrokerd_processes (processes
 # named modbrokerd that made load calls: the daemon, plus one per fallback
 # loader; the thread-group id needs the record-tgid trace option),
-# modbrokerd_calls and modbrokerd_distinct (its calls, and the distinct modules
+# modbrokerd_calls, modbrokerd_distinct and modbrokerd_modules (its calls, and the distinct modules
 # they were for).
 # The real-boot tests (tests/boot) feed it one phase of a boot's trace each.
 
@@ -105,7 +105,7 @@ END {
 		m = call_mod[c]
 		if (call_sys[c] == "finit") finit++; else init++
 		by_comm[call_comm[c]]++
-		if (call_comm[c] == "modbrokerd") { broker_calls++; if (!(m in broker_attempted)) { broker_attempted[m] = 1; broker_distinct++ } }
+		if (call_comm[c] == "modbrokerd") { broker_calls++; if (!(m in broker_attempted)) { broker_attempted[m] = 1; broker_distinct++; broker_mods = broker_mods (broker_mods == "" ? "" : ",") m } }
 		if (call_comm[c] ~ /udev/ && !((m, "udev") in seen_udev)) { seen_udev[m, "udev"] = 1; udev_mods = udev_mods (udev_mods == "" ? "" : ",") m }
 		if (c == 1 || call_t0[c] < first_call) first_call = call_t0[c]
 		if (call_done[c] && call_t1[c] > last_end) last_end = call_t1[c]
@@ -136,6 +136,7 @@ END {
 	print "udev_modules=" udev_mods
 	print "modbrokerd_processes=" nbroker_procs + 0
 	print "modbrokerd_calls=" broker_calls + 0; print "modbrokerd_distinct=" broker_distinct + 0
+	print "modbrokerd_modules=" broker_mods
 	print "first_call=" first_call; print "last_end=" last_end + 0
 	print "loaded_list=" list
 	print "after_list=" alist
