@@ -87,6 +87,7 @@ fn broker_call(socket: &str, target: &str) -> Call {
         retry: false,
         timeout_ms: None,
         blacklist_names: false,
+        origin: None,
     })
     .encode();
     Box::new(move || {

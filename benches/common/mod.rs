@@ -232,6 +232,7 @@ pub fn load_line(target: &str) -> String {
         retry: false,
         timeout_ms: None,
         blacklist_names: false,
+        origin: None,
     })
     .encode()
 }
