@@ -100,6 +100,9 @@ pub struct DaemonArgs {
     /// error, warn, info, debug, trace (or a tracing filter) [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Where this instance writes its part of the boot's record (modbroker blame, plot)
+    #[arg(long, value_name = "DIR", default_value = crate::record::RECORD_DIR)]
+    pub record_dir: PathBuf,
     /// Check the configuration file (and its log_level) and exit: 0 if it is usable, 1 with the
     /// errors on stderr if not. Loads nothing, binds nothing
     #[arg(long, conflicts_with = "oneshot")]

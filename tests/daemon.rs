@@ -93,7 +93,10 @@ fn daemon_command_with(socket: &Path, config: &Path) -> Command {
         .arg("--module-dir")
         .arg(debian_tree())
         .arg("--config")
-        .arg(config);
+        .arg(config)
+        // Beside the socket, not in this machine's /run/modbroker.
+        .arg("--record-dir")
+        .arg(socket.with_extension("record"));
     cmd
 }
 
@@ -399,6 +402,7 @@ fn socket_activated_daemon_exits_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "idle_exit_secs = 1\n");
     let socket = dir.path().join("activated.sock");
+    let record = dir.path().join("record");
     let mut cmd = Command::new("/usr/bin/systemd-socket-activate");
     cmd.arg("--listen")
         .arg(&socket)
@@ -406,7 +410,9 @@ fn socket_activated_daemon_exits_when_idle() {
         .arg("--config")
         .arg(&config)
         .arg("--module-dir")
-        .arg(debian_tree());
+        .arg(debian_tree())
+        .arg("--record-dir")
+        .arg(&record);
     let mut daemon = Daemon::spawn(cmd, socket.clone());
     // No connections and no loads: the daemon leaves on its own (systemd would restart it on
     // the next connection). Bounded wait for the exit, no fixed sleep.
@@ -419,6 +425,18 @@ fn socket_activated_daemon_exits_when_idle() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+    // Its part of the boot's record outlives it: one file, final, with the requests it served
+    // (Daemon::spawn asked for status until the daemon answered).
+    let files: Vec<PathBuf> = std::fs::read_dir(&record)
+        .expect("record directory written")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let written: modbroker::record::DaemonRecord =
+        serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert!(written.stopped_us.is_some(), "not the final record");
+    assert!(written.totals.requests >= 1);
+    assert_eq!(written.pid, daemon.child.id());
 }
 
 #[test]

@@ -310,7 +310,8 @@ async fn serve(
     let kernel = SysKernel::default().with_install_runner(install_runner::DEFAULT_SOCKET.into());
     let recorder = Arc::new(Recorder::new(Phase::detect()));
     let broker = Broker::with_recorder(Arc::new(kernel), config.broker_settings(), recorder);
-    tokio::spawn(keep_record_written(broker.clone()));
+    let record_dir = args.record_dir.clone();
+    tokio::spawn(keep_record_written(broker.clone(), record_dir.clone()));
     let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
     let access = SharedAccess::from(access_policy(&config));
     let (listener, bound_path) = listen(&config, config_file(&args).0)?;
@@ -354,7 +355,7 @@ async fn serve(
     }
     // The totals outlive the process in the log: an initramfs daemon's are all that is left of it.
     let t = service.broker().counters().totals();
-    write_record(service.broker(), true);
+    write_record(service.broker(), &record_dir, true);
     info!(
         requests = t.requests,
         merged = t.merged,
@@ -371,13 +372,13 @@ const RECORD_INTERVAL: Duration = Duration::from_millis(250);
 /// Keeps this instance's file in the boot's record (`modbroker blame`) current: rewritten within
 /// [`RECORD_INTERVAL`] of a change. A reading of the change counter and the counters every
 /// interval costs next to nothing, and batches a coldplug burst into a few writes.
-async fn keep_record_written(broker: Broker) {
+async fn keep_record_written(broker: Broker, dir: PathBuf) {
     let mut written = None;
     loop {
         tokio::time::sleep(RECORD_INTERVAL).await;
         let now = (broker.recorder().generation(), broker.counters().totals());
         if written.as_ref() != Some(&now) {
-            write_record(&broker, false);
+            write_record(&broker, &dir, false);
             written = Some(now);
         }
     }
@@ -385,11 +386,10 @@ async fn keep_record_written(broker: Broker) {
 
 /// Writes this instance's record file; a failure is logged (at most once until a write works
 /// again) and never stops the daemon.
-fn write_record(broker: &Broker, stopped: bool) {
+fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
     static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let recorder = broker.recorder();
     let snapshot = recorder.snapshot(broker.counters().totals(), stopped);
-    let dir = Path::new(record::RECORD_DIR);
     match record::write_record(dir, &recorder.file_name(), &snapshot) {
         Ok(()) => FAILING.store(false, Ordering::Relaxed),
         Err(err) if !FAILING.swap(true, Ordering::Relaxed) => {
