@@ -78,6 +78,24 @@ pub enum Command {
         )]
         args: Vec<OsString>,
     },
+    /// What module loading cost this boot, longest load first, like systemd-analyze blame:
+    /// totals per boot and phase, then one line per module (load and wait time, requests,
+    /// outcome, phase, first requester)
+    Blame {
+        /// Print the report as JSON (the layout is in docs/blame-json.md)
+        #[arg(long)]
+        json: bool,
+        /// Record directory
+        #[arg(long, value_name = "DIR", default_value = crate::record::RECORD_DIR)]
+        dir: PathBuf,
+    },
+    /// Write this boot's module loading as an SVG timeline to stdout, like systemd-analyze plot
+    /// (`modbroker plot > modules.svg`)
+    Plot {
+        /// Record directory
+        #[arg(long, value_name = "DIR", default_value = crate::record::RECORD_DIR)]
+        dir: PathBuf,
+    },
 }
 
 /// `modbrokerd`: the daemon.

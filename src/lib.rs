@@ -20,7 +20,8 @@
 //! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply), [`notify`] (systemd notifications),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
-//! outside the daemon's sandbox), [`record`] (the boot's record of module loading). [`testing`] holds the fake kernel used by tests.
+//! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
+//! (that record as `modbroker blame` and `modbroker plot` show it). [`testing`] holds the fake kernel used by tests.
 //!
 //! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
 //! server and the broker so that the server knows only sockets and the broker only modules (the
@@ -41,6 +42,7 @@ pub mod notify;
 pub mod plan;
 pub mod protocol;
 pub mod record;
+pub mod report;
 pub mod resolver;
 pub mod server;
 pub mod service;

@@ -9,7 +9,7 @@
 //! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued;
 //! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
 //! the request (permission denied, malformed) or could not be talked to; 4 when the daemon is
-//! unreachable and `--no-fallback` was given.
+//! unreachable and `--no-fallback` was given; 5 when `blame` or `plot` find no record.
 //!
 //! With `--udev` the exit status is 0 for every outcome (2 for usage errors), as udev's builtin
 //! `kmod load` ignores every load error (`(void) module_load_and_warn(...)`). A failed target
@@ -38,11 +38,14 @@ use modbroker::cli::{Cli, Command};
 use modbroker::client::{self, ClientError};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
 use modbroker::record::Requester;
+use modbroker::report;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
+/// `blame` and `plot`: no record directory, or no usable file in it.
+const EXIT_NO_RECORD: u8 = 5;
 
 /// How long `load --udev` and the kernel's autoload helper wait for the daemon (connect and reply
 /// together) when no `--timeout` is given, before loading directly: below udev's 60 s "slow
@@ -107,6 +110,56 @@ fn main() -> ExitCode {
             Ok(reply) => print_status(&reply),
             Err(code) => code,
         },
+        Command::Blame { json, dir } => report(&dir, |record| {
+            let blame = report::Blame::new(record);
+            if json {
+                serde_json::to_string_pretty(&blame).unwrap_or_default() + "\n"
+            } else {
+                report::blame_text(&blame)
+            }
+        }),
+        Command::Plot { dir } => report(&dir, report::plot_svg),
+    }
+}
+
+/// `blame` and `plot`: reads the record in `dir` (a warning line for each file skipped), writes
+/// `render`'s text to stdout. Exit 5 without a record, 1 when it cannot be read or written.
+fn report(dir: &Path, render: impl Fn(&report::BootRecord) -> String) -> ExitCode {
+    use std::io::Write;
+    let warn = |skipped: &[report::Skipped]| {
+        for s in skipped {
+            eprintln!(
+                "modbroker: warning: skipped {}/{}: {}",
+                dir.display(),
+                s.file,
+                s.reason
+            );
+        }
+    };
+    let record = match report::read_dir(dir) {
+        Ok(record) => record,
+        Err(err) => {
+            if let report::ReportError::Empty { skipped, .. } = &err {
+                warn(skipped);
+            }
+            eprintln!("modbroker: {err}");
+            return match err {
+                report::ReportError::Io { .. } => ExitCode::from(EXIT_FAILED),
+                _ => ExitCode::from(EXIT_NO_RECORD),
+            };
+        }
+    };
+    warn(&record.skipped);
+    match std::io::stdout()
+        .lock()
+        .write_all(render(&record).as_bytes())
+    {
+        // `modbroker blame | head` is not an error.
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("modbroker: writing stdout: {err}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 
