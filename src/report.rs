@@ -557,14 +557,14 @@ pub fn blame_text(blame: &Blame) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<16} {:<9}  {:<20} FIRST REQUESTER",
+        "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<20} FIRST REQUESTER",
         "LOAD", "WAIT", "REQS", "DIRECT", "MERGED", "OUTCOME", "PHASE", "MODULE"
     );
     for line in &blame.modules {
         let c = &line.counts;
         let _ = writeln!(
             out,
-            "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<16} {:<9}  {:<20} {}",
+            "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<20} {}",
             format_us(line.load_us),
             format_us(line.wait_us),
             line.requests,
@@ -589,7 +589,7 @@ const BAR_H: f64 = 10.0;
 const FONT: f64 = 11.0;
 const CHAR_W: f64 = 0.6 * FONT;
 /// Left margin, px.
-const LEFT: f64 = 10.0;
+const LEFT: f64 = 24.0;
 /// Where the first row starts, px (title, legend, axis labels and phase labels above it).
 const TOP: f64 = 84.0;
 /// Below the last row: the axis labels again.
@@ -617,6 +617,7 @@ struct Row<'a> {
     phases: Vec<Phase>,
     requests: u64,
     merged: u64,
+    from_sysfs: u64,
     requester: &'a Requester,
 }
 
@@ -641,13 +642,20 @@ impl Row<'_> {
         loads.chain(arrivals).fold(self.first_request_us, u64::max)
     }
 
-    /// `nvme 812.3ms`, `acpi_cpufreq 3.1ms ENODEV`, `fat already-loaded`.
+    /// `nvme 812.3ms`, `acpi_cpufreq 3.1ms ENODEV`, `fat already loaded` (no call: live when
+    /// its turn came, or every request answered from sysfs).
     fn label(&self) -> String {
         match self.last_load() {
             Some(last) => {
                 let mut label = format!("{} {}", self.module, format_us(self.call_us()));
                 if last.method == Method::None {
-                    label = format!("{} {}", self.module, outcome_name(last.outcome));
+                    let outcome = match last.outcome {
+                        Outcome::Loaded => "loaded",
+                        Outcome::AlreadyLoaded => "already loaded",
+                        Outcome::Builtin => "built in",
+                        Outcome::Failed => "failed",
+                    };
+                    label = format!("{} {outcome}", self.module);
                 }
                 if last.outcome == Outcome::Failed {
                     label.push(' ');
@@ -655,7 +663,8 @@ impl Row<'_> {
                 }
                 label
             }
-            None => format!("{} (no load)", self.module),
+            None if self.from_sysfs > 0 => format!("{} already loaded", self.module),
+            None => self.module.to_string(),
         }
     }
 
@@ -735,6 +744,7 @@ pub fn plot_svg(record: &BootRecord) -> String {
                 phases: Vec::new(),
                 requests: 0,
                 merged: 0,
+                from_sysfs: 0,
                 requester: &m.first_requester,
             });
             if m.first_request_us < row.first_request_us {
@@ -749,6 +759,7 @@ pub fn plot_svg(record: &BootRecord) -> String {
             let c = &m.requests;
             row.requests += c.direct + c.merged + c.failure_window + c.already_loaded;
             row.merged += c.merged + c.failure_window;
+            row.from_sysfs += c.already_loaded;
         }
     }
     let mut rows: Vec<Row> = by_name.into_values().collect();
@@ -977,5 +988,61 @@ fn legend(s: &mut String) {
             y + BAR_H - 1.0
         );
         x += 16.0 + text.len() as f64 * CHAR_W + 16.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_systemd_analyze_prints_them() {
+        assert_eq!(format_us(85), "85us");
+        assert_eq!(format_us(12_345), "12.3ms");
+        assert_eq!(format_us(1_234_567), "1.235s");
+    }
+
+    #[test]
+    fn text_is_escaped_for_xml() {
+        assert_eq!(
+            xml_escape("a<b>&\"c'\u{1}\u{FFFF}\tz"),
+            "a&lt;b&gt;&amp;&quot;c&apos;\u{FFFD}\u{FFFD}\tz"
+        );
+    }
+
+    /// Gridlines at least 80 px apart, at 1, 2 or 5 times a power of ten.
+    #[test]
+    fn gridlines_are_round_and_apart() {
+        assert_eq!(tick_step_us(MAX_PX_PER_S), 50_000);
+        assert_eq!(tick_step_us(333.0), 500_000);
+        assert_eq!(tick_step_us(MIN_PX_PER_S), 5_000_000);
+        assert_eq!(tick_label(1_500_000, 500_000), "1.5s");
+        assert_eq!(tick_label(20_000_000, 5_000_000), "20s");
+        assert_eq!(tick_label(50_000, 50_000), "0.05s");
+    }
+
+    #[test]
+    fn requesters_read_as_who_asked() {
+        let udev = Requester::Udev {
+            subsystem: Some("pci".into()),
+            devpath: Some("/devices/pci0000:00/0000:00:1f.2".into()),
+        };
+        assert_eq!(
+            requester_text(&udev),
+            "udev pci /devices/pci0000:00/0000:00:1f.2"
+        );
+        let bare = Requester::Udev {
+            subsystem: None,
+            devpath: None,
+        };
+        assert_eq!(requester_text(&bare), "udev");
+        assert_eq!(requester_text(&Requester::Kernel), "kernel autoload");
+        let cli = Requester::Cli {
+            uid: 0,
+            comm: Some("modprobe".into()),
+        };
+        assert_eq!(requester_text(&cli), "uid 0 (modprobe)");
+        let dep = Requester::Dependency { of: "vfat".into() };
+        assert_eq!(requester_text(&dep), "dependency of vfat");
     }
 }

@@ -461,8 +461,15 @@ fn plot_renders_60_and_600_modules_one_row_each() {
     let mut heights = Vec::new();
     for count in [60, 600] {
         let records = boot(count, 6);
-        let dir = write_dir(&records);
-        let out = modbroker(&["plot", "--dir", dir.path().to_str().unwrap()]);
+        // Kept under target/tmp for a look: the record, its plot and the PNG.
+        let dir = out_dir.join(format!("record-{count}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        for r in &records {
+            let path = dir.join(format!("{}-{}.json", r.started_us, r.pid));
+            std::fs::write(path, serde_json::to_vec(r).unwrap()).unwrap();
+        }
+        let out = modbroker(&["plot", "--dir", dir.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
         let svg = String::from_utf8(out.stdout).unwrap();
         assert_eq!(svg.matches(r#"<g class="row""#).count(), count);
