@@ -193,7 +193,8 @@ pub struct Summary {
     pub last_load_end_us: Option<u64>,
     /// `last_load_end_us - first_request_us` (0 if the loads ended before it).
     pub span_us: Option<u64>,
-    /// Sum of the instances' `modules_dropped`.
+    /// Sum of the instances' `modules_dropped`: requests for modules beyond the first
+    /// [`crate::record::MAX_MODULES`] of an instance, which are not recorded.
     pub modules_dropped: u64,
     /// Sum of the modules' `arrivals_dropped`.
     pub arrivals_dropped: u64,
@@ -446,13 +447,6 @@ pub fn format_us(us: u64) -> String {
     }
 }
 
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Initramfs => "initramfs",
-        Phase::Root => "root",
-    }
-}
-
 fn outcome_name(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Loaded => "loaded",
@@ -535,7 +529,7 @@ pub fn blame_text(blame: &Blame) -> String {
         let _ = writeln!(
             out,
             "  {:<10} {}",
-            format!("{}:", phase_name(*phase)),
+            format!("{}:", phase.as_str()),
             summary_text(summary)
         );
     }
@@ -543,7 +537,7 @@ pub fn blame_text(blame: &Blame) -> String {
     if b.dropped_any() {
         let _ = writeln!(
             out,
-            "  detail dropped at the record's limits: {} modules, {} request arrivals, {} loads (their requests still count in the totals)",
+            "  detail dropped at the record's limits: {} requests for unrecorded modules, {} request arrival times, {} loads (all still count in the totals)",
             b.modules_dropped, b.arrivals_dropped, b.loads_dropped
         );
     }
@@ -571,7 +565,7 @@ pub fn blame_text(blame: &Blame) -> String {
             c.direct,
             c.merged + c.failure_window,
             line_outcome(line),
-            phase_name(line.phase),
+            line.phase.as_str(),
             line.module,
             requester_text(&line.first_requester),
         );
@@ -669,7 +663,7 @@ impl Row<'_> {
     }
 
     fn title(&self) -> String {
-        let phases: Vec<&str> = self.phases.iter().map(|p| phase_name(*p)).collect();
+        let phases: Vec<&str> = self.phases.iter().map(|p| p.as_str()).collect();
         format!(
             "{} ({}): load {}, wait {}, {} requests ({} merged), first request at {} by {}",
             self.module,

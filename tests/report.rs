@@ -3,12 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
+use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::protocol::{LoadRequest, Request};
+use modbroker::record::{self, Recorder};
 use modbroker::record::{
     DaemonRecord, LoadRecord, Method, ModuleRecord, Outcome, Phase, RequestCounts, Requester,
-    Totals, FORMAT_VERSION,
+    Totals, FORMAT_VERSION, MAX_ARRIVALS,
 };
 use modbroker::report::{self, Blame, ReportError};
+use modbroker::service::Service;
+use modbroker::testing::{node, FakeKernel, FixedResolver};
+use nix::errno::Errno;
 
 /// A small deterministic generator (64-bit LCG), so that records vary but never between runs.
 struct Lcg(u64);
@@ -62,7 +69,7 @@ fn instance(rng: &mut Lcg, phase: Phase, pid: u32, start: u64, names: &[String])
     for (i, name) in names.iter().enumerate() {
         t += 1_000 + rng.below(20_000);
         let requests = 1 + rng.below(if i % 7 == 0 { 40 } else { 3 });
-        let arrivals: Vec<u64> = (0..requests.min(64))
+        let arrivals: Vec<u64> = (0..requests.min(MAX_ARRIVALS as u64))
             .map(|k| t + k * (100 + rng.below(3_000)))
             .collect();
         let kind = rng.below(10);
@@ -397,6 +404,9 @@ fn blame_json_round_trips_and_is_what_the_cli_prints() {
 #[test]
 fn dropped_detail_is_mentioned() {
     let mut records = boot(60, 5);
+    for m in records.iter_mut().flat_map(|r| &mut r.modules) {
+        m.arrivals_dropped = 0;
+    }
     let dir = write_dir(&records);
     let text = report::blame_text(&Blame::new(&report::read_dir(dir.path()).unwrap()));
     assert!(!text.contains("detail dropped"), "{text}");
@@ -408,7 +418,7 @@ fn dropped_detail_is_mentioned() {
     let text = report::blame_text(&blame);
     assert!(
         text.contains(
-            "detail dropped at the record's limits: 7 modules, 3 request arrivals, 0 loads"
+            "detail dropped at the record's limits: 7 requests for unrecorded modules, 3 request arrival times, 0 loads"
         ),
         "{text}"
     );
@@ -595,4 +605,104 @@ fn no_record_is_a_clear_message_and_exit_5() {
         stderr.contains("1.json: truncated") && stderr.contains("(1 skipped)"),
         "{stderr}"
     );
+}
+
+fn udev(target: &str, devpath: &str) -> Request {
+    Request::Load(LoadRequest {
+        targets: vec![target.to_string()],
+        params: Vec::new(),
+        wait: true,
+        retry: false,
+        timeout_ms: None,
+        blacklist_names: true,
+        origin: Some(Requester::Udev {
+            subsystem: Some("pci".into()),
+            devpath: Some(devpath.into()),
+        }),
+    })
+}
+
+/// The daemon's own recorder, through the service and the fake kernel, in two phases, written
+/// with its own writer: what blame and plot read is what the daemon writes.
+#[tokio::test]
+async fn the_daemons_files_are_what_blame_and_plot_read() {
+    let kernel = FakeKernel::new();
+    kernel.fail("kvm_intel", Errno::ENODEV);
+    let resolver = || {
+        FixedResolver::new()
+            .with_module("vfat", node("vfat", vec![node("fat", vec![])]))
+            .with_module("kvm_intel", node("kvm_intel", vec![]))
+            .with_module("e1000", node("e1000", vec![]))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut written = Vec::new();
+    for (phase, targets) in [
+        (
+            Phase::Initramfs,
+            &["vfat", "kvm_intel", "kvm_intel", "kvm_intel"][..],
+        ),
+        (Phase::Root, &["vfat", "e1000"]),
+    ] {
+        let recorder = Arc::new(Recorder::new(phase));
+        let broker = Broker::with_recorder(kernel.clone(), BrokerSettings::default(), recorder);
+        let service = Service::new(Arc::new(resolver()), broker);
+        for target in targets {
+            service
+                .handle(udev(target, "/devices/pci0000:00/0000:00:02.0"))
+                .await;
+        }
+        let broker = service.broker();
+        let record = broker.recorder().snapshot(broker.counters().totals(), true);
+        record::write_record(dir.path(), &broker.recorder().file_name(), &record).unwrap();
+        written.push(record);
+    }
+
+    let boot = report::read_dir(dir.path()).unwrap();
+    assert!(boot.skipped.is_empty(), "{:?}", boot.skipped);
+    let blame = Blame::new(&boot);
+    assert_eq!(blame.boot.totals, sum(&written.iter().collect::<Vec<_>>()));
+    assert_eq!(blame.boot.totals.load_calls, 4); // fat, vfat, kvm_intel, e1000
+    assert_eq!(blame.boot.duplicate_loads_avoided, 2); // kvm_intel's failure window
+    let errnos: Vec<(&str, u64)> = blame
+        .boot
+        .failures_by_errno
+        .iter()
+        .map(|(e, n)| (e.as_str(), *n))
+        .collect();
+    assert_eq!(errnos, [("ENODEV", 1)]);
+    let lines: Vec<(&str, Phase, Option<Outcome>)> = blame
+        .modules
+        .iter()
+        .filter(|l| l.load_calls == 0)
+        .map(|l| (l.module.as_str(), l.phase, l.outcome))
+        .collect();
+    // vfat again in the root: answered from sysfs, no call.
+    assert_eq!(lines, [("vfat", Phase::Root, Some(Outcome::AlreadyLoaded))]);
+    assert_eq!(blame.modules.len(), 5);
+    let kvm = blame
+        .modules
+        .iter()
+        .find(|l| l.module == "kvm_intel")
+        .unwrap();
+    assert_eq!((kvm.requests, kvm.counts.failure_window), (3, 2));
+    assert_eq!(
+        line_text(&blame, "kvm_intel").split_whitespace().nth(5),
+        Some("failed")
+    );
+
+    let svg = report::plot_svg(&boot);
+    assert_eq!(svg.matches(r#"<g class="row""#).count(), 4);
+    let svg_path = dir.path().join("plot.svg");
+    std::fs::write(&svg_path, &svg).unwrap();
+    rsvg_convert(&svg_path, &dir.path().join("plot.png"));
+}
+
+/// Blame's text line for `module`.
+fn line_text(blame: &Blame, module: &str) -> String {
+    let text = report::blame_text(blame);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().any(|word| word == module));
+    line.unwrap_or_else(|| panic!("no line for {module}: {text}"))
+        .to_string()
 }
