@@ -107,6 +107,7 @@ install: build docs
 	install -D -m 0644 config/modbroker.toml $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 docs/protocol.md $(DESTDIR)$(DOCDIR)/protocol.md
+	install -D -m 0644 docs/blame-json.md $(DESTDIR)$(DOCDIR)/blame-json.md
 	install -D -m 0644 build/docs/man8/modbrokerd.8 $(DESTDIR)$(MANDIR)/man8/modbrokerd.8
 	install -D -m 0644 build/docs/man8/modbroker.8 $(DESTDIR)$(MANDIR)/man8/modbroker.8
 	for b in modbroker modbrokerd; do \

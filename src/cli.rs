@@ -82,7 +82,7 @@ pub enum Command {
     /// totals per boot and phase, then one line per module (load and wait time, requests,
     /// outcome, phase, first requester)
     Blame {
-        /// Print the report as JSON (the layout is in docs/blame-json.md)
+        /// Print the report as JSON (layout: blame-json.md in the documentation, docs/ in the source)
         #[arg(long)]
         json: bool,
         /// Record directory

@@ -51,6 +51,12 @@ const CLIENT_EXTRA: &str = r#".SH "EXIT STATUS"
 0: every target ended loaded, already\-loaded, builtin, no\-match or queued (with \fB\-\-udev\fR
 also blacklisted or ENODEV). 1: a target failed, was invalid, blacklisted or timed out.
 2: usage error. 3: the daemon refused the request. 4: no daemon and \fB\-\-no\-fallback\fR.
+5: \fBblame\fR or \fBplot\fR found no record (no \fI/run/modbroker/record\fR, or no usable
+file in it).
+.SH FILES
+\fI/run/modbroker/record/*.json\fR: the daemons' record of this boot's module loading, read by
+\fBblame\fR and \fBplot\fR (\fBblame \-\-json\fR's layout: blame\-json.md with the package's documentation,
+\fI/usr/share/doc/modbroker\fR).
 .SH ENVIRONMENT
 \fBMODBROKER_SOCKET\fR: the daemon socket when \fB\-\-socket\fR is not given.
 .SH "SEE ALSO"
