@@ -549,6 +549,10 @@ pub fn blame_text(blame: &Blame) -> String {
         );
     }
     let _ = writeln!(out);
+    if blame.modules.is_empty() {
+        let _ = writeln!(out, "No module was asked for.");
+        return out;
+    }
     let _ = writeln!(
         out,
         "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<20} FIRST REQUESTER",

@@ -706,3 +706,30 @@ fn line_text(blame: &Blame, module: &str) -> String {
     line.unwrap_or_else(|| panic!("no line for {module}: {text}"))
         .to_string()
 }
+
+/// A daemon that was asked for nothing: totals and no lines; a plot with no rows that renders.
+#[test]
+fn a_record_without_modules_is_reported_and_plotted() {
+    let mut records = boot(10, 9);
+    records[1].modules.clear();
+    records[1].totals = Totals {
+        requests: 2,
+        ..Totals::default()
+    };
+    records.remove(0);
+    let dir = write_dir(&records);
+    let record = report::read_dir(dir.path()).unwrap();
+    let blame = Blame::new(&record);
+    assert_eq!(blame.boot.modules, 0);
+    assert_eq!(
+        (blame.boot.first_request_us, blame.boot.span_us),
+        (None, None)
+    );
+    let text = report::blame_text(&blame);
+    assert!(text.ends_with("\nNo module was asked for.\n"), "{text}");
+    let svg = report::plot_svg(&record);
+    assert_eq!(svg.matches(r#"<g class="row""#).count(), 0);
+    let svg_path = dir.path().join("plot.svg");
+    std::fs::write(&svg_path, &svg).unwrap();
+    rsvg_convert(&svg_path, &dir.path().join("plot.png"));
+}
