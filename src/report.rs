@@ -205,35 +205,38 @@ pub struct Summary {
 impl Summary {
     /// Whether the record cut any detail (see [`crate::record`]'s limits).
     pub fn dropped_any(&self) -> bool {
-        self.modules_dropped + self.arrivals_dropped + self.loads_dropped > 0
+        self.modules_dropped > 0 || self.arrivals_dropped > 0 || self.loads_dropped > 0
     }
 
     fn add(&mut self, record: &DaemonRecord, names: &mut std::collections::BTreeSet<String>) {
         let (t, r) = (&mut self.totals, &record.totals);
-        self.instances += 1;
-        t.requests += r.requests;
-        t.targets += r.targets;
-        t.merged += r.merged;
-        t.already_loaded += r.already_loaded;
-        t.load_calls += r.load_calls;
-        t.failed_loads += r.failed_loads;
+        add(&mut self.instances, 1);
+        add(&mut t.requests, r.requests);
+        add(&mut t.targets, r.targets);
+        add(&mut t.merged, r.merged);
+        add(&mut t.already_loaded, r.already_loaded);
+        add(&mut t.load_calls, r.load_calls);
+        add(&mut t.failed_loads, r.failed_loads);
         self.duplicate_loads_avoided = t.merged;
-        self.modules_dropped += record.modules_dropped;
+        add(&mut self.modules_dropped, record.modules_dropped);
         for m in &record.modules {
             names.insert(m.module.clone());
             self.first_request_us = Some(
                 self.first_request_us
                     .map_or(m.first_request_us, |t| t.min(m.first_request_us)),
             );
-            self.arrivals_dropped += m.arrivals_dropped;
-            self.loads_dropped += m.loads_dropped;
+            add(&mut self.arrivals_dropped, m.arrivals_dropped);
+            add(&mut self.loads_dropped, m.loads_dropped);
             for load in &m.loads {
                 self.last_load_end_us = Some(
                     self.last_load_end_us
                         .map_or(load.end_us, |t| t.max(load.end_us)),
                 );
                 if load.outcome == Outcome::Failed && load.method != Method::None {
-                    *self.failures_by_errno.entry(errno_key(load)).or_default() += 1;
+                    add(
+                        self.failures_by_errno.entry(errno_key(load)).or_default(),
+                        1,
+                    );
                 }
             }
         }
@@ -243,6 +246,18 @@ impl Summary {
             .zip(self.last_load_end_us)
             .map(|(first, last)| last.saturating_sub(first));
     }
+}
+
+/// Adds without overflowing: the counts come from files, and a corrupt one must not panic.
+fn add(to: &mut u64, n: u64) {
+    *to = to.saturating_add(n);
+}
+
+/// Requests answered, whichever way: `counts`' first four fields.
+fn answered(c: &RequestCounts) -> u64 {
+    [c.direct, c.merged, c.failure_window, c.already_loaded]
+        .into_iter()
+        .fold(0, u64::saturating_add)
 }
 
 fn errno_key(load: &LoadRecord) -> String {
@@ -317,17 +332,17 @@ impl ModuleLine {
             self.first_requester = m.first_requester.clone();
         }
         let (c, r) = (&mut self.counts, &m.requests);
-        c.direct += r.direct;
-        c.merged += r.merged;
-        c.failure_window += r.failure_window;
-        c.already_loaded += r.already_loaded;
-        c.as_dependency += r.as_dependency;
-        self.requests = c.direct + c.merged + c.failure_window + c.already_loaded;
+        add(&mut c.direct, r.direct);
+        add(&mut c.merged, r.merged);
+        add(&mut c.failure_window, r.failure_window);
+        add(&mut c.already_loaded, r.already_loaded);
+        add(&mut c.as_dependency, r.as_dependency);
+        self.requests = answered(c);
         for load in &m.loads {
-            self.load_us += load.call_us();
-            self.wait_us += load.wait_us();
-            self.loads += 1;
-            self.load_calls += u64::from(load.method != Method::None);
+            add(&mut self.load_us, load.call_us());
+            add(&mut self.wait_us, load.wait_us());
+            add(&mut self.loads, 1);
+            add(&mut self.load_calls, u64::from(load.method != Method::None));
             if self.last_end_us.is_none_or(|end| load.end_us >= end) {
                 self.last_end_us = Some(load.end_us);
                 self.outcome = Some(load.outcome);
@@ -567,7 +582,7 @@ pub fn blame_text(blame: &Blame) -> String {
             format_us(line.wait_us),
             line.requests,
             c.direct,
-            c.merged + c.failure_window,
+            c.merged.saturating_add(c.failure_window),
             line_outcome(line),
             line.phase.as_str(),
             line.module,
@@ -621,11 +636,17 @@ struct Row<'a> {
 
 impl Row<'_> {
     fn call_us(&self) -> u64 {
-        self.loads.iter().map(|l| l.call_us()).sum()
+        self.loads
+            .iter()
+            .map(|l| l.call_us())
+            .fold(0, u64::saturating_add)
     }
 
     fn wait_us(&self) -> u64 {
-        self.loads.iter().map(|l| l.wait_us()).sum()
+        self.loads
+            .iter()
+            .map(|l| l.wait_us())
+            .fold(0, u64::saturating_add)
     }
 
     /// The last load (by end), if any.
@@ -707,7 +728,8 @@ fn tick_step_us(px_per_s: f64) -> u64 {
     loop {
         for m in [1, 2, 5] {
             let step = m * magnitude;
-            if step as f64 * px_per_s / 1e6 >= MIN_TICK_PX || magnitude >= 10_000_000_000 {
+            if step as f64 * px_per_s / 1e6 >= MIN_TICK_PX || magnitude >= 1_000_000_000_000_000_000
+            {
                 return step;
             }
         }
@@ -755,9 +777,9 @@ pub fn plot_svg(record: &BootRecord) -> String {
                 row.phases.push(r.phase);
             }
             let c = &m.requests;
-            row.requests += c.direct + c.merged + c.failure_window + c.already_loaded;
-            row.merged += c.merged + c.failure_window;
-            row.from_sysfs += c.already_loaded;
+            add(&mut row.requests, answered(c));
+            add(&mut row.merged, c.merged.saturating_add(c.failure_window));
+            add(&mut row.from_sysfs, c.already_loaded);
         }
     }
     let mut rows: Vec<Row> = by_name.into_values().collect();
@@ -798,7 +820,7 @@ pub fn plot_svg(record: &BootRecord) -> String {
         px_per_s = MAX_AXIS_W / end_s;
     }
     let step_us = tick_step_us(px_per_s);
-    let axis_end_us = end_us.div_ceil(step_us) * step_us;
+    let axis_end_us = end_us.div_ceil(step_us).saturating_mul(step_us);
     let x = |t_us: u64| LEFT + t_us as f64 * px_per_s / 1e6;
 
     let labels: Vec<String> = rows.iter().map(Row::label).collect();
@@ -882,7 +904,10 @@ pub fn plot_svg(record: &BootRecord) -> String {
             TOP - 34.0,
             rows_bottom + 16.0,
         );
-        t += step_us;
+        match t.checked_add(step_us) {
+            Some(next) => t = next,
+            None => break,
+        }
     }
     if let Some(start) = root_start {
         let rx = x(start);

@@ -733,3 +733,32 @@ fn a_record_without_modules_is_reported_and_plotted() {
     std::fs::write(&svg_path, &svg).unwrap();
     rsvg_convert(&svg_path, &dir.path().join("plot.png"));
 }
+
+/// Counts and times at the top of their range (a corrupt file) neither panic nor make a plot
+/// without end: sums saturate, the axis keeps to its width.
+#[test]
+fn extreme_values_do_not_panic() {
+    let mut records = boot(20, 10);
+    for r in &mut records {
+        r.totals.requests = u64::MAX;
+        r.modules_dropped = u64::MAX;
+        let m = &mut r.modules[1];
+        m.requests.merged = u64::MAX;
+        m.arrivals_us.push(u64::MAX);
+        if let Some(load) = m.loads.first_mut() {
+            load.end_us = u64::MAX;
+        }
+    }
+    let dir = write_dir(&records);
+    let record = report::read_dir(dir.path()).unwrap();
+    let blame = Blame::new(&record);
+    assert_eq!(blame.boot.totals.requests, u64::MAX);
+    assert_eq!(blame.boot.modules_dropped, u64::MAX);
+    report::blame_text(&blame);
+    let svg = report::plot_svg(&record);
+    let svg_path = dir.path().join("plot.svg");
+    std::fs::write(&svg_path, &svg).unwrap();
+    rsvg_convert(&svg_path, &dir.path().join("plot.png"));
+    let (width, _) = png_size(&dir.path().join("plot.png"));
+    assert!(width < 32_000, "{width}");
+}
