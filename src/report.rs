@@ -570,14 +570,14 @@ pub fn blame_text(blame: &Blame) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<20} FIRST REQUESTER",
+        "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<24} FIRST REQUESTER",
         "LOAD", "WAIT", "REQS", "DIRECT", "MERGED", "OUTCOME", "PHASE", "MODULE"
     );
     for line in &blame.modules {
         let c = &line.counts;
         let _ = writeln!(
             out,
-            "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<20} {}",
+            "{:>10} {:>10} {:>6} {:>6} {:>6}  {:<18} {:<9}  {:<24} {}",
             format_us(line.load_us),
             format_us(line.wait_us),
             line.requests,
@@ -751,7 +751,8 @@ fn tick_label(t_us: u64, step_us: u64) -> String {
 /// axis in seconds since boot (CLOCK_MONOTONIC 0), the initramfs as a shaded band and the
 /// root phase's start as a line. Each row has its request arrivals (ticks), each load's wait
 /// (light) and call (coloured by outcome), and the name with the call time right of the row's
-/// last mark. Row height and font are fixed: more modules make the picture taller.
+/// last load (or, when that would overlap a later mark of the row, right of its last mark). Row
+/// height and font are fixed: more modules make the picture taller.
 pub fn plot_svg(record: &BootRecord) -> String {
     let mut by_name = BTreeMap::<&str, Row>::new();
     for Instance { record: r, .. } in &record.instances {
@@ -824,11 +825,26 @@ pub fn plot_svg(record: &BootRecord) -> String {
     let x = |t_us: u64| LEFT + t_us as f64 * px_per_s / 1e6;
 
     let labels: Vec<String> = rows.iter().map(Row::label).collect();
-    let label_x = |row: &Row| x(row.end_us()) + 4.0;
+    // A row's label goes right of its last load, as systemd-analyze puts a unit's name right of
+    // its bar, when it fits there before the row's next mark (a later request answered from
+    // sysfs, typically in the root phase); else right of the row's last mark. Rows never share
+    // a line, so a label can only collide with marks of its own row.
+    let label_x = |row: &Row, label: &str| {
+        let after_last = x(row.end_us()) + 4.0;
+        let Some(load_end) = row.loads.iter().map(|l| l.end_us).max() else {
+            return after_last;
+        };
+        let at = x(load_end) + 4.0;
+        let next_mark = row.arrivals.iter().filter(|&&a| a > load_end).min();
+        match next_mark {
+            Some(&next) if x(next) < at + label.chars().count() as f64 * CHAR_W + 4.0 => after_last,
+            _ => at,
+        }
+    };
     let width = rows
         .iter()
         .zip(&labels)
-        .map(|(row, label)| label_x(row) + label.chars().count() as f64 * CHAR_W)
+        .map(|(row, label)| label_x(row, label) + label.chars().count() as f64 * CHAR_W)
         .fold(x(axis_end_us), f64::max)
         .max(MIN_W)
         + LEFT;
@@ -971,7 +987,7 @@ pub fn plot_svg(record: &BootRecord) -> String {
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-            label_x(row),
+            label_x(row, label),
             top + ROW_H - 4.0,
             xml_escape(label)
         );
