@@ -762,3 +762,49 @@ fn extreme_values_do_not_panic() {
     let (width, _) = png_size(&dir.path().join("plot.png"));
     assert!(width < 32_000, "{width}");
 }
+
+/// The `x` of the label and of the arrival ticks in row `row` of `svg`.
+fn row_label_and_ticks(svg: &str, row: usize) -> (f64, Vec<f64>) {
+    let start = svg
+        .find(&format!(r#"<g class="row" id="row-{row}">"#))
+        .unwrap();
+    let group = &svg[start..start + svg[start..].find("</g>").unwrap()];
+    let attr = |from: &str| -> f64 {
+        let at = group.find(from).unwrap() + from.len();
+        let end = at + group[at..].find(['"', ' ']).unwrap();
+        group[at..end].parse().unwrap()
+    };
+    let ticks = group[group.find(r#"class="arrival" d=""#).unwrap()..]
+        .split('M')
+        .skip(1)
+        .map(|m| m.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    (attr(r#"<text x=""#), ticks)
+}
+
+/// A label goes right of the module's load when it fits before the row's next mark (here a
+/// request answered from sysfs in the root phase), else right of the row's last mark.
+#[test]
+fn labels_go_right_of_the_load_unless_a_later_mark_is_in_the_way() {
+    let mut records = boot(10, 11);
+    let root = &mut records[1];
+    root.modules.truncate(2);
+    for (m, later) in root.modules.iter_mut().zip([3_000_000, 20_000]) {
+        let load = load(
+            m.first_request_us,
+            1_000,
+            Some(100_000),
+            Outcome::Loaded,
+            None,
+        );
+        m.arrivals_us = vec![m.first_request_us, load.end_us + later];
+        m.loads = vec![load];
+    }
+    records.remove(0);
+    let record = report::read_dir(write_dir(&records).path()).unwrap();
+    let svg = report::plot_svg(&record);
+    let (label, ticks) = row_label_and_ticks(&svg, 0);
+    assert!(ticks[0] < label && label < ticks[1], "{label} {ticks:?}");
+    let (label, ticks) = row_label_and_ticks(&svg, 1);
+    assert!(ticks[1] < label, "{label} {ticks:?}");
+}
