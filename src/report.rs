@@ -666,19 +666,20 @@ impl Row<'_> {
     fn label(&self) -> String {
         match self.last_load() {
             Some(last) => {
-                let mut label = format!("{} {}", self.module, format_us(self.call_us()));
-                if last.method == Method::None {
-                    let outcome = match last.outcome {
-                        Outcome::Loaded => "loaded",
-                        Outcome::AlreadyLoaded => "already loaded",
-                        Outcome::Builtin => "built in",
-                        Outcome::Failed => "failed",
-                    };
-                    label = format!("{} {outcome}", self.module);
-                }
-                if last.outcome == Outcome::Failed {
-                    label.push(' ');
-                    label.push_str(last.errno_name.as_deref().unwrap_or("failed"));
+                let what = match (last.method, last.outcome) {
+                    (Method::None, Outcome::Loaded) => "loaded".to_string(),
+                    (Method::None, Outcome::AlreadyLoaded) => "already loaded".to_string(),
+                    (Method::None, Outcome::Builtin) => "built in".to_string(),
+                    (Method::None, Outcome::Failed) => "failed".to_string(),
+                    _ => format_us(self.call_us()),
+                };
+                let mut label = format!("{} {what}", self.module);
+                match (last.outcome, &last.errno_name) {
+                    (Outcome::Failed, Some(errno)) => label = format!("{label} {errno}"),
+                    (Outcome::Failed, None) if last.method != Method::None => {
+                        label.push_str(" failed")
+                    }
+                    _ => {}
                 }
                 label
             }

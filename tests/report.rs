@@ -350,6 +350,14 @@ fn failures_are_counted_by_errno_name() {
     );
     assert!(text.contains("errno 5 1, other 1"), "{text}");
     assert!(text.contains("failed ENODEV"), "{text}");
+    // The plot's labels: the errno, or "failed" for a failed call without one.
+    let svg = report::plot_svg(&report::read_dir(dir.path()).unwrap());
+    assert!(
+        svg.contains(&format!(">{dependency_failed} failed ENODEV<")),
+        "{svg}"
+    );
+    let install = &records[1].modules[6].module;
+    assert!(svg.contains(&format!(">{install} 10us failed<")), "{svg}");
 }
 
 #[test]
