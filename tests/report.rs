@@ -816,3 +816,48 @@ fn labels_go_right_of_the_load_unless_a_later_mark_is_in_the_way() {
     let (label, ticks) = row_label_and_ticks(&svg, 1);
     assert!(ticks[1] < label, "{label} {ticks:?}");
 }
+
+/// Every key blame's JSON has is documented in docs/blame-json.md.
+#[test]
+fn every_json_field_is_documented() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/blame-json.md"))
+        .unwrap();
+    let mut records = boot(60, 12);
+    records[0].modules_dropped = 1;
+    let dir = write_dir(&records);
+    std::fs::write(dir.path().join("0-bad.json"), "{").unwrap();
+    let blame = Blame::new(&report::read_dir(dir.path()).unwrap());
+    let value = serde_json::to_value(&blame).unwrap();
+    // Keys that are data, not fields: phase names and errno names.
+    fn keys(value: &serde_json::Value, data_keys: bool, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    if !data_keys {
+                        out.push(key.clone());
+                    }
+                    keys(v, key == "phases" || key == "failures_by_errno", out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, false, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    keys(&value, false, &mut found);
+    found.sort();
+    found.dedup();
+    assert!(found.len() > 40, "{found:?}");
+    let undocumented: Vec<&String> = found
+        .iter()
+        .filter(|key| {
+            !docs.contains(&format!("`{key}`"))
+                && !docs.contains(&format!(".{key}`"))
+                && !docs.contains(&format!("\"{key}\""))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/blame-json.md: {undocumented:?}"
+    );
+}
