@@ -96,7 +96,87 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The lines `modprobe --show-depends TARGET` prints for this plan, each ending in `\n`
+    /// (see [`ModuleNode::show_depends_line`]): every matched module's probe list (see
+    /// [`ModuleNode::probe_list`]), one module after the other, as modprobe probes them; nothing
+    /// for a blacklisted target (modprobe exits 0 silently). `None` for no match, where modprobe
+    /// prints an error and exits 1.
+    ///
+    /// Like `--show-depends` (`KMOD_PROBE_IGNORE_LOADED`), a plan never depends on what the
+    /// running kernel has loaded: the resolver reads only the module indexes and modprobe.d
+    /// (and `modules.builtin`), and the broker checks `/sys/module` when it loads.
+    pub fn show_depends(&self) -> Option<String> {
+        match self {
+            Plan::NoMatch => None,
+            Plan::Blacklisted(_) => Some(String::new()),
+            Plan::Load(nodes) => Some(
+                nodes
+                    .iter()
+                    .flat_map(|node| node.probe_list())
+                    .map(ModuleNode::show_depends_line)
+                    .collect(),
+            ),
+        }
+    }
+}
+
 impl ModuleNode {
+    /// This module's line in `modprobe --show-depends` output, byte for byte as libkmod's
+    /// `print_action` callback prints it: `insmod PATH OPTIONS`, `install COMMAND OPTIONS`
+    /// (the command as written, `$CMDLINE_OPTS` unexpanded) or `builtin NAME`; like libkmod's,
+    /// the insmod and install lines end in a space.
+    pub fn show_depends_line(&self) -> String {
+        // libkmod's module_options_concat appends a space to non-empty options (for the
+        // request's parameters, none in a dry run).
+        let options = match self.options.as_str() {
+            "" => String::new(),
+            options => format!("{options} "),
+        };
+        match &self.method {
+            LoadMethod::File(path) => format!("insmod {} {options}\n", path.display()),
+            LoadMethod::Install(command) => format!("install {command} {options}\n"),
+            LoadMethod::Builtin => format!("builtin {}\n", self.name),
+        }
+    }
+
+    /// libkmod's probe list for this node (`__kmod_module_get_probe_list`), which
+    /// `modprobe --show-depends` prints: each hard dependency with its own softdeps around it,
+    /// then this module's pre-softdeps, itself, its post-softdeps; a softdep's probe list is
+    /// made the same way. Only a module's own probe list is entered once per target; a
+    /// dependency is listed again each time a softdep's list brings it, where a real load finds
+    /// it already loaded. [`ModuleNode::load_order`] is this list with the repeats left out.
+    pub fn probe_list(&self) -> Vec<&ModuleNode> {
+        let mut out = Vec::new();
+        self.probe(&mut Vec::new(), &mut out);
+        out
+    }
+
+    fn probe<'a>(&'a self, visited: &mut Vec<&'a ModuleNode>, out: &mut Vec<&'a ModuleNode>) {
+        if visited.iter().any(|v| std::ptr::eq(*v, self)) {
+            return;
+        }
+        visited.push(self);
+        for dep in &self.deps {
+            dep.with_softdeps(visited, out);
+        }
+        self.with_softdeps(visited, out);
+    }
+
+    fn with_softdeps<'a>(
+        &'a self,
+        visited: &mut Vec<&'a ModuleNode>,
+        out: &mut Vec<&'a ModuleNode>,
+    ) {
+        for node in &self.pre {
+            node.probe(visited, out);
+        }
+        out.push(self);
+        for node in &self.post {
+            node.probe(visited, out);
+        }
+    }
+
     /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
     pub fn file(name: &str, path: impl Into<PathBuf>) -> Self {
         ModuleNode {
