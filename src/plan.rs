@@ -41,6 +41,13 @@ pub struct ModuleNode {
     pub pre: Vec<Arc<ModuleNode>>,
     /// `softdep NAME post: ...`: loaded after this module; failures logged, never fatal.
     pub post: Vec<Arc<ModuleNode>>,
+    /// This module came back on its own dependency or softdep path (a cycle, like Debian's
+    /// `softdep ipmi_msghandler post: ipmi_devintf`, which depends on ipmi_msghandler): the
+    /// node only stands for the enclosing node of the same name and has no dependencies or
+    /// softdeps of its own. Loading it finds that enclosing load under way (the broker's cycle
+    /// check, the direct loader's path); [`ModuleNode::probe_list`] enters the enclosing node
+    /// there again, as libkmod does, and [`ModuleNode::load_order`] leaves it out.
+    pub cycle: bool,
 }
 
 /// Whom modprobe.d's `blacklist` lines refuse, as modprobe's `-b` (`--use-blacklist`) chooses.
@@ -143,41 +150,16 @@ impl ModuleNode {
     /// libkmod's probe list for this node (`__kmod_module_get_probe_list`), which
     /// `modprobe --show-depends` prints: each hard dependency with its own softdeps around it,
     /// then this module's pre-softdeps, itself, its post-softdeps; a softdep's probe list is
-    /// made the same way. Only a module's own probe list is entered once per target; a
-    /// dependency is listed again each time a softdep's list brings it, where a real load finds
-    /// it already loaded. [`ModuleNode::load_order`] is this list with the repeats left out.
+    /// made the same way. Only a module's own probe list is entered once per target: a
+    /// dependency is listed again each time a softdep's list brings it (as a cycle does), where
+    /// a real load finds it already loaded. [`ModuleNode::load_order`] has no repeats.
     pub fn probe_list(&self) -> Vec<&ModuleNode> {
-        let mut out = Vec::new();
-        self.probe(&mut Vec::new(), &mut out);
-        out
+        let mut walk = ProbeWalk::default();
+        walk.probe(self);
+        walk.out
     }
 
-    fn probe<'a>(&'a self, visited: &mut Vec<&'a ModuleNode>, out: &mut Vec<&'a ModuleNode>) {
-        if visited.iter().any(|v| std::ptr::eq(*v, self)) {
-            return;
-        }
-        visited.push(self);
-        for dep in &self.deps {
-            dep.with_softdeps(visited, out);
-        }
-        self.with_softdeps(visited, out);
-    }
-
-    fn with_softdeps<'a>(
-        &'a self,
-        visited: &mut Vec<&'a ModuleNode>,
-        out: &mut Vec<&'a ModuleNode>,
-    ) {
-        for node in &self.pre {
-            node.probe(visited, out);
-        }
-        out.push(self);
-        for node in &self.post {
-            node.probe(visited, out);
-        }
-    }
-
-    /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
+    /// A module loaded from a file    /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
     pub fn file(name: &str, path: impl Into<PathBuf>) -> Self {
         ModuleNode {
             name: name.to_string(),
@@ -186,6 +168,7 @@ impl ModuleNode {
             deps: Vec::new(),
             pre: Vec::new(),
             post: Vec::new(),
+            cycle: false,
         }
     }
 
@@ -198,7 +181,7 @@ impl ModuleNode {
     }
 
     fn collect_order<'a>(&'a self, out: &mut Vec<&'a ModuleNode>) {
-        if out.iter().any(|n| n.name == self.name) {
+        if self.cycle || out.iter().any(|n| n.name == self.name) {
             return;
         }
         // libkmod's order (`__kmod_module_get_probe_list`): the hard dependencies, each with its
@@ -212,5 +195,55 @@ impl ModuleNode {
         for node in &self.post {
             node.collect_order(out);
         }
+    }
+}
+
+/// The walk of [`ModuleNode::probe_list`]: libkmod's `__kmod_module_get_probe_list` (`probe`)
+/// and `__kmod_module_fill_softdep` (`with_softdeps`) over plan nodes, a node standing for
+/// libkmod's module object.
+#[derive(Default)]
+struct ProbeWalk<'a> {
+    /// Nodes whose probe list was entered (libkmod's `visited`).
+    visited: Vec<&'a ModuleNode>,
+    /// The nodes being walked, outermost first: the resolver's path when it made the node.
+    enclosing: Vec<&'a ModuleNode>,
+    out: Vec<&'a ModuleNode>,
+}
+
+impl<'a> ProbeWalk<'a> {
+    /// The node `node` stands for: itself, or for a cycle, the nearest enclosing one of its name.
+    fn real(&self, node: &'a ModuleNode) -> &'a ModuleNode {
+        let enclosing = || self.enclosing.iter().rev().find(|n| n.name == node.name);
+        match node.cycle {
+            true => enclosing().copied().unwrap_or(node),
+            false => node,
+        }
+    }
+
+    fn probe(&mut self, node: &'a ModuleNode) {
+        let node = self.real(node);
+        if self.visited.iter().any(|v| std::ptr::eq(*v, node)) {
+            return;
+        }
+        self.visited.push(node);
+        self.enclosing.push(node);
+        for dep in &node.deps {
+            self.with_softdeps(dep);
+        }
+        self.with_softdeps(node);
+        self.enclosing.pop();
+    }
+
+    fn with_softdeps(&mut self, node: &'a ModuleNode) {
+        let real = self.real(node);
+        self.enclosing.push(real);
+        for soft in &real.pre {
+            self.probe(soft);
+        }
+        self.out.push(node);
+        for soft in &real.post {
+            self.probe(soft);
+        }
+        self.enclosing.pop();
     }
 }

@@ -6,7 +6,7 @@
 # Trees: Debian 12 (kmod 30, 6.1) and Debian 13 (kmod 34, 6.12), the debootstrap trees of the
 # real-boot tests (tests/boot/lib.sh base_tree: cached in build/boot, built when missing), and
 # the test-modprobe trees of kmod's testsuite (tests/diff/kmod-testsuite, bound over the Debian
-# tree's /lib/modules/4.4.4). Both tools run inside the tree (chroot, in a private mount
+# tree's /lib/modules as /lib/modules/4.4.4). Both tools run inside the tree (chroot, in a private mount
 # namespace), so that modprobe and modbrokerd use the tree's libkmod. Per configuration
 # (tests/diff/conf/NAME, plus kmod's test-blacklist and module-param-kcmdline2..9), the
 # namespace has:
@@ -37,6 +37,8 @@ SEP=modbroker-diff-sep
 KMOD_TS=$DIFF_DIR/kmod-testsuite
 
 say() { echo "diff-test: $*" >&2; }
+# MB_DIFF_RUNS=REGEX runs only the runs whose name (bookworm/none, trixie/kmod:builtin) matches.
+selected() { [[ $1 =~ ${MB_DIFF_RUNS:-.} ]]; }
 
 # The targets of a module tree (modules.dep's modules, modules.alias's aliases) or of
 # configuration files (every name they mention), made concrete: an alias is an fnmatch pattern,
@@ -46,20 +48,26 @@ tree_names() {
 	awk '$1 == "alias" { print $2 }' "$1/modules.alias"
 }
 conf_names() {
-	cat "$@" 2>/dev/null | awk '
+	{ cat "$@" 2>/dev/null || :; } | awk '
 		$1 ~ /^(alias|options|install|remove|blacklist)$/ { print $2 }
 		$1 ~ /^(softdep|weakdep)$/ { for (i = 2; i <= NF; i++) if ($i !~ /:$/) print $i }'
 }
 cmdline_names() {
 	tr ' ' '\n' <"$1" | sed -n 's/^modprobe\.blacklist=//p; s/^"\{0,1\}\([^=."/]*\)\..*/\1/p' | tr ',' '\n' | grep -v '^modprobe$' || true
 }
+# The modules of module directory $1 that need one of the modules named on stdin.
+dependents() {
+	awk 'NR == FNR { gsub("-", "_"); want[$0] = 1; next }
+		{ for (i = 2; i <= NF; i++) { m = $i; sub(/.*\//, "", m); sub(/\.ko.*/, "", m); gsub("-", "_", m); if (m in want) { print $1; break } } }' \
+		- "$1/modules.dep" | sed 's|.*/||; s|\.ko.*||'
+}
 concrete() {
 	sed -e 's/\[\(.\)[^]]*\]/\1/g' -e 's/\*//g' -e 's/?/0/g' | awk 'NF && !seen[$0]++'
 }
 
-# run NAME ROOT KVER CONF TARGETS [MODTREE HOME]: one configuration on one tree, both scopes.
-# CONF: a directory of *.conf and an optional `cmdline`; TARGETS: a file; MODTREE: a directory
-# to bind at /lib/modules/KVER; HOME: a directory to bind at /home.
+# run NAME ROOT KVER CONF TARGETS [MODULES HOME]: one configuration on one tree, both scopes.
+# CONF: a directory of *.conf and an optional `cmdline`; TARGETS: a file; MODULES, HOME:
+# directories to bind at /lib/modules and /home.
 run() {
 	local name=$1 root=$2 kver=$3 conf=$4 run=$WORK/$1
 	mkdir -p "$run/modprobe.d"
@@ -76,8 +84,8 @@ run() {
 	for b in "" -b; do
 		local every=$SAMPLE_EVERY counts
 		[ -n "${6:-}" ] && every=1
-		awk -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$run/modprobe$b.blocks" "$run/ours$b.blocks" >"$run/batch$b.cmp"
-		awk -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$run/modprobe$b.single" "$run/ours$b.single" >"$run/single$b.cmp"
+		awk -v run="$name" -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$run/modprobe$b.blocks" "$run/ours$b.blocks" >"$run/batch$b.cmp"
+		awk -v run="$name" -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$run/modprobe$b.single" "$run/ours$b.single" >"$run/single$b.cmp"
 		# The batch against single runs of the same modprobe: the exit status aside, the same lines.
 		awk -F '\t' 'NR == FNR { b[$1] = $2; next } { sub(/(\037)?exit [0-9]+$/, "", $2) } b[$1] != $2 { print "batch and single modprobe differ for " $1 }' \
 			"$run/modprobe$b.blocks" "$run/modprobe$b.single" >"$run/batch$b.check"
@@ -104,19 +112,18 @@ in_namespace() {
 	mount --bind "$run/cmdline" "$root/proc/cmdline"
 	mount --bind "$run/modprobe.d" "$root/etc/modprobe.d"
 	mount --bind "$WORK" "$root/mnt"
-	if [ -n "$modtree" ]; then
-		mount -t tmpfs tmpfs "$root/lib/modules"
-		mkdir "$root/lib/modules/$kver"
-		mount --bind "$modtree" "$root/lib/modules/$kver"
-	fi
+	[ -z "$modtree" ] || mount --bind "$modtree" "$root/lib/modules"
 	[ -z "$home" ] || mount --bind "$home" "$root/home"
 	for b in "" -b; do
-		chroot "$root" xargs -d '\n' -a "$dir/args" modprobe -S "$kver" -a $b --show-depends \
-			>"$run/modprobe$b.out" 2>"$run/modprobe$b.err" || [ $? = 123 ] ||
-			die "modprobe failed in $root: $(tail -n 3 "$run/modprobe$b.err")"
+		# The two tools at once (two cores); modprobe -a exits 1 (xargs 123) if a target matched
+		# nothing, and so does modbroker.
+		{ chroot "$root" xargs -d '\n' -a "$dir/args" modprobe -S "$kver" -a $b --show-depends \
+			>"$run/modprobe$b.out" 2>"$run/modprobe$b.err" || [ $? = 123 ]; } &
+		local modprobe=$!
 		chroot "$root" /mnt/bin/modbroker --module-dir "/lib/modules/$kver" resolve --show-depends $b - \
 			<"$run/args" >"$run/ours$b.out" 2>"$run/ours$b.err" || [ $? = 1 ] ||
 			die "modbroker failed in $root: $(tail -n 3 "$run/ours$b.err")"
+		wait "$modprobe" || die "modprobe failed in $root: $(tail -n 3 "$run/modprobe$b.err")"
 		awk -v sep="install :$SEP: " -f "$DIFF_DIR/blocks.awk" "$run/targets" "$run/modprobe$b.out" >"$run/modprobe$b.blocks"
 		awk -v sep="install :$SEP: " -f "$DIFF_DIR/blocks.awk" "$run/targets" "$run/ours$b.out" >"$run/ours$b.blocks"
 		local every=$SAMPLE_EVERY
@@ -125,10 +132,12 @@ in_namespace() {
 			awk -F '\t' '$1 == "S" { print $2 }' >"$run/singles$b"
 		# shellcheck disable=SC2016 # expanded by the chroot's sh
 		chroot "$root" sh -c 'while IFS= read -r t; do modprobe -S "$0" $1 --show-depends -- "$t" 2>/dev/null; echo "exit $?"; done' \
-			"$kver" "$b" <"$run/singles$b" >"$run/modprobe$b.single.out"
+			"$kver" "$b" <"$run/singles$b" >"$run/modprobe$b.single.out" &
+		modprobe=$!
 		# shellcheck disable=SC2016
 		chroot "$root" sh -c 'while IFS= read -r t; do /mnt/bin/modbroker --module-dir "/lib/modules/$0" resolve --show-depends $1 -- "$t" 2>/dev/null; echo "exit $?"; done' \
 			"$kver" "$b" <"$run/singles$b" >"$run/ours$b.single.out"
+		wait "$modprobe"
 		awk -v ends=1 -f "$DIFF_DIR/blocks.awk" "$run/singles$b" "$run/modprobe$b.single.out" >"$run/modprobe$b.single"
 		awk -v ends=1 -f "$DIFF_DIR/blocks.awk" "$run/singles$b" "$run/ours$b.single.out" >"$run/ours$b.single"
 	done
@@ -139,14 +148,26 @@ in_namespace() {
 kmod_cases() {
 	local root=$1 dist=$2 case
 	for case in $(awk '!/^#/ && NF { print $1 }' "$KMOD_TS/cases" | uniq); do
-		local dir=$KMOD_TS/test-modprobe/$case conf=$WORK/kmodconf/$case
-		mkdir -p "$conf"
+		selected "$dist/kmod:$case" || continue
+		local dir=$KMOD_TS/test-modprobe/$case conf=$WORK/kmodconf/$case tree=$WORK/kmodtree/$case ko
+		mkdir -p "$conf" "$tree/lib/modules" "$tree/home"
+		cp -r "$dir/lib/modules/4.4.4" "$tree/lib/modules/"
+		# --show-depends reads no module, but libkmod stats each dependency's file (and modprobe a
+		# path target): empty files stand for the .ko files kmod's testsuite builds.
+		{ tr ' ' '\n' <"$dir/lib/modules/4.4.4/modules.dep" | sed -n 's/:$//; /\.ko/p'; awk -v c="$case" '$1 == c && $2 ~ /^\/home\// { print $2 }' "$KMOD_TS/cases"; } |
+			while read -r ko; do
+				case $ko in
+				/lib/modules/* | /home/*) ko=$tree$ko ;;
+				/*) die "$case: no placeholder for $ko" ;;
+				*) ko=$tree/lib/modules/4.4.4/$ko ;;
+				esac
+				mkdir -p "${ko%/*}"
+				: >"$ko"
+			done
 		cp "$dir"/etc/modprobe.d/*.conf "$conf/" 2>/dev/null || true
 		[ ! -f "$dir/proc/cmdline" ] || cp "$dir/proc/cmdline" "$conf/cmdline"
 		awk -v c="$case" '$1 == c { print $2 }' "$KMOD_TS/cases" >"$conf/targets"
-		local home=""
-		[ ! -d "$dir/home" ] || home=$dir/home
-		run "$dist/kmod:$case" "$root" 4.4.4 "$conf" "$conf/targets" "$dir/lib/modules/4.4.4" "$home"
+		run "$dist/kmod:$case" "$root" 4.4.4 "$conf" "$conf/targets" "$tree/lib/modules" "$tree/home"
 		awk -v c="$case" '$1 == c && $3 != "" { print $2, $3 }' "$KMOD_TS/cases" | while read -r target expected; do
 			if ! awk -F '\t' -v t="$target" '$1 == t { sub(/(\037)?exit [0-9]+$/, "", $2); gsub("\037", "\n", $2); printf "%s", $2 (($2 == "") ? "" : "\n") }' \
 				"$WORK/$dist/kmod:$case/modprobe.single" | cmp -s - "$dir/$expected"; then
@@ -166,7 +187,8 @@ main() {
 	done
 	local start dist gen root kver conf n
 	start=$(date +%s)
-	remove_tree "$WORK"
+	# Mounts live in private namespaces that end with each run: nothing can be left mounted.
+	rm -rf --one-file-system "$WORK"
 	mkdir -p "$WORK/bin" "$WORK/kmodconf"
 	cp "$BIN/modbroker" "$BIN/modbrokerd" "$WORK/bin/"
 	: >"$WORK/summary"
@@ -187,13 +209,21 @@ main() {
 		[ "$(echo "$kver" | wc -l)" = 1 ] || die "expected one kernel in $root/lib/modules, found: $kver"
 		say "$dist: kernel $kver, $(chroot "$root" dpkg-query -W -f '${Package} ${Version}' kmod)"
 		tree_names "$root/lib/modules/$kver" | concrete >"$WORK/$dist.targets"
-		for conf in "$DIFF_DIR"/conf/* "$WORK"/kmodconf/test-blacklist "$WORK"/kmodconf/kcmdline*; do
+		for conf in "$DIFF_DIR"/conf/*; do
+			selected "$dist/${conf##*/}" || continue
 			run "$dist/${conf##*/}" "$root" "$kver" "$conf" "$WORK/$dist.targets"
+		done
+		# kmod's configurations only name a few modules: those, and the modules that need them.
+		for conf in "$WORK"/kmodconf/test-blacklist "$WORK"/kmodconf/kcmdline*; do
+			selected "$dist/${conf##*/}" || continue
+			{ conf_names "$conf"/*.conf; [ ! -f "$conf/cmdline" ] || cmdline_names "$conf/cmdline"; } |
+				concrete | tee "$WORK/related" | dependents "$root/lib/modules/$kver" >>"$WORK/related"
+			run "$dist/${conf##*/}" "$root" "$kver" "$conf" "$WORK/related"
 		done
 		kmod_cases "$root" "$dist"
 	done
 	say "allowed differences seen (tests/diff/allowed):"
-	cut -f1,2,3,4 "$WORK/allowed-seen" | sed 's/\tA\t/ /' | sort | uniq -c | sed 's/^/    /' >&2
+	cut -f1,2 "$WORK/allowed-seen" | sed 's/ A\t/ /' | sort | uniq -c | sed 's/^/    /' >&2
 	say "$(awk '{ t += $3 } END { print t }' "$WORK/summary") targets compared in $(wc -l <"$WORK/summary") runs, $(($(date +%s) - start)) s"
 	if [ -s "$WORK/differences" ]; then
 		say "DIFFERENCES ($(wc -l <"$WORK/differences"); all in $WORK/differences; fields: run scope D target ours modprobe):"
