@@ -12,11 +12,12 @@
 # Real-boot tests (tests/boot): debootstrap, e2fsprogs (mkfs.ext4 -d, debugfs), init-system-helpers
 #   (the package's maintainer scripts, checked in a scratch root by make-deb), jq (the boot's
 #   record, read back from the guest).
+# Differential test (tests/diff): the same debootstrap trees; util-linux (unshare), mawk.
 set -eu
 
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
-xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers jq"
+xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers jq util-linux mawk"
 
 missing=
 for p in $packages; do
