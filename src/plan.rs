@@ -247,3 +247,44 @@ impl<'a> ProbeWalk<'a> {
         self.enclosing.pop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names<'a>(nodes: impl IntoIterator<Item = &'a ModuleNode>) -> Vec<&'a str> {
+        nodes.into_iter().map(|n| n.name.as_str()).collect()
+    }
+
+    /// `softdep a post: b` where b depends on a: the cycle node under b enters the enclosing a
+    /// again in the probe list (as libkmod lists it), never in the load order.
+    #[test]
+    fn a_cycle_node_stands_for_the_enclosing_module() {
+        let back = ModuleNode {
+            cycle: true,
+            options: "x=1".to_string(),
+            ..ModuleNode::file("a", "/m/a.ko")
+        };
+        let b = ModuleNode {
+            deps: vec![Arc::new(back)],
+            ..ModuleNode::file("b", "/m/b.ko")
+        };
+        let a = ModuleNode {
+            post: vec![Arc::new(b)],
+            options: "x=1".to_string(),
+            ..ModuleNode::file("a", "/m/a.ko")
+        };
+        assert_eq!(names(a.probe_list()), ["a", "a", "b"]);
+        assert_eq!(names(a.load_order()), ["a", "b"]);
+        let plan = Plan::Load(vec![Arc::new(a)]);
+        assert_eq!(
+            plan.show_depends().unwrap(),
+            "insmod /m/a.ko x=1 \ninsmod /m/a.ko x=1 \ninsmod /m/b.ko \n"
+        );
+        assert_eq!(Plan::NoMatch.show_depends(), None);
+        assert_eq!(
+            Plan::Blacklisted(vec!["a".into()]).show_depends().unwrap(),
+            ""
+        );
+    }
+}

@@ -6,8 +6,8 @@
 # Trees: Debian 12 (kmod 30, 6.1) and Debian 13 (kmod 34, 6.12), the debootstrap trees of the
 # real-boot tests (tests/boot/lib.sh base_tree: cached in build/boot, built when missing), and
 # the test-modprobe trees of kmod's testsuite (tests/diff/kmod-testsuite, bound over the Debian
-# tree's /lib/modules as /lib/modules/4.4.4). Both tools run inside the tree (chroot, in a private mount
-# namespace), so that modprobe and modbrokerd use the tree's libkmod. Per configuration
+# tree's /lib/modules as /lib/modules/4.4.4). Both tools run inside the tree (chroot, in a
+# private mount namespace), so that modprobe and modbrokerd use the tree's libkmod. Per configuration
 # (tests/diff/conf/NAME, plus kmod's test-blacklist and module-param-kcmdline2..9), the
 # namespace has:
 #   /etc/modprobe.d  the configuration's *.conf (the tree's /lib/modprobe.d stays as it is);
@@ -82,8 +82,7 @@ run() {
 	awk -v sep="$SEP" '{ print sep; print }' "$run/targets" >"$run/args"
 	unshare -m "$0" --in-namespace "$root" "$kver" "$run" "${6:-}" "${7:-}"
 	for b in "" -b; do
-		local every=$SAMPLE_EVERY counts
-		[ -n "${6:-}" ] && every=1
+		local counts
 		awk -v run="$name" -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$run/modprobe$b.blocks" "$run/ours$b.blocks" >"$run/batch$b.cmp"
 		awk -v run="$name" -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$run/modprobe$b.single" "$run/ours$b.single" >"$run/single$b.cmp"
 		# The batch against single runs of the same modprobe: the exit status aside, the same lines.
@@ -185,7 +184,7 @@ main() {
 	for b in modbroker modbrokerd; do
 		[ -x "$BIN/$b" ] || die "$BIN/$b is missing: run 'make build' first"
 	done
-	local start dist gen root kver conf n
+	local start dist gen root kver conf n names
 	start=$(date +%s)
 	# Mounts live in private namespaces that end with each run: nothing can be left mounted.
 	rm -rf --one-file-system "$WORK"
@@ -216,8 +215,8 @@ main() {
 		# kmod's configurations only name a few modules: those, and the modules that need them.
 		for conf in "$WORK"/kmodconf/test-blacklist "$WORK"/kmodconf/kcmdline*; do
 			selected "$dist/${conf##*/}" || continue
-			{ conf_names "$conf"/*.conf; [ ! -f "$conf/cmdline" ] || cmdline_names "$conf/cmdline"; } |
-				concrete | tee "$WORK/related" | dependents "$root/lib/modules/$kver" >>"$WORK/related"
+			names=$({ conf_names "$conf"/*.conf; [ ! -f "$conf/cmdline" ] || cmdline_names "$conf/cmdline"; } | concrete)
+			{ echo "$names"; dependents "$root/lib/modules/$kver" <<<"$names"; } >"$WORK/related"
 			run "$dist/${conf##*/}" "$root" "$kver" "$conf" "$WORK/related"
 		done
 		kmod_cases "$root" "$dist"
