@@ -5,6 +5,8 @@
 //! libkmod. Each [`ModuleNode`] carries everything needed to load that one module: its file (or
 //! builtin / install command), its options from `modprobe.d` and the kernel command line, and the
 //! nodes that must be live before it (hard dependencies, in load order) plus its softdeps.
+//! [`Plan::show_depends`] renders a plan as `modprobe --show-depends` prints it (what
+//! `modbroker resolve --show-depends` prints, and what the differential test compares).
 
 use std::path::PathBuf;
 use std::sync::Arc;
