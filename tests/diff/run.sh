@@ -177,6 +177,28 @@ kmod_cases() {
 	done
 }
 
+# The comparison must see a difference: compare.awk on made-up blocks (one a line: target,
+# modprobe's block, ours, the verdict expected), in a run the allowed list's softdep entries
+# cover.
+self_check() {
+	local t theirs ours want got
+	while IFS='|' read -r t theirs ours want; do
+		printf '%s\t%s\n' "$t" "$theirs" | tr '~' '\037' >"$WORK/check.modprobe"
+		printf '%s\t%s\n' "$t" "$ours" | tr '~' '\037' >"$WORK/check.ours"
+		got=$(awk -v run=self/softdep -f "$DIFF_DIR/compare.awk" "$DIFF_DIR/allowed" "$WORK/check.modprobe" "$WORK/check.ours" | cut -f1 | head -n1)
+		[ "$got" = "$want" ] || die "compare.awk self-check: $t: $theirs against $ours gave ${got:-nothing}, not $want"
+	done <<-'EOF'
+		x|insmod /a.ko |insmod /b.ko |D
+		x|insmod /a.ko |insmod /a.ko x=1 |D
+		x|insmod /a.ko ~insmod /b.ko |insmod /b.ko ~insmod /a.ko |D
+		x|exit 0|exit 1|D
+		x|insmod /nlmon.ko ~insmod /nlmon.ko |insmod /nlmon.ko |A
+		x|insmod /a.ko ~insmod /a.ko |insmod /a.ko |D
+		x|insmod /nlmon.ko ~insmod /a.ko |insmod /a.ko |D
+		x|insmod /a.ko ~insmod /nlmon.ko |insmod /a.ko ~insmod /nlmon.ko |C
+	EOF
+}
+
 main() {
 	need unshare util-linux
 	need chroot coreutils
@@ -193,6 +215,7 @@ main() {
 	: >"$WORK/summary"
 	: >"$WORK/differences"
 	: >"$WORK/allowed-seen"
+	self_check
 	# kmod's test-blacklist configuration and module-param-kcmdline2..9 command lines, on the
 	# Debian trees (their modules are the Debian ones: psmouse, parport, floppy, pcspkr).
 	mkdir -p "$WORK/kmodconf/test-blacklist"
@@ -223,7 +246,7 @@ main() {
 	done
 	say "allowed differences seen (tests/diff/allowed):"
 	cut -f1,2 "$WORK/allowed-seen" | sed 's/ A\t/ /' | sort | uniq -c | sed 's/^/    /' >&2
-	say "$(awk '{ t += $3 } END { print t }' "$WORK/summary") targets compared in $(wc -l <"$WORK/summary") runs, $(($(date +%s) - start)) s"
+	say "$(awk '{ t += $3 } END { print t + 0 }' "$WORK/summary") targets compared in $(wc -l <"$WORK/summary") runs, $(($(date +%s) - start)) s"
 	if [ -s "$WORK/differences" ]; then
 		say "DIFFERENCES ($(wc -l <"$WORK/differences"); all in $WORK/differences; fields: run scope D target ours modprobe):"
 		head -n 40 "$WORK/differences" | tr '\037' '|' >&2
