@@ -103,9 +103,7 @@ impl Plan {
             Plan::Load(nodes) => nodes.iter().map(|n| n.name.clone()).collect(),
         }
     }
-}
 
-impl Plan {
     /// The lines `modprobe --show-depends TARGET` prints for this plan, each ending in `\n`
     /// (see [`ModuleNode::show_depends_line`]): every matched module's probe list (see
     /// [`ModuleNode::probe_list`]), one module after the other, as modprobe probes them; nothing
@@ -161,7 +159,7 @@ impl ModuleNode {
         walk.out
     }
 
-    /// A module loaded from a file    /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
+    /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
     pub fn file(name: &str, path: impl Into<PathBuf>) -> Self {
         ModuleNode {
             name: name.to_string(),
@@ -215,11 +213,11 @@ struct ProbeWalk<'a> {
 impl<'a> ProbeWalk<'a> {
     /// The node `node` stands for: itself, or for a cycle, the nearest enclosing one of its name.
     fn real(&self, node: &'a ModuleNode) -> &'a ModuleNode {
-        let enclosing = || self.enclosing.iter().rev().find(|n| n.name == node.name);
-        match node.cycle {
-            true => enclosing().copied().unwrap_or(node),
-            false => node,
+        if !node.cycle {
+            return node;
         }
+        let enclosing = self.enclosing.iter().rev().find(|n| n.name == node.name);
+        enclosing.copied().unwrap_or(node)
     }
 
     fn probe(&mut self, node: &'a ModuleNode) {

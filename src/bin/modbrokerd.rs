@@ -224,6 +224,7 @@ fn oneshot(config: &Config, args: &[String], blacklist: BlacklistScope) -> anyho
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
+
 /// `--show-depends [--blacklist-names] TARGET...`: resolves each target here, with the resolver
 /// the daemon uses, and prints what `modprobe -a --show-depends TARGET...` prints (the lines of
 /// [`Plan::show_depends`]). A `-` stands for the targets on stdin, one a line. A target that
