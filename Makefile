@@ -1,12 +1,15 @@
 # modbroker — build, test, demo, install.
 #
-#   make test      install missing prerequisites, then every test: fmt, clippy, cargo test,
+#   make test      install missing prerequisites, then every test: fmt, clippy, cargo test, the
+#                  differential test against modprobe (tests/diff),
 #                  a short fuzz run, and the real-kernel tests in a qemu VM (tests/vm)
 #   make demo      install missing prerequisites, build, boot the VM and show the broker
 #                  merging a burst of same-name requests on a real kernel
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
 #   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
 #                  a scratch dpkg root
+#   make diff-test the differential test: `modbroker resolve --show-depends` against modprobe's
+#                  on Debian 12 and 13's whole module trees and kmod's own test trees (tests/diff)
 #   make boot-test real boots of Debian 12 (initramfs-tools) and 13 (dracut) with systemd as
 #                  PID 1 and the .deb installed with dpkg (tests/boot; images cached in build/boot)
 #   make fuzz      run each cargo-fuzz target (fuzz/) for FUZZ_SECONDS from the committed corpus
@@ -36,7 +39,7 @@ FUZZ_SECONDS ?= 60
 
 RELEASE_BINS = target/release/modbrokerd target/release/modbroker
 
-.PHONY: all build docs deps deb test lint check-units unit-test fuzz vm-test boot-test demo install uninstall bench soak clean
+.PHONY: all build docs deps deb test lint check-units unit-test diff-test fuzz vm-test boot-test demo install uninstall bench soak clean
 
 all: build
 
@@ -67,10 +70,13 @@ check-units: build
 deb: build
 	tools/make-deb.sh
 
+diff-test: build
+	tests/diff/run.sh
+
 boot-test: deb
 	tests/boot/run.sh
 
-test: deps lint check-units deb unit-test fuzz vm-test boot-test
+test: deps lint check-units deb unit-test diff-test fuzz vm-test boot-test
 
 demo: deps build
 	tests/vm/run.sh demo

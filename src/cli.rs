@@ -55,7 +55,16 @@ pub enum Command {
     },
     /// Show what targets resolve to (modules in load order, options), like modprobe --show-depends
     Resolve {
-        /// Module names or modaliases
+        /// Print exactly what `modprobe -a --show-depends TARGET...` prints (insmod, install and
+        /// builtin lines), resolved here by running `modbrokerd --show-depends`, not by the
+        /// daemon; exit 1 if a target matches nothing
+        #[arg(long)]
+        show_depends: bool,
+        /// With --show-depends: refuse a blacklisted module asked for by name too, as
+        /// `modprobe -b` and `load --udev`
+        #[arg(short = 'b', long, requires = "show_depends")]
+        use_blacklist: bool,
+        /// Module names or modaliases; with --show-depends, `-` reads them from stdin, one a line
         #[arg(required = true)]
         targets: Vec<String>,
     },
@@ -100,6 +109,7 @@ pub enum Command {
 
 /// `modbrokerd`: the daemon.
 #[derive(Parser, Clone)]
+#[command(group = clap::ArgGroup::new("direct").args(["oneshot", "show_depends"]).multiple(false))]
 #[command(
     name = "modbrokerd",
     version,
@@ -123,21 +133,26 @@ pub struct DaemonArgs {
     pub record_dir: PathBuf,
     /// Check the configuration file (and its log_level) and exit: 0 if it is usable, 1 with the
     /// errors on stderr if not. Loads nothing, binds nothing
-    #[arg(long, conflicts_with = "oneshot")]
+    #[arg(long, conflicts_with_all = ["oneshot", "show_depends"])]
     pub check_config: bool,
+    /// Resolve each TARGET (`-`: one a line from stdin) and print what `modprobe -a
+    /// --show-depends TARGET...` prints, then exit: 0, or 1 if a target matched nothing or
+    /// could not be resolved. Loads nothing, binds nothing
+    #[arg(long, conflicts_with_all = ["oneshot", "run_install"], requires = "oneshot_args")]
+    pub show_depends: bool,
     /// Load TARGET directly (no daemon, no merging), print its result as JSON, exit: the
     /// client's fallback when no daemon answers
     #[arg(long, requires = "oneshot_args")]
     pub oneshot: bool,
-    /// With --oneshot: refuse a blacklisted module asked for by name too (`load --udev`,
-    /// `modprobe -b`)
-    #[arg(long, requires = "oneshot")]
+    /// With --oneshot or --show-depends: refuse a blacklisted module asked for by name too
+    /// (`load --udev`, `modprobe -b`)
+    #[arg(long, requires = "direct")]
     pub blacklist_names: bool,
     /// Serve one install-command request on stdin (a connection accepted by
     /// modbroker-install.socket), run the command if the configuration has it, answer, exit
     #[arg(long, conflicts_with_all = ["oneshot", "check_config"])]
     pub run_install: bool,
-    /// With --oneshot: TARGET [PARAM=VALUE...]
-    #[arg(requires = "oneshot", value_name = "TARGET [PARAM...]")]
+    /// With --oneshot: TARGET [PARAM=VALUE...]; with --show-depends: TARGET...
+    #[arg(requires = "direct", value_name = "TARGET [PARAM...]")]
     pub oneshot_args: Vec<String>,
 }

@@ -163,11 +163,7 @@ pub fn load_without_daemon(
     params: &[String],
     blacklist_names: bool,
 ) -> Result<TargetResult, String> {
-    let daemon = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("modbrokerd")))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("modbrokerd"));
+    let daemon = modbrokerd();
     let mut cmd = std::process::Command::new(&daemon);
     cmd.arg("--oneshot");
     if let Some(dir) = module_dir {
@@ -190,6 +186,38 @@ pub fn load_without_daemon(
     }
     serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("unreadable result from {} --oneshot: {e}", daemon.display()))
+}
+
+/// `modbrokerd`: beside this executable, else on `$PATH`.
+fn modbrokerd() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("modbrokerd")))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("modbrokerd"))
+}
+
+/// `resolve --show-depends`: runs `modbrokerd --show-depends [--module-dir DIR]
+/// [--blacklist-names] -- TARGET...` with this process's stdin, stdout and stderr, and returns
+/// its exit status. The daemon is not asked: the client links no libkmod, and modbrokerd resolves
+/// with the same library code as the daemon.
+pub fn show_depends(
+    module_dir: Option<&Path>,
+    targets: &[String],
+    blacklist_names: bool,
+) -> Result<std::process::ExitStatus, String> {
+    let daemon = modbrokerd();
+    let mut cmd = std::process::Command::new(&daemon);
+    cmd.arg("--show-depends");
+    if let Some(dir) = module_dir {
+        cmd.arg("--module-dir").arg(dir);
+    }
+    if blacklist_names {
+        cmd.arg("--blacklist-names");
+    }
+    cmd.arg("--").args(targets);
+    cmd.status()
+        .map_err(|e| format!("cannot run {}: {e}", daemon.display()))
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! libkmod. Each [`ModuleNode`] carries everything needed to load that one module: its file (or
 //! builtin / install command), its options from `modprobe.d` and the kernel command line, and the
 //! nodes that must be live before it (hard dependencies, in load order) plus its softdeps.
+//! [`Plan::show_depends`] renders a plan as `modprobe --show-depends` prints it (what
+//! `modbroker resolve --show-depends` prints, and what the differential test compares).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +43,13 @@ pub struct ModuleNode {
     pub pre: Vec<Arc<ModuleNode>>,
     /// `softdep NAME post: ...`: loaded after this module; failures logged, never fatal.
     pub post: Vec<Arc<ModuleNode>>,
+    /// This module came back on its own dependency or softdep path (a cycle, like Debian's
+    /// `softdep ipmi_msghandler post: ipmi_devintf`, which depends on ipmi_msghandler): the
+    /// node only stands for the enclosing node of the same name and has no dependencies or
+    /// softdeps of its own. Loading it finds that enclosing load under way (the broker's cycle
+    /// check, the direct loader's path); [`ModuleNode::probe_list`] enters the enclosing node
+    /// there again, as libkmod does, and [`ModuleNode::load_order`] leaves it out.
+    pub cycle: bool,
 }
 
 /// Whom modprobe.d's `blacklist` lines refuse, as modprobe's `-b` (`--use-blacklist`) chooses.
@@ -94,9 +103,62 @@ impl Plan {
             Plan::Load(nodes) => nodes.iter().map(|n| n.name.clone()).collect(),
         }
     }
+
+    /// The lines `modprobe --show-depends TARGET` prints for this plan, each ending in `\n`
+    /// (see [`ModuleNode::show_depends_line`]): every matched module's probe list (see
+    /// [`ModuleNode::probe_list`]), one module after the other, as modprobe probes them; nothing
+    /// for a blacklisted target (modprobe exits 0 silently). `None` for no match, where modprobe
+    /// prints an error and exits 1.
+    ///
+    /// Like `--show-depends` (`KMOD_PROBE_IGNORE_LOADED`), a plan never depends on what the
+    /// running kernel has loaded: the resolver reads only the module indexes and modprobe.d
+    /// (and `modules.builtin`), and the broker checks `/sys/module` when it loads.
+    pub fn show_depends(&self) -> Option<String> {
+        match self {
+            Plan::NoMatch => None,
+            Plan::Blacklisted(_) => Some(String::new()),
+            Plan::Load(nodes) => Some(
+                nodes
+                    .iter()
+                    .flat_map(|node| node.probe_list())
+                    .map(ModuleNode::show_depends_line)
+                    .collect(),
+            ),
+        }
+    }
 }
 
 impl ModuleNode {
+    /// This module's line in `modprobe --show-depends` output, byte for byte as libkmod's
+    /// `print_action` callback prints it: `insmod PATH OPTIONS`, `install COMMAND OPTIONS`
+    /// (the command as written, `$CMDLINE_OPTS` unexpanded) or `builtin NAME`; like libkmod's,
+    /// the insmod and install lines end in a space.
+    pub fn show_depends_line(&self) -> String {
+        // libkmod's module_options_concat appends a space to non-empty options (for the
+        // request's parameters, none in a dry run).
+        let options = match self.options.as_str() {
+            "" => String::new(),
+            options => format!("{options} "),
+        };
+        match &self.method {
+            LoadMethod::File(path) => format!("insmod {} {options}\n", path.display()),
+            LoadMethod::Install(command) => format!("install {command} {options}\n"),
+            LoadMethod::Builtin => format!("builtin {}\n", self.name),
+        }
+    }
+
+    /// libkmod's probe list for this node (`__kmod_module_get_probe_list`), which
+    /// `modprobe --show-depends` prints: each hard dependency with its own softdeps around it,
+    /// then this module's pre-softdeps, itself, its post-softdeps; a softdep's probe list is
+    /// made the same way. Only a module's own probe list is entered once per target: a
+    /// dependency is listed again each time a softdep's list brings it (as a cycle does), where
+    /// a real load finds it already loaded. [`ModuleNode::load_order`] has no repeats.
+    pub fn probe_list(&self) -> Vec<&ModuleNode> {
+        let mut walk = ProbeWalk::default();
+        walk.probe(self);
+        walk.out
+    }
+
     /// A module loaded from a file, with no dependencies, options or softdeps (tests, fallbacks).
     pub fn file(name: &str, path: impl Into<PathBuf>) -> Self {
         ModuleNode {
@@ -106,6 +168,7 @@ impl ModuleNode {
             deps: Vec::new(),
             pre: Vec::new(),
             post: Vec::new(),
+            cycle: false,
         }
     }
 
@@ -118,7 +181,7 @@ impl ModuleNode {
     }
 
     fn collect_order<'a>(&'a self, out: &mut Vec<&'a ModuleNode>) {
-        if out.iter().any(|n| n.name == self.name) {
+        if self.cycle || out.iter().any(|n| n.name == self.name) {
             return;
         }
         // libkmod's order (`__kmod_module_get_probe_list`): the hard dependencies, each with its
@@ -132,5 +195,96 @@ impl ModuleNode {
         for node in &self.post {
             node.collect_order(out);
         }
+    }
+}
+
+/// The walk of [`ModuleNode::probe_list`]: libkmod's `__kmod_module_get_probe_list` (`probe`)
+/// and `__kmod_module_fill_softdep` (`with_softdeps`) over plan nodes, a node standing for
+/// libkmod's module object.
+#[derive(Default)]
+struct ProbeWalk<'a> {
+    /// Nodes whose probe list was entered (libkmod's `visited`).
+    visited: Vec<&'a ModuleNode>,
+    /// The nodes being walked, outermost first: the resolver's path when it made the node.
+    enclosing: Vec<&'a ModuleNode>,
+    out: Vec<&'a ModuleNode>,
+}
+
+impl<'a> ProbeWalk<'a> {
+    /// The node `node` stands for: itself, or for a cycle, the nearest enclosing one of its name.
+    fn real(&self, node: &'a ModuleNode) -> &'a ModuleNode {
+        if !node.cycle {
+            return node;
+        }
+        let enclosing = self.enclosing.iter().rev().find(|n| n.name == node.name);
+        enclosing.copied().unwrap_or(node)
+    }
+
+    fn probe(&mut self, node: &'a ModuleNode) {
+        let node = self.real(node);
+        if self.visited.iter().any(|v| std::ptr::eq(*v, node)) {
+            return;
+        }
+        self.visited.push(node);
+        self.enclosing.push(node);
+        for dep in &node.deps {
+            self.with_softdeps(dep);
+        }
+        self.with_softdeps(node);
+        self.enclosing.pop();
+    }
+
+    fn with_softdeps(&mut self, node: &'a ModuleNode) {
+        let real = self.real(node);
+        self.enclosing.push(real);
+        for soft in &real.pre {
+            self.probe(soft);
+        }
+        self.out.push(node);
+        for soft in &real.post {
+            self.probe(soft);
+        }
+        self.enclosing.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names<'a>(nodes: impl IntoIterator<Item = &'a ModuleNode>) -> Vec<&'a str> {
+        nodes.into_iter().map(|n| n.name.as_str()).collect()
+    }
+
+    /// `softdep a post: b` where b depends on a: the cycle node under b enters the enclosing a
+    /// again in the probe list (as libkmod lists it), never in the load order.
+    #[test]
+    fn a_cycle_node_stands_for_the_enclosing_module() {
+        let back = ModuleNode {
+            cycle: true,
+            options: "x=1".to_string(),
+            ..ModuleNode::file("a", "/m/a.ko")
+        };
+        let b = ModuleNode {
+            deps: vec![Arc::new(back)],
+            ..ModuleNode::file("b", "/m/b.ko")
+        };
+        let a = ModuleNode {
+            post: vec![Arc::new(b)],
+            options: "x=1".to_string(),
+            ..ModuleNode::file("a", "/m/a.ko")
+        };
+        assert_eq!(names(a.probe_list()), ["a", "a", "b"]);
+        assert_eq!(names(a.load_order()), ["a", "b"]);
+        let plan = Plan::Load(vec![Arc::new(a)]);
+        assert_eq!(
+            plan.show_depends().unwrap(),
+            "insmod /m/a.ko x=1 \ninsmod /m/a.ko x=1 \ninsmod /m/b.ko \n"
+        );
+        assert_eq!(Plan::NoMatch.show_depends(), None);
+        assert_eq!(
+            Plan::Blacklisted(vec!["a".into()]).show_depends().unwrap(),
+            ""
+        );
     }
 }

@@ -616,8 +616,8 @@ fn load_method(m: &Module, has_softdeps: bool) -> Option<LoadMethod> {
     None
 }
 
-/// Builds [`ModuleNode`] trees, cutting cycles (a module already on the current path is skipped)
-/// and sharing nodes through the resolver's memo.
+/// Builds [`ModuleNode`] trees, cutting cycles (a module already on the current path becomes a
+/// childless node marked [`ModuleNode::cycle`]) and sharing nodes through the resolver's memo.
 ///
 /// The memo is keyed by module name and options. Everything else in a node (install command,
 /// softdeps, dependencies) follows from the name, but options also follow from the alias libkmod
@@ -664,13 +664,18 @@ impl<'a> NodeBuilder<'a> {
             return Some(Arc::clone(node));
         }
         let (name, options) = key;
+        let (pre, post) = m.softdeps();
+        let method = load_method(m, !pre.is_empty() || !post.is_empty())?;
         if self.path.contains(&name) {
             debug!(module = %name, path = ?self.path, "dependency cycle cut");
             *cut = true;
-            return None;
+            return Some(Arc::new(ModuleNode {
+                cycle: true,
+                method,
+                options,
+                ..ModuleNode::file(&name, "")
+            }));
         }
-        let (pre, post) = m.softdeps();
-        let method = load_method(m, !pre.is_empty() || !post.is_empty())?;
         self.path.push(name.clone());
         let mut sub_cut = false;
         let deps = self.list(&m.dependencies(), &mut sub_cut);
@@ -684,6 +689,7 @@ impl<'a> NodeBuilder<'a> {
             deps,
             pre,
             post,
+            cycle: false,
         });
         if sub_cut {
             *cut = true;

@@ -4,6 +4,7 @@
 //! loading (`--check-config`, the daemon, `--oneshot`). (This host cannot load modules; loading
 //! is proven in the VM test, tests/vm.)
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -911,4 +912,43 @@ fn a_new_depmod_forgets_remembered_failures() {
         "{log}"
     );
     assert!(log.contains("forgetting remembered load failures"), "{log}");
+}
+
+/// `modbroker resolve --show-depends -` (the client running `modbrokerd --show-depends`, no
+/// daemon) prints, byte for byte, what the host's `modprobe -a --show-depends` prints for the
+/// same targets and modprobe.d, and exits 1 as modprobe does when a target matches nothing.
+#[test]
+fn resolve_show_depends_prints_what_modprobe_prints() {
+    let tree = debian_tree();
+    let targets = ["vfat", "btrfs", "fs-vfat", NO_MATCH, "e1000e", "zswap"];
+    let modprobe = Command::new("modprobe")
+        .arg("-S")
+        .arg(tree.file_name().unwrap())
+        .args(["-a", "--show-depends"])
+        .args(targets)
+        .output()
+        .expect("run modprobe (package kmod)");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_modbroker"))
+        .arg("--module-dir")
+        .arg(&tree)
+        .args(["resolve", "--show-depends", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client starts");
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(targets.join("\n").as_bytes()).unwrap();
+    drop(stdin);
+    let ours = client.wait_with_output().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text(&modprobe.stdout).contains("/vfat.ko"), "{modprobe:?}");
+    assert_eq!(
+        text(&ours.stdout),
+        text(&modprobe.stdout),
+        "ours, then modprobe's"
+    );
+    assert_eq!(modprobe.status.code(), Some(1));
+    assert_eq!(ours.status.code(), Some(1), "{}", text(&ours.stderr));
+    assert!(text(&ours.stderr).contains(NO_MATCH));
 }

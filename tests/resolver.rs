@@ -92,10 +92,9 @@ impl Fixture {
         fs::write(self.conf_dir.join(file), content).unwrap();
     }
 
-    /// The lines the host's `modprobe --show-depends [extra...] target` prints for this tree and
-    /// `modprobe.d` (`-d`, `-S`, `-C`), trailing spaces trimmed; `None` when modprobe finds no
-    /// module for `target`.
-    fn modprobe_show_depends(&self, extra: &[&str], target: &str) -> Option<Vec<String>> {
+    /// What the host's `modprobe --show-depends [extra...] target` prints for this tree and
+    /// `modprobe.d` (`-d`, `-S`, `-C`); `None` when modprobe finds no module for `target`.
+    fn modprobe_show_depends(&self, extra: &[&str], target: &str) -> Option<String> {
         let out = Command::new("modprobe")
             .arg("-d")
             .arg(&self.root)
@@ -112,8 +111,7 @@ impl Fixture {
         if !out.status.success() {
             return None;
         }
-        let stdout = String::from_utf8(out.stdout).expect("modprobe prints UTF-8");
-        Some(stdout.lines().map(|l| l.trim_end().to_string()).collect())
+        Some(String::from_utf8(out.stdout).expect("modprobe prints UTF-8"))
     }
 
     /// Resolves `target` with a resolver made now (so it reads the current `modprobe.d`) and
@@ -162,41 +160,20 @@ fn host_module_path(host_dir: &Path, name: &str) -> String {
         .to_string()
 }
 
-/// `plan` as `modprobe --show-depends` prints it: each matched module's load order, one module
-/// after the other (modprobe probes them one by one); nothing for a blacklisted target; `None`
-/// for no match.
-fn show_depends(plan: &Plan) -> Option<Vec<String>> {
-    match plan {
-        Plan::NoMatch => None,
-        Plan::Blacklisted(_) => Some(Vec::new()),
-        Plan::Load(nodes) => Some(
-            nodes
-                .iter()
-                .flat_map(|node| node.load_order())
-                .map(action_line)
-                .collect(),
-        ),
-    }
-}
-
-/// One module's line in `modprobe --show-depends` output (trailing spaces trimmed).
-fn action_line(node: &ModuleNode) -> String {
-    let line = match &node.method {
-        LoadMethod::File(path) => format!("insmod {} {}", path.display(), node.options),
-        LoadMethod::Install(command) => format!("install {command} {}", node.options),
-        LoadMethod::Builtin => format!("builtin {}", node.name),
-    };
-    line.trim_end().to_string()
-}
-
-/// Asserts that `plan` shows as modprobe showed `target`; returns modprobe's lines.
-fn assert_show_depends(plan: &Plan, modprobe: Option<Vec<String>>, target: &str) -> Vec<String> {
+/// Asserts that `plan` shows, byte for byte, as modprobe showed `target` (the library's
+/// rendering, `Plan::show_depends`, that `modbroker resolve --show-depends` prints); returns
+/// modprobe's lines with trailing spaces trimmed.
+fn assert_show_depends(plan: &Plan, modprobe: Option<String>, target: &str) -> Vec<String> {
     assert_eq!(
-        show_depends(plan),
+        plan.show_depends(),
         modprobe,
         "{target}: ours, then modprobe's"
     );
-    modprobe.unwrap_or_default()
+    modprobe
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect()
 }
 
 /// The fixture's `modprobe --show-depends` line for module `name` loaded from its file.
@@ -350,11 +327,63 @@ fn softdep_cycles_are_cut_per_target() {
     let dummy = r.resolve("dummy").unwrap();
     let dummy = single(&dummy);
     assert_eq!(names(&dummy.pre), ["nlmon"]);
-    assert!(dummy.pre[0].pre.is_empty());
+    // Where the cycle closes, a childless node stands for the enclosing dummy.
+    let back = &dummy.pre[0].pre;
+    assert_eq!(names(back), ["dummy"]);
+    assert!(back[0].cycle && back[0].deps.is_empty() && back[0].pre.is_empty());
     assert_eq!(order(dummy), ["nlmon", "dummy"]);
     // Resolving the other end of the cycle afterwards must not reuse the cut tree.
     let nlmon = r.resolve("nlmon").unwrap();
     assert_eq!(order(single(&nlmon)), ["dummy", "nlmon"]);
+    for target in ["dummy", "nlmon"] {
+        fx.same_as_modprobe(target);
+    }
+}
+
+/// A softdep that leads back to a module through a hard dependency (Debian's own
+/// `softdep ipmi_msghandler post: ipmi_devintf`, which depends on ipmi_msghandler, and `vfio`):
+/// libkmod's probe list, which `modprobe --show-depends` prints, has the module again where the
+/// softdep's dependencies bring it back. The resolver cut the cycle there, so `resolve
+/// --show-depends` listed it once.
+#[test]
+fn a_softdep_back_through_a_dependency_lists_the_module_again_as_modprobe() {
+    let fx = Fixture::new("softdep llc post: garp\n");
+    let mut r = fx.resolver();
+    let llc = r.resolve("llc").unwrap();
+    let llc = single(&llc);
+    assert_eq!(order(llc), ["llc", "stp", "garp"]);
+    let lines = fx.same_as_modprobe("llc");
+    let listed = ["llc", "llc", "stp", "garp"].map(|m| insmod(&fx, m, ""));
+    assert_eq!(lines, listed);
+    let shown: Vec<&str> = llc.probe_list().iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(shown, ["llc", "llc", "stp", "garp"]);
+    for target in ["garp", "stp"] {
+        fx.same_as_modprobe(target);
+    }
+}
+
+/// `--show-depends` lines are modprobe's byte for byte: `insmod PATH OPTIONS ` and `install
+/// COMMAND OPTIONS ` end in a space (libkmod's option concatenation), `builtin NAME` does not.
+#[test]
+fn show_depends_lines_are_modprobes_byte_for_byte() {
+    let fx =
+        Fixture::new("options dummy numdummies=2\ninstall nlmon /bin/true\noptions nlmon x=1\n");
+    let mut r = fx.resolver();
+    let cases = [
+        (
+            "dummy",
+            format!("{} numdummies=2 \n", insmod(&fx, "dummy", "")),
+        ),
+        ("e1000e", format!("{} \n", insmod(&fx, "e1000e", ""))),
+        ("nlmon", "install /bin/true x=1 \n".to_string()),
+        ("zswap", "builtin zswap\n".to_string()),
+    ];
+    for (target, expected) in cases {
+        let plan = r.resolve(target).unwrap();
+        assert_eq!(plan.show_depends(), Some(expected), "{target}");
+        assert_show_depends(&plan, fx.modprobe_show_depends(&[], target), target);
+    }
+    assert_eq!(r.resolve("no-such-module").unwrap().show_depends(), None);
 }
 
 #[test]

@@ -13,12 +13,13 @@
 #   (the package's maintainer scripts, checked in a scratch root by make-deb), jq (the boot's
 #   record, read back from the guest).
 # Plot test (tests/report.rs): librsvg2-bin (rsvg-convert renders `modbroker plot`'s SVG).
+# Differential test (tests/diff): the same debootstrap trees; util-linux (unshare), mawk.
 set -eu
 
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
 xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers jq
-librsvg2-bin"
+librsvg2-bin util-linux mawk"
 
 missing=
 for p in $packages; do

@@ -95,10 +95,23 @@ fn main() -> ExitCode {
             )
         }
         Command::Modprobe { args } => modprobe(socket, cli.module_dir, args),
-        Command::Resolve { targets } => match call_or_report(&socket, &Request::Resolve(targets)) {
-            Ok(reply) => print_resolved(&reply),
-            Err(code) => code,
+        Command::Resolve {
+            show_depends: true,
+            use_blacklist,
+            targets,
+        } => match client::show_depends(cli.module_dir.as_deref(), &targets, use_blacklist) {
+            Ok(status) => ExitCode::from(status.code().map_or(EXIT_FAILED, |c| c as u8)),
+            Err(e) => {
+                eprintln!("modbroker: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
         },
+        Command::Resolve { targets, .. } => {
+            match call_or_report(&socket, &Request::Resolve(targets)) {
+                Ok(reply) => print_resolved(&reply),
+                Err(code) => code,
+            }
+        }
         Command::Status { json } => match call_or_report(&socket, &Request::Status) {
             Ok(reply) if json => {
                 println!(

@@ -37,9 +37,10 @@ use modbroker::kernel::SysKernel;
 use modbroker::notify::Notifier;
 use modbroker::plan::{BlacklistScope, Plan};
 use modbroker::record::{self, Phase, Recorder};
-use modbroker::resolver::ResolverHandle;
+use modbroker::resolver::{KmodResolver, ResolverHandle};
 use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
+use modbroker::target::validate_target;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -81,6 +82,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let log_level = init_logging(&config.log_level);
     if args.run_install {
         return run_install(&config);
+    }
+    if args.show_depends {
+        let blacklist = BlacklistScope::names_too(args.blacklist_names);
+        return show_depends(&config, &args.oneshot_args, blacklist);
     }
     if args.oneshot {
         for err in &errors {
@@ -219,6 +224,56 @@ fn oneshot(config: &Config, args: &[String], blacklist: BlacklistScope) -> anyho
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
+
+/// `--show-depends [--blacklist-names] TARGET...`: resolves each target here, with the resolver
+/// the daemon uses, and prints what `modprobe -a --show-depends TARGET...` prints (the lines of
+/// [`Plan::show_depends`]). A `-` stands for the targets on stdin, one a line. A target that
+/// matches nothing, or is refused or cannot be resolved, gets a stderr line and makes the exit
+/// status 1, as in modprobe; the next one is resolved all the same.
+fn show_depends(
+    config: &Config,
+    args: &[String],
+    blacklist: BlacklistScope,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    let module_dir = config.module_dir();
+    let mut resolver = KmodResolver::new(&module_dir, None)
+        .with_context(|| format!("cannot open the module tree {}", module_dir.display()))?;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut all_found = true;
+    let mut show = |target: &str| -> anyhow::Result<()> {
+        let plan = validate_target(target)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                resolver
+                    .resolve_with(t, blacklist)
+                    .map_err(|e| e.to_string())
+            });
+        match plan.map(|plan| plan.show_depends()) {
+            Ok(Some(lines)) => return Ok(stdout.write_all(lines.as_bytes())?),
+            Ok(None) => eprintln!("modbrokerd: {target}: no module matches"),
+            Err(e) => eprintln!("modbrokerd: {target}: {e}"),
+        }
+        all_found = false;
+        Ok(())
+    };
+    for arg in args {
+        if arg != "-" {
+            show(arg)?;
+            continue;
+        }
+        for line in std::io::stdin().lock().lines() {
+            show(&line.context("cannot read targets from stdin")?)?;
+        }
+    }
+    stdout.flush()?;
+    Ok(if all_found {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn stderr_is_journal() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
