@@ -232,6 +232,9 @@ judge_broker() {
 	return 0
 }
 
+# json_true FILE EXPR: jq's EXPR over FILE's JSON values (slurped) is true.
+json_true() { jq -se "$2" "$1" >/dev/null; }
+
 # judge_record CASE DIR GEN: the boot's record (modbroker blame, plot) against the kernel's trace
 # and the daemons' own totals. Each daemon instance left one file in results/record (the
 # guest stopped the last one, so every file is final).
@@ -243,6 +246,11 @@ judge_record() {
 	check "$case: modbroker plot ran (exit 0)" grep -qx 0 "$r/plot.rc"
 	check "$case: the plot renders (rsvg-convert)" rsvg-convert -o "$r/plot.png" "$r/plot.svg"
 	files=$(ls "$r"/record/*.json 2>/dev/null)
+	local rows modules
+	rows=$( (grep -o '<g class="row"' "$r/plot.svg" || true) | wc -l)
+	# shellcheck disable=SC2086
+	modules=$(jq -s '[.[].modules[].module] | unique | length' $files)
+	check "$case: the plot has one row per module in the record ($rows rows, $modules modules)" [ "$rows" = "$modules" ]
 	for phase in initramfs root; do
 		# shellcheck disable=SC2086
 		jq -s --arg p "$phase" 'map(select(.phase == $p))' $files >"$r/record-$phase.json" 2>/dev/null
@@ -275,8 +283,8 @@ judge_record() {
 		[ "$logged" = "$requests $merged $load_calls" ] || bad="$bad $phase/$pid:[$requests $merged $load_calls]!=[$logged]"
 	done < <(jq -r '"\(.pid) \(.phase) \(.stopped_us // 0) \(.totals.requests) \(.totals.merged) \(.totals.load_calls)"' $files)
 	check "$case: every daemon's recorded totals equal the totals it logged on stopping (${bad:-all equal})" [ -z "$bad" ]
-	check "$case: journalctl MODULE= finds a finished load with its fields" \
-		jq -se 'map(select(.MODULE != null and .DURATION_USEC != null and .REQUESTS != null and .PHASE != null)) | length > 0' "$r/journal-modbroker.json"
+	check "$case: journalctl MODULE= finds a finished load with its fields" json_true "$r/journal-modbroker.json" \
+		'map(select(.MODULE != null and .DURATION_USEC != null and .REQUESTS != null and .PHASE != null)) | length > 0'
 }
 
 CASES=${*:-bookworm-stock bookworm-broker bookworm-removed bookworm-typo bookworm-nohook bookworm-brokenhook trixie-stock trixie-broker}
