@@ -480,12 +480,16 @@ impl Broker {
         if let Some(outcome) = settled_outcome(kernel.as_ref(), node) {
             return outcome;
         }
+        if node.method == LoadMethod::Missing {
+            // Nothing to call: it fails as libkmod's insert of a module without a file does.
+            return attempt_load(kernel.as_ref(), node, "");
+        }
         let options = join_options(&node.options, params);
         let _permit = self.parallel_slot(&node.name).await;
         timer.call_starts(match &node.method {
             LoadMethod::File(path) => kernel.hand_over(path),
             LoadMethod::Install(_) => Method::Install,
-            LoadMethod::Builtin => Method::None,
+            LoadMethod::Builtin | LoadMethod::Missing => Method::None,
         });
         self.inner
             .counters
@@ -557,7 +561,8 @@ impl Broker {
         // A dependency's failure is counted, logged and remembered under the dependency's own
         // load: a later request for this module checks the dependency's state again.
         let own = failure.module == name;
-        if own {
+        // Counted with the load calls: a module without a file made none.
+        if own && load.call_start_us.is_some() {
             self.count_failure(&mut map, failure, waiters);
         }
         let remembered = map.failures.entry(name.to_string()).or_default();

@@ -286,6 +286,16 @@ pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, options: &str) -> Mo
             }
         },
         LoadMethod::File(path) => insert_file(kernel, &node.name, path, options),
+        // libkmod's insert of a module without a path: "could not find module", ENOENT.
+        LoadMethod::Missing => ModuleOutcome::Failed(Failure {
+            module: node.name.clone(),
+            errno: Some(Errno::ENOENT as i32),
+            errno_name: Some("ENOENT".into()),
+            message: format!(
+                "module {} not found: no file in the module tree and not built in",
+                node.name
+            ),
+        }),
     }
 }
 

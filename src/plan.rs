@@ -22,6 +22,10 @@ pub enum LoadMethod {
     /// inserting, exactly as modprobe does. `$CMDLINE_OPTS` is replaced with the module's options.
     /// Never chosen for a module with softdeps: libkmod inserts such a module's file instead.
     Install(String),
+    /// Neither a file in `modules.dep` nor built in (an alias left pointing at a module the tree
+    /// does not have): loading it fails with `ENOENT`, as modprobe's does, and
+    /// `--show-depends` prints nothing for it, as libkmod's dry run does.
+    Missing,
 }
 
 /// One module, resolved: everything the broker needs to load it without asking libkmod again.
@@ -144,6 +148,7 @@ impl ModuleNode {
             LoadMethod::File(path) => format!("insmod {} {options}\n", path.display()),
             LoadMethod::Install(command) => format!("install {command} {options}\n"),
             LoadMethod::Builtin => format!("builtin {}\n", self.name),
+            LoadMethod::Missing => String::new(),
         }
     }
 

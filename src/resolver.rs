@@ -594,7 +594,7 @@ impl KmodResolver {
     }
 }
 
-/// How `m` gets loaded; `None` if it cannot be (no file and not builtin).
+/// How `m` gets loaded; [`LoadMethod::Missing`] if it cannot be (no file and not builtin).
 ///
 /// Its modprobe.d `install` command, unless `m` has softdeps: libkmod then inserts the module
 /// and ignores the command (`__kmod_module_fill_softdep` sets `ignorecmd` when a softdep
@@ -602,18 +602,18 @@ impl KmodResolver {
 ///
 /// A file in `modules.dep` wins over the running kernel's `/sys/module` state, which is racy
 /// (a module being inserted briefly looks builtin) and must not end up in a cached plan.
-fn load_method(m: &Module, has_softdeps: bool) -> Option<LoadMethod> {
+fn load_method(m: &Module, has_softdeps: bool) -> LoadMethod {
     if let Some(cmd) = m.install_command().filter(|_| !has_softdeps) {
-        return Some(LoadMethod::Install(cmd));
+        return LoadMethod::Install(cmd);
     }
     if let Some(path) = m.path() {
-        return Some(LoadMethod::File(path));
+        return LoadMethod::File(path);
     }
     if m.is_builtin() {
-        return Some(LoadMethod::Builtin);
+        return LoadMethod::Builtin;
     }
-    warn!(module = %m.name(), "module has no file and is not builtin; skipping it");
-    None
+    debug!(module = %m.name(), "module has no file and is not builtin");
+    LoadMethod::Missing
 }
 
 /// Builds [`ModuleNode`] trees, cutting cycles (a module already on the current path becomes a
@@ -665,7 +665,7 @@ impl<'a> NodeBuilder<'a> {
         }
         let (name, options) = key;
         let (pre, post) = m.softdeps();
-        let method = load_method(m, !pre.is_empty() || !post.is_empty())?;
+        let method = load_method(m, !pre.is_empty() || !post.is_empty());
         if self.path.contains(&name) {
             debug!(module = %name, path = ?self.path, "dependency cycle cut");
             *cut = true;

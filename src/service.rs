@@ -307,6 +307,7 @@ fn describe_module(node: &ModuleNode) -> ResolvedModule {
         LoadMethod::File(path) => ("file", Some(path.display().to_string())),
         LoadMethod::Builtin => ("builtin", None),
         LoadMethod::Install(command) => ("install", Some(command.clone())),
+        LoadMethod::Missing => ("missing", None),
     };
     ResolvedModule {
         name: node.name.clone(),

@@ -279,6 +279,20 @@ fn unknown_targets_are_no_match() {
     }
 }
 
+/// An alias left pointing at a module the tree does not have (kmod's `alias-to-none`): libkmod
+/// finds the module, without a file; modprobe's dry run prints nothing for it (and a real
+/// modprobe fails with ENOENT). Not a no-match.
+#[test]
+fn alias_to_a_module_without_a_file_is_missing_not_no_match() {
+    let fx = Fixture::new("alias mb-none mb_not_in_tree\n");
+    let mut r = fx.resolver();
+    let plan = r.resolve("mb-none").unwrap();
+    let node = single(&plan);
+    assert_eq!(node.name, "mb_not_in_tree");
+    assert_eq!(node.method, LoadMethod::Missing);
+    assert!(fx.same_as_modprobe("mb-none").is_empty());
+}
+
 #[test]
 fn blacklist_applies_to_aliases_only() {
     let fx = Fixture::new("blacklist e1000e\nblacklist dummy\n");

@@ -81,3 +81,28 @@ async fn a_failed_module_does_not_stop_the_next_one() {
     assert_eq!(kernel.calls("drv_second"), 1, "the second still loaded");
     assert_eq!(kernel.state("drv_second"), ModuleState::Live);
 }
+
+/// A module without a file (an alias to a module the tree lacks) fails with ENOENT, as
+/// modprobe's load does, without a load call: no syscall, no load call or failed call counted.
+#[tokio::test]
+async fn a_module_without_a_file_fails_with_enoent_and_no_call() {
+    let kernel = FakeKernel::new();
+    let mut missing = modbroker::plan::ModuleNode::file("mb_not_in_tree", "");
+    missing.method = modbroker::plan::LoadMethod::Missing;
+    let plan = Plan::Load(vec![Arc::new(missing)]);
+    let service = service(&kernel, FixedResolver::new().with("mb-none", plan));
+
+    let result = service
+        .handle(load_request("mb-none"))
+        .await
+        .results
+        .unwrap()
+        .remove(0);
+    assert_eq!(result.outcome, OutcomeKind::Failed);
+    let failure = result.failure.unwrap();
+    assert_eq!(failure.module, "mb_not_in_tree");
+    assert_eq!(failure.errno_name.as_deref(), Some("ENOENT"));
+    assert_eq!(kernel.total_calls(), 0);
+    let totals = service.broker().counters().totals();
+    assert_eq!((totals.load_calls, totals.failed_loads), (0, 0));
+}

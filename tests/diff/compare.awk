@@ -27,8 +27,6 @@ END { print "C", same + 0, allowed + 0, different + 0, total + 0 }
 function explained(t, ours, theirs,    n, m, i, j, l, o, seen, count, cycle) {
 	# A path target (modprobe /dir/x.ko): refused, never looked up.
 	if ((("path", t) in allow) && (ours == "" || ours == "exit 1")) return "path"
-	# The known bug: an alias to a module without a file.
-	if ((("nofile", t) in allow) && ours == "exit 1" && theirs == "exit 0") return "nofile"
 	# modprobe lists a module again where one probe list reaches it by two names: ours must be
 	# modprobe's lines with some of its repeats of an allowed module's line left out (for an
 	# allowed cycle target, any copy of a line modprobe prints twice).
