@@ -836,7 +836,9 @@ pub fn plot_svg(record: &BootRecord) -> String {
             return after_last;
         };
         let at = x(load_end) + 4.0;
-        let next_mark = row.arrivals.iter().filter(|&&a| a > load_end).min();
+        // Marks left of where the label starts (requests that came as the load ended) are not
+        // in its way.
+        let next_mark = row.arrivals.iter().filter(|&&a| x(a) >= at - 1.0).min();
         match next_mark {
             Some(&next) if x(next) < at + label.chars().count() as f64 * CHAR_W + 4.0 => after_last,
             _ => at,
