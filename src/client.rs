@@ -163,16 +163,8 @@ pub fn load_without_daemon(
     params: &[String],
     blacklist_names: bool,
 ) -> Result<TargetResult, String> {
-    let daemon = modbrokerd();
-    let mut cmd = std::process::Command::new(&daemon);
-    cmd.arg("--oneshot");
-    if let Some(dir) = module_dir {
-        cmd.arg("--module-dir").arg(dir);
-    }
-    if blacklist_names {
-        cmd.arg("--blacklist-names");
-    }
-    cmd.arg("--").arg(target).args(params);
+    let (daemon, mut cmd) = modbrokerd_command("--oneshot", module_dir, blacklist_names);
+    cmd.arg(target).args(params);
     let out = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -197,6 +189,26 @@ fn modbrokerd() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("modbrokerd"))
 }
 
+/// `modbrokerd MODE [--module-dir DIR] [--blacklist-names] --`, to be given its targets; with
+/// the path of the `modbrokerd` it runs.
+fn modbrokerd_command(
+    mode: &str,
+    module_dir: Option<&Path>,
+    blacklist_names: bool,
+) -> (PathBuf, std::process::Command) {
+    let daemon = modbrokerd();
+    let mut cmd = std::process::Command::new(&daemon);
+    cmd.arg(mode);
+    if let Some(dir) = module_dir {
+        cmd.arg("--module-dir").arg(dir);
+    }
+    if blacklist_names {
+        cmd.arg("--blacklist-names");
+    }
+    cmd.arg("--");
+    (daemon, cmd)
+}
+
 /// `resolve --show-depends`: runs `modbrokerd --show-depends [--module-dir DIR]
 /// [--blacklist-names] -- TARGET...` with this process's stdin, stdout and stderr, and returns
 /// its exit status. The daemon is not asked: the client links no libkmod, and modbrokerd resolves
@@ -206,16 +218,8 @@ pub fn show_depends(
     targets: &[String],
     blacklist_names: bool,
 ) -> Result<std::process::ExitStatus, String> {
-    let daemon = modbrokerd();
-    let mut cmd = std::process::Command::new(&daemon);
-    cmd.arg("--show-depends");
-    if let Some(dir) = module_dir {
-        cmd.arg("--module-dir").arg(dir);
-    }
-    if blacklist_names {
-        cmd.arg("--blacklist-names");
-    }
-    cmd.arg("--").args(targets);
+    let (daemon, mut cmd) = modbrokerd_command("--show-depends", module_dir, blacklist_names);
+    cmd.args(targets);
     cmd.status()
         .map_err(|e| format!("cannot run {}: {e}", daemon.display()))
 }

@@ -199,17 +199,16 @@ impl Service {
     }
 
     fn status(&self) -> StatusReport {
-        let counters = self.broker.counters();
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let t = self.broker.counters().totals();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            requests: get(&counters.requests),
-            targets: get(&counters.targets),
-            merged: get(&counters.merged),
-            already_loaded: get(&counters.already_loaded),
-            load_calls: get(&counters.load_calls),
-            failed_loads: get(&counters.failed_loads),
+            requests: t.requests,
+            targets: t.targets,
+            merged: t.merged,
+            already_loaded: t.already_loaded,
+            load_calls: t.load_calls,
+            failed_loads: t.failed_loads,
             failures: self.broker.failure_counts(),
             in_flight: self.broker.in_flight(),
         }

@@ -15,6 +15,8 @@ use nix::errno::Errno;
 
 use crate::kernel::{InstallFailure, Kernel, ModuleState};
 use crate::plan::{BlacklistScope, ModuleNode, Plan};
+use crate::protocol::{LoadRequest, Request};
+use crate::record::Requester;
 use crate::service::Resolve;
 
 #[derive(Default)]
@@ -257,4 +259,28 @@ pub fn node(name: &str, deps: Vec<Arc<ModuleNode>>) -> Arc<ModuleNode> {
     let mut node = ModuleNode::file(name, format!("/fake/{name}.ko"));
     node.deps = deps;
     Arc::new(node)
+}
+
+/// Waits (off the async threads) until `kernel` has seen `n` load calls for `name`.
+pub async fn calls_started(kernel: &Arc<FakeKernel>, name: &str, n: usize) {
+    let (kernel, name) = (kernel.clone(), name.to_string());
+    tokio::task::spawn_blocking(move || kernel.wait_for_calls(&name, n))
+        .await
+        .expect("waiting thread");
+}
+
+/// The request `modbroker load --udev TARGET` sends for a uevent of `subsystem` at `devpath`.
+pub fn udev_request(target: &str, subsystem: &str, devpath: &str) -> Request {
+    Request::Load(LoadRequest {
+        targets: vec![target.to_string()],
+        params: Vec::new(),
+        wait: true,
+        retry: false,
+        timeout_ms: None,
+        blacklist_names: true,
+        origin: Some(Requester::Udev {
+            subsystem: Some(subsystem.into()),
+            devpath: Some(devpath.into()),
+        }),
+    })
 }

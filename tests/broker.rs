@@ -10,7 +10,7 @@ use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::plan::{ModuleNode, Plan};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Request, TargetResult};
 use modbroker::service::Service;
-use modbroker::testing::{node, FakeKernel, FixedResolver};
+use modbroker::testing::{calls_started, node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
 
 fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver, window: Duration) -> Service {
@@ -43,14 +43,6 @@ async fn one_result(service: &Service, request: Request) -> TargetResult {
     let mut results = reply.results.expect("load reply has results");
     assert_eq!(results.len(), 1, "one result per target");
     results.remove(0)
-}
-
-/// Waits (off the async threads) until the fake kernel has seen `n` load calls for `name`.
-async fn calls_started(kernel: &Arc<FakeKernel>, name: &str, n: usize) {
-    let (kernel, name) = (kernel.clone(), name.to_string());
-    tokio::task::spawn_blocking(move || kernel.wait_for_calls(&name, n))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use modbroker::broker::{Broker, BrokerSettings};
-use modbroker::protocol::{decode_request, LoadRequest, Request};
+use modbroker::protocol::{decode_request, Request};
 use modbroker::record::{
     self, DaemonRecord, Method, ModuleRecord, Outcome, Phase, Recorder, Requester, MAX_ARRIVALS,
     MAX_INSTANCES, MAX_MODULES,
 };
 use modbroker::service::Service;
-use modbroker::testing::{node, FakeKernel, FixedResolver};
+use modbroker::testing::{calls_started, node, udev_request, FakeKernel, FixedResolver};
 use nix::errno::Errno;
 
 fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver, phase: Phase) -> Service {
@@ -23,18 +23,7 @@ fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver, phase: Phase) -> S
 }
 
 fn udev(target: &str, devpath: &str) -> Request {
-    Request::Load(LoadRequest {
-        targets: vec![target.to_string()],
-        params: Vec::new(),
-        wait: true,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: true,
-        origin: Some(Requester::Udev {
-            subsystem: Some("cpu".into()),
-            devpath: Some(devpath.into()),
-        }),
-    })
+    udev_request(target, "cpu", devpath)
 }
 
 fn snapshot(service: &Service) -> DaemonRecord {
@@ -50,13 +39,6 @@ fn module<'a>(record: &'a DaemonRecord, name: &str) -> &'a ModuleRecord {
         .iter()
         .find(|m| m.module == name)
         .unwrap_or_else(|| panic!("{name} not in the record"))
-}
-
-async fn calls_started(kernel: &Arc<FakeKernel>, name: &str, n: usize) {
-    let (kernel, name) = (kernel.clone(), name.to_string());
-    tokio::task::spawn_blocking(move || kernel.wait_for_calls(&name, n))
-        .await
-        .unwrap();
 }
 
 /// A burst of 100 udev requests for one CPU driver with a dependency, held in the kernel until

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use modbroker::broker::{Broker, BrokerSettings};
-use modbroker::protocol::{LoadRequest, Request};
+use modbroker::protocol::Request;
 use modbroker::record::{self, Recorder};
 use modbroker::record::{
     DaemonRecord, LoadRecord, Method, ModuleRecord, Outcome, Phase, RequestCounts, Requester,
@@ -616,18 +616,7 @@ fn no_record_is_a_clear_message_and_exit_5() {
 }
 
 fn udev(target: &str, devpath: &str) -> Request {
-    Request::Load(LoadRequest {
-        targets: vec![target.to_string()],
-        params: Vec::new(),
-        wait: true,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: true,
-        origin: Some(Requester::Udev {
-            subsystem: Some("pci".into()),
-            devpath: Some(devpath.into()),
-        }),
-    })
+    modbroker::testing::udev_request(target, "pci", devpath)
 }
 
 /// The daemon's own recorder, through the service and the fake kernel, in two phases, written
