@@ -95,17 +95,18 @@ impl SysKernel {
         self
     }
 
-    fn insert_compressed(
-        &self,
+    /// `finit_module` on the file, with `flags`.
+    fn finit(path: &Path, options: &CStr, flags: ModuleInitFlags) -> Result<(), Errno> {
+        let file = File::open(path).map_err(|e| io_errno(&e))?;
+        finit_module(&file, options, flags)
+    }
+
+    /// `init_module` on the file decompressed here.
+    fn decompress_and_init(
         path: &Path,
         compression: Compression,
         options: &CStr,
     ) -> Result<(), Errno> {
-        if self.kernel_compression.as_deref() == Some(compression.sysfs_name()) {
-            let file = File::open(path).map_err(|e| io_errno(&e))?;
-            let flags = ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE);
-            return finit_module(&file, options, flags);
-        }
         let image = decompress(path, compression).map_err(|e| match e.raw_os_error() {
             Some(raw) => Errno::from_raw(raw),
             // Corrupt or truncated compressed data: not a loadable module.
@@ -130,11 +131,17 @@ impl Kernel for SysKernel {
     fn load_file(&self, _name: &str, path: &Path, options: &str) -> Result<(), Errno> {
         // Options were validated (no NUL can reach here), but fail cleanly rather than panic.
         let options = CString::new(options).map_err(|_| Errno::EINVAL)?;
-        if let Some(compression) = Compression::of(path) {
-            return self.insert_compressed(path, compression, &options);
+        // One decision, the one the record reports.
+        match (self.hand_over(path), Compression::of(path)) {
+            (Method::FinitCompressed, _) => {
+                let flags = ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE);
+                Self::finit(path, &options, flags)
+            }
+            (Method::InitModule, Some(compression)) => {
+                Self::decompress_and_init(path, compression, &options)
+            }
+            _ => Self::finit(path, &options, ModuleInitFlags::empty()),
         }
-        let file = File::open(path).map_err(|e| io_errno(&e))?;
-        finit_module(&file, &options, ModuleInitFlags::empty())
     }
 
     fn hand_over(&self, path: &Path) -> Method {
