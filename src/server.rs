@@ -346,7 +346,6 @@ impl Connection {
         let (read, mut write) = stream.into_split();
         // A refused peer still gets exactly one (permission-denied) reply per request line.
         let denied = self.check_peer(read.as_ref()).err();
-        let peer = peer_requester(read.as_ref());
         // Requests are a few hundred bytes: start the buffer small (the default 8 KiB per
         // connection would dominate memory with 10,000 waiting clients); it grows as needed.
         let codec = LinesCodec::new_with_max_length(MAX_FRAME);
@@ -363,7 +362,7 @@ impl Connection {
                 Some(Ok(line)) => match &denied {
                     Some(denied) => (Reply::error(denied), false),
                     None => match self
-                        .answer_unless_gone(&line, &peer, lines.get_ref().as_ref())
+                        .answer_unless_gone(&line, lines.get_ref().as_ref())
                         .await
                     {
                         Some(reply) => (reply, false),
@@ -399,13 +398,8 @@ impl Connection {
 
     /// Answers `line`, unless the peer hangs up first: then its wait is dropped (the loads it
     /// asked for go on; they are spawned tasks) so `status` does not count it as a waiter.
-    async fn answer_unless_gone(
-        &self,
-        line: &str,
-        peer: &Requester,
-        stream: &UnixStream,
-    ) -> Option<Reply> {
-        let answer = self.answer(line, peer);
+    async fn answer_unless_gone(&self, line: &str, stream: &UnixStream) -> Option<Reply> {
+        let answer = self.answer(line, stream);
         tokio::pin!(answer);
         tokio::select! {
             reply = &mut answer => return Some(reply),
@@ -419,12 +413,13 @@ impl Connection {
         Some(answer.await)
     }
 
-    /// Serves one request line; a load that does not say who asks (udev, the kernel) is
-    /// recorded as asked by `peer`.
-    async fn answer(&self, line: &str, peer: &Requester) -> Reply {
+    /// Serves one request line from `stream`'s peer; a load that does not say who asks (udev,
+    /// the kernel) is recorded as asked by the peer, looked up only then (udev's requests, the
+    /// bulk of a boot's, say it themselves).
+    async fn answer(&self, line: &str, stream: &UnixStream) -> Reply {
         match decode_request(line.as_bytes()) {
             Ok(Request::Load(mut load)) => {
-                load.origin.get_or_insert_with(|| peer.clone());
+                load.origin.get_or_insert_with(|| peer_requester(stream));
                 self.service.handle(Request::Load(load)).await
             }
             Ok(request) => self.service.handle(request).await,

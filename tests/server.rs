@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use modbroker::protocol::{OutcomeKind, Reply, MAX_FRAME};
+use modbroker::record::Requester;
 use modbroker::server::{self, AccessPolicy, ListenError, SocketFile, SocketPerms};
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
@@ -623,5 +624,45 @@ fn unreachable_names_whom_the_socket_file_keeps_out() {
     assert_eq!(
         file(4242, 0o660).to_string(),
         "/run/modbroker.sock (mode 0660, owner 0:4242)"
+    );
+}
+
+/// Who asked, as the record keeps it: a CLI load (no origin) is the peer's uid and command
+/// name, read by the server; `load --udev` names the uevent, and the server leaves it so.
+#[test]
+fn the_record_names_the_cli_peer_and_keeps_udevs_origin() {
+    let server = TestServer::start(AccessPolicy::default());
+    let out = server.client(&["load", "mb_ok"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server
+        .client(&["load", "--udev", "e1000"])
+        .env("SUBSYSTEM", "pci")
+        .env("DEVPATH", "/devices/pci0000:00/0000:00:03.0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let broker = server.service.broker();
+    let record = broker
+        .recorder()
+        .snapshot(broker.counters().totals(), false);
+    let first = |name: &str| {
+        let m = record.modules.iter().find(|m| m.module == name).unwrap();
+        m.first_requester.clone()
+    };
+    assert_eq!(
+        first("mb_ok"),
+        Requester::Cli {
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
+            comm: Some("modbroker".into())
+        }
+    );
+    assert_eq!(
+        first("e1000"),
+        Requester::Udev {
+            subsystem: Some("pci".into()),
+            devpath: Some("/devices/pci0000:00/0000:00:03.0".into())
+        }
     );
 }
