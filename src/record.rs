@@ -2,7 +2,7 @@
 //!
 //! Each daemon instance (the initramfs's, the real root's, each one after an idle exit or a
 //! restart) keeps one [`DaemonRecord`] in memory and rewrites it, atomically (write to a
-//! temporary file, then rename), as `RECORD_DIR/<started_us>-<pid>.json` a moment after each
+//! temporary file, then rename), as `RECORD_DIR/<started_us>-<pid>-<phase>.json` a moment after each
 //! change and when it stops. `/run` carries over from the initramfs to the real root in both
 //! initramfs-tools and dracut, so one boot's directory holds every phase. Sizes are bounded:
 //! [`MAX_MODULES`] modules per instance, [`MAX_ARRIVALS`] request arrival times and
@@ -469,9 +469,15 @@ impl Recorder {
         }
     }
 
-    /// This instance's file name in the record directory.
+    /// This instance's file name in the record directory: start time (zero-padded, so name
+    /// order is age order), pid and phase (so pruning needs no file read).
     pub fn file_name(&self) -> String {
-        format!("{:016}-{}.json", self.started_us, self.pid)
+        format!(
+            "{:016}-{}-{}.json",
+            self.started_us,
+            self.pid,
+            self.phase.as_str()
+        )
     }
 }
 
@@ -563,15 +569,12 @@ fn prune(dir: &Path) -> io::Result<()> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .map(|p| {
-            let is_initramfs = fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<DaemonRecord>(&b).ok())
-                .is_some_and(|r| r.phase == Phase::Initramfs);
+            // The phase is in the name (see `Recorder::file_name`).
+            let is_initramfs = p.to_string_lossy().ends_with("-initramfs.json");
             (is_initramfs, p)
         })
         .collect();
-    // Names start with the start time, zero-padded: name order is age order. Root-phase files
-    // (false) sort first, so they go first.
+    // Name order is age order. Root-phase files (false) sort first, so they go first.
     files.sort();
     let excess = (files.len() + 1).saturating_sub(MAX_INSTANCES);
     for (_, path) in files.into_iter().take(excess) {
