@@ -35,8 +35,9 @@ use crate::target::validate_params;
 /// Where `modbroker-install.socket` listens.
 pub const DEFAULT_SOCKET: &str = "/run/modbroker-install.sock";
 
-/// Bound on a request line: a command and options from modprobe.d, with room to spare.
-const MAX_REQUEST: u64 = 64 * 1024;
+/// Bound on a request or reply line: a command and options from modprobe.d, or a message about
+/// them, with room to spare.
+const MAX_LINE: u64 = 64 * 1024;
 
 /// How long the runner waits for the request line after the connection is accepted.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,7 +103,7 @@ fn exchange(
     line.push(b'\n');
     stream.write_all(&line).map_err(lost)?;
     let mut reply = String::new();
-    BufReader::new(stream.take(MAX_REQUEST))
+    BufReader::new(stream.take(MAX_LINE))
         .read_line(&mut reply)
         .map_err(lost)?;
     if reply.is_empty() {
@@ -148,7 +149,7 @@ pub fn serve(
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line)?;
     let reply = match serde_json::from_str::<InstallRequest>(&line) {
         Ok(request) => run_checked(&request, module_dir, config_dirs),
         Err(e) => InstallReply {

@@ -121,6 +121,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that `out`'s stderr contains `needle`, showing the stderr otherwise.
+fn assert_stderr_has(out: &Output, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+}
+
 /// A bound `NOTIFY_SOCKET` stand-in; `next` waits at most 30 s for each notification.
 struct NotifySocket {
     socket: std::os::unix::net::UnixDatagram,
@@ -189,20 +195,12 @@ fn bound_daemon_resolves_with_libkmod_and_exits_cleanly() {
 
     let out = client(&socket, &["load", "--no-fallback", "../../tmp/evil"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not paths"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "not paths");
 
     // A second daemon must not steal the live socket.
     let second = daemon_command(&socket).output().unwrap();
     assert!(!second.status.success());
-    assert!(
-        text(&second.stderr).contains("in use"),
-        "{}",
-        text(&second.stderr)
-    );
+    assert_stderr_has(&second, "in use");
 
     let (status, _log) = daemon.terminate();
     assert!(status.success(), "SIGTERM is a clean exit: {status}");
@@ -740,11 +738,7 @@ fn socket_group_lets_its_members_in_and_keeps_others_out() {
     assert!(member.status.success(), "{}", text(&member.stderr));
     let outsider = client_as(&socket, 65534, 65534, &["status"]);
     assert!(!outsider.status.success());
-    assert!(
-        text(&outsider.stderr).contains("Permission denied"),
-        "{}",
-        text(&outsider.stderr)
-    );
+    assert_stderr_has(&outsider, "Permission denied");
 
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::kernel::{Kernel, ModuleState};
 use modbroker::plan::Plan;
-use modbroker::protocol::{OutcomeKind, Request};
+use modbroker::protocol::{OutcomeKind, Request, TargetResult};
 use modbroker::service::Service;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
@@ -19,6 +19,13 @@ fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver) -> Service {
 fn load_request(target: &str) -> Request {
     let line = format!(r#"{{"v":1,"op":"load","targets":["{target}"]}}"#);
     modbroker::protocol::decode_request(line.as_bytes()).unwrap()
+}
+
+/// Loads `target` through the service; its one result.
+async fn load_one(service: &Service, target: &str) -> TargetResult {
+    let mut results = service.handle(load_request(target)).await.results.unwrap();
+    assert_eq!(results.len(), 1);
+    results.remove(0)
 }
 
 /// Whether the broker has started on `name` yet: it is in flight, or the kernel saw its call.
@@ -70,12 +77,7 @@ async fn a_failed_module_does_not_stop_the_next_one() {
     let plan = Plan::Load(vec![node("drv_first", vec![]), node("drv_second", vec![])]);
     let service = service(&kernel, FixedResolver::new().with("pci:v1234", plan));
 
-    let result = service
-        .handle(load_request("pci:v1234"))
-        .await
-        .results
-        .unwrap()
-        .remove(0);
+    let result = load_one(&service, "pci:v1234").await;
     assert_eq!(result.outcome, OutcomeKind::Failed);
     assert_eq!(result.failure.unwrap().module, "drv_first");
     assert_eq!(kernel.calls("drv_second"), 1, "the second still loaded");
@@ -92,12 +94,7 @@ async fn a_module_without_a_file_fails_with_enoent_and_no_call() {
     let plan = Plan::Load(vec![Arc::new(missing)]);
     let service = service(&kernel, FixedResolver::new().with("mb-none", plan));
 
-    let result = service
-        .handle(load_request("mb-none"))
-        .await
-        .results
-        .unwrap()
-        .remove(0);
+    let result = load_one(&service, "mb-none").await;
     assert_eq!(result.outcome, OutcomeKind::Failed);
     let failure = result.failure.unwrap();
     assert_eq!(failure.module, "mb_not_in_tree");
