@@ -109,7 +109,7 @@ else
 	done
 	if [ -z "$MB_VM_MODROOT" ]; then
 		mkdir -p "$stage$moddir/extra"
-		for m in mb_fail mb_ok mb_ok2 mb_base mb_user; do
+		for m in mb_fail mb_ok mb_ok2 mb_base mb_user mb_slow; do
 			[ -f "$testmods/$m.ko" ] || die "test module $testmods/$m.ko missing (run tests/modules/build.sh)"
 			cp "$testmods/$m.ko" "$stage$moddir/extra/"
 		done
