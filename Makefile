@@ -33,7 +33,7 @@ CARGO      ?= cargo
 # NAME@6.12: on Debian's 6.12 from bookworm-backports (tests/vm/run-6.12.sh).
 # `coldplug` (busybox + udevd, whole module tree) is left to `make bench` and manual runs: the
 # real boots of `make boot-test` check the same properties on real systems and keep CI < 30 min.
-VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12
+VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12 slowinit wedged
 # Seconds each fuzz target runs in `make fuzz` (and so in `make test`).
 FUZZ_SECONDS ?= 60
 

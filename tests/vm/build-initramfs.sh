@@ -25,6 +25,9 @@
 #      MB_VM_EXTRA_BINS (extra binaries: SRC or SRC=DEST, with their libraries;
 #      default the scenario's "# extra-bins:" line),
 #      MB_VM_COMPRESS_MODULES (FORMAT:MODULE..., modules stored compressed).
+# A scenario line "# consts: NAME..." puts NAME=SECONDS for each of the code's
+# Duration constants NAME (src/protocol.rs, see code_secs in common.sh) into
+# /etc/mb-vm.conf, which lib.sh reads.
 set -eu
 . "$(dirname "$0")/common.sh"
 
@@ -184,6 +187,10 @@ fi
 install -m 0755 "$REPO_ROOT/tests/vm/init" "$stage/init"
 install -m 0644 "$REPO_ROOT/tests/vm/lib.sh" "$stage/lib.sh"
 install -m 0755 "$scenario" "$stage/scenario.sh"
+for c in $(sed -n 's/^# consts:[[:space:]]*//p' "$scenario" | head -n1); do
+	secs=$(code_secs "$c") || exit 1
+	echo "$c=$secs" >>"$stage/etc/mb-vm.conf"
+done
 echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
 echo "root:x:0:" >"$stage/etc/group"
 # udev rules name system groups (disk, kvm, ...): give them the host's list.

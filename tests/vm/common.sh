@@ -1,6 +1,6 @@
 # common.sh - shared host-side helpers for the VM test scripts (sourced, not run).
-# Sets REPO_ROOT, MB_VM_WORK, KVER, MB_VM_MODROOT and provides die, need and
-# use_kernel_612.
+# Sets REPO_ROOT, MB_VM_WORK, KVER, MB_VM_MODROOT and provides die, need,
+# use_kernel_612 and code_secs.
 # MB_VM_MODROOT (default empty = the host) is a directory holding
 # lib/modules/$KVER and boot/vmlinuz-$KVER of a kernel that is not installed
 # (tests/vm/fetch-kernel-6.12.sh prepares one); KVER must then be set too.
@@ -15,6 +15,16 @@ die() { echo "ERROR: $*" >&2; exit 1; }
 need() {
 	command -v "$1" >/dev/null 2>&1 || [ -x "$1" ] ||
 		die "required tool '$1' not found: install the Debian package '$2'"
+}
+
+# code_secs NAME: N of `pub const NAME: Duration = Duration::from_secs(N);` in
+# src/protocol.rs, so that a scenario's timing checks follow the code's
+# constants; $MB_VM_NAME overrides it (for a tree that has no such constant).
+code_secs() {
+	v=$(printenv "MB_VM_$1" || true)
+	[ -n "$v" ] || v=$(sed -n "s/^pub const $1: Duration = Duration::from_secs(\([0-9][0-9]*\));.*/\1/p" "$REPO_ROOT/src/protocol.rs")
+	[ -n "$v" ] || die "no 'pub const $1: Duration = Duration::from_secs(N);' in src/protocol.rs (set MB_VM_$1=SECONDS to give it)"
+	echo "$v"
 }
 
 # Newest 6.1 kernel with a full module tree and a matching /boot/vmlinuz.

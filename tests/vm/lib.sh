@@ -8,12 +8,18 @@
 #   trace_reset / finit_calls / finit_results / module_load_events
 #   dmesg_count PATTERN / kmsg_mark + kmsg_since PATTERN
 #   burst N OUTDIR CMD [ARG...] run CMD N times concurrently behind a barrier
+#   udev_burst N OUTDIR TARGET  the same with `modbroker load --udev TARGET` (udev_env)
+#   trace_mark / trace_time / exec_count / finit_tid / load_secs (scale tests)
 
 MB_CHECKS=0
 MB_FAILS=0
 TRACE=/sys/kernel/tracing
 KVER=$(uname -r)
 MODDIR=/lib/modules/$KVER
+# The code's constants a scenario names on its "# consts:" line, as
+# NAME=SECONDS (written by build-initramfs.sh from src/protocol.rs).
+# shellcheck disable=SC1091
+[ ! -f /etc/mb-vm.conf ] || . /etc/mb-vm.conf
 
 say() { echo "MB-INFO: $*"; }
 step() { echo; echo "===== $* ====="; }
@@ -96,6 +102,26 @@ burst_overlapped() {
 			printf "last client exec %.3f s, first finit_module return %.3f s\n", lastexec, firstexit
 			exit !(lastexec < firstexit) }'
 }
+# trace_mark TEXT: a "tracing_mark_write: TEXT" line in the trace, to time
+# the scenario's own steps on the trace's clock.
+trace_mark() { echo "$*" >"$TRACE/trace_marker"; }
+# trace_time first|last PATTERN: timestamp (s) of the first or last trace line
+# matching the extended regex PATTERN; empty if none.
+trace_time() {
+	grep -E "$2" "$TRACE/trace" |
+	awk -v which="$1" '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break }
+		if (n == 0) first = t; last = t; n++ }
+		END{ if (n) printf "%.3f\n", which == "first" ? first : last }' || true
+}
+# exec_count PATTERN: execs of programs whose filename ends in PATTERN since trace_reset.
+exec_count() { grep 'sched_process_exec:' "$TRACE/trace" | grep -c "filename=[^ ]*$1 " || true; }
+# finit_tid: thread ids that entered finit_module since trace_reset, one per line.
+finit_tid() { grep ' sys_finit_module(' "$TRACE/trace" | sed -E 's/^ *.*-([0-9]+) +\[.*/\1/'; }
+# load_secs: first finit_module entry to last finit_module return, in seconds.
+load_secs() {
+	awk -v a="$(trace_time first ' sys_finit_module\(')" -v b="$(trace_time last ' sys_finit_module -> ')" \
+		'BEGIN{ if (a == "" || b == "") print "none"; else printf "%.2f\n", b - a }'
+}
 trace_dump() { grep -E 'finit_module|init_module|module_load' "$TRACE/trace" | sed 's/^/  trace: /' || true; }
 
 # --- kernel log
@@ -109,6 +135,10 @@ proc_modules() { grep -E "$1" /proc/modules | sed 's/^/  \/proc\/modules: /'; }
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 elapsed() { awk "BEGIN{printf \"%.2f\", $2-$1}"; }
+# secs_diff A B: B - A in seconds, "none" if either is empty.
+secs_diff() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "") print "none"; else printf "%.2f\n", b - a }'; }
+# secs_le A B: A <= B (decimal seconds; false when A is empty or "none").
+secs_le() { awk -v a="$1" -v b="$2" 'BEGIN{exit !(a ~ /^-?[0-9.]+$/ && a + 0 <= b + 0)}'; }
 
 # wait_for SECONDS CMD...: poll CMD every 0.1 s, bounded.
 wait_for() {
@@ -146,7 +176,7 @@ burst() {
 		i=$((i + 1))
 	done
 	tries=600
-	while [ "$(ls "$dir" | grep -c '^ready\.')" -lt "$n" ] && [ "$tries" -gt 0 ]; do
+	while [ "$(find "$dir" -name 'ready.*' | wc -l)" -lt "$n" ] && [ "$tries" -gt 0 ]; do
 		usleep 50000; tries=$((tries - 1))
 	done
 	[ "$tries" -gt 0 ] || say "burst: not all $n copies reached the barrier in 30 s"
@@ -157,6 +187,11 @@ burst() {
 	BURST_SECS=$(elapsed "$t0" "$t1")
 	say "burst of $n x '$*': all exited ${BURST_SECS}s after release"
 }
+# udev_env: export the environment udev gives its RUN programs (SUBSYSTEM,
+# DEVPATH; a CPU's uevent), for `modbroker load --udev` run after it.
+udev_env() { export SUBSYSTEM=cpu DEVPATH=/devices/system/cpu/cpu0; }
+# udev_burst N OUTDIR TARGET: udev_env, then a burst of `modbroker load --udev TARGET`.
+udev_burst() { udev_env; burst "$1" "$2" modbroker load --udev "$3"; }
 # burst_rc_count DIR RC: how many copies exited with RC ("nonzero" allowed).
 burst_rc_count() {
 	if [ "$2" = nonzero ]; then
@@ -167,6 +202,8 @@ burst_rc_count() {
 }
 # burst_err_count DIR PATTERN: how many copies' stderr contains PATTERN.
 burst_err_count() { grep -l "$2" "$1"/err.* 2>/dev/null | wc -l; }
+# burst_out_count DIR ERE: how many copies' stdout has a line matching ERE.
+burst_out_count() { grep -lE "$2" "$1"/out.* 2>/dev/null | wc -l; }
 
 # --- broker helpers
 SOCK=${MODBROKER_SOCKET:-/run/modbroker.sock}
@@ -220,6 +257,13 @@ mb_run() {
 	sed 's/^/  stdout: /' "$MB_OUT"
 	sed 's/^/  stderr: /' "$MB_ERR"
 	echo "  exit: $MB_RC"
+}
+
+# in_flight_waiting MODULE N: MODULE is initialising (initstate coming) and
+# the daemon's status shows its load in flight with N requests waiting.
+in_flight_waiting() {
+	[ "$(cat "/sys/module/$1/initstate" 2>/dev/null)" = coming ] &&
+		modbroker status 2>/dev/null | grep -q "in flight: $1 for [0-9]* ms, $2 waiting"
 }
 
 # json_num FILE FIELD: the number after "FIELD": in a JSON text (first match).
