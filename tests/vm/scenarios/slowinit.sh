@@ -25,13 +25,13 @@ trace_reset; kmsg_mark
 udev_burst "$N" /tmp/sa mb_slow
 trace_dump
 kmsg_show_since 'mb_slow'
-say "client $(exec_span /modbroker); finit_module: $(finit_span)"
+say "client $(exec_span '/modbroker '); finit_module: $(finit_span)"
 say "client exit codes: $(cat /tmp/sa/rc.* | sort | uniq -c | tr '\n' ' ')"
 say "client 1: $(cat /tmp/sa/out.1) / $(tr '\n' ' ' </tmp/sa/err.1)"
 load=$(load_secs)
 check "the load (${load}s) outlasted the old ${OLD_BOUND}s bound" \
 	awk -v l="$load" -v b="$OLD_BOUND" 'BEGIN{exit !(l + 0 > b)}'
-check "every client was running while the load was in flight" burst_overlapped /modbroker
+check "every client was running while the load was in flight" burst_overlapped '/modbroker '
 check_eq "exactly 1 'mb_slow: init attempt' in dmesg" 1 "$(kmsg_since 'mb_slow: init attempt')"
 check_eq "exactly 1 finit_module call" 1 "$(finit_calls)"
 check_eq "no init_module call" 0 "$(init_module_calls)"

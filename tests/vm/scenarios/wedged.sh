@@ -45,9 +45,9 @@ stop_t=$(trace_time first 'tracing_mark_write: mb: SIGSTOP')
 say "SIGSTOP to modbrokerd (pid $DAEMON_PID) at trace time ${stop_t}s; bound ${BOUND}s, progress every ${INTERVAL}s, slack ${SLACK}s"
 
 rc=0; wait_for $((BOUND + SLACK)) test -e "$MARKER" || rc=$?
-trace_mark "mb: marker seen"
+trace_mark "mb: marker wait over ($rc)"
 check_eq "a client left $MARKER within bound + slack of SIGSTOP" 0 "$rc"
-say "marker seen $(secs_diff "$stop_t" "$(trace_time first 'mb: marker seen')")s after SIGSTOP"
+say "marker wait over (rc $rc: 0 = seen) $(secs_diff "$stop_t" "$(trace_time first 'mb: marker wait over')")s after SIGSTOP"
 
 step "late client: modbroker load --udev mb_slow once the marker exists"
 check_eq "mb_slow still coming when the late client starts" coming "$(cat /sys/module/mb_slow/initstate 2>&1)"
