@@ -88,6 +88,7 @@ fn broker_call(socket: &str, target: &str) -> Call {
         timeout_ms: None,
         blacklist_names: false,
         origin: None,
+        progress: false,
     })
     .encode();
     Box::new(move || {

@@ -33,8 +33,8 @@ pub enum Command {
         /// Return at once; the daemon loads in the background
         #[arg(long)]
         no_wait: bool,
-        /// Stop waiting after SECS (the load itself goes on). With --udev the wait is bounded
-        /// anyway (45 s by default); when it ends without a reply, the target loads directly
+        /// Stop waiting after SECS (the load itself goes on). With --udev, when SECS pass
+        /// without a reply, the target loads directly
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
         /// Try again even if the module failed within the failure window
@@ -44,8 +44,8 @@ pub enum Command {
         #[arg(long)]
         no_fallback: bool,
         /// As udev's builtin kmod: refuse a blacklisted module asked for by name too; exit 0
-        /// whatever the outcome (one stderr line per failed module); wait at most 45 s (or
-        /// --timeout) for the daemon, then load directly
+        /// whatever the outcome (one stderr line per failed module); wait while the daemon is
+        /// alive (up to udev's event timeout less 30 s), load directly once it is silent for 20 s
         #[arg(long)]
         udev: bool,
         /// Module name or modalias

@@ -12,6 +12,10 @@
 //! may fall back to loading directly) from a daemon that answered (even with a refusal: final,
 //! never a reason to fall back). With a timeout, nothing waits longer: neither the connect (a
 //! full backlog blocks it) nor the reply (a socket-activated daemon may not be started yet).
+//!
+//! udev's client waits by liveness instead ([`call_while_alive`]): it asks for progress lines
+//! and waits while they come, so a slow module init is waited for and a silent daemon is left
+//! after [`LIVENESS_BOUND`]; [`mark_unresponsive`] then tells the rest of the boot.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -24,7 +28,10 @@ use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, UnixAddr
 use thiserror::Error;
 
 use crate::config::DEFAULT_SOCKET_PATH;
-use crate::protocol::{Reply, Request, TargetResult};
+use crate::protocol::{
+    decode_daemon_line, unresponsive_marker, DaemonLine, Reply, Request, TargetResult,
+    LIVENESS_BOUND,
+};
 
 /// Largest reply line the client accepts (a `status` with many failures, or thousands of
 /// targets, stays well below this).
@@ -45,6 +52,15 @@ pub enum ClientError {
     /// The wait for the reply timed out.
     #[error("no reply from {0} within the timeout")]
     TimedOut(PathBuf),
+    /// The daemon said nothing at all (no accepted connection, no progress line, no reply) for
+    /// longer than the liveness bound: stopped, wedged, or never started.
+    #[error("daemon at {path} unresponsive: silent for {} s", silence.as_secs_f64())]
+    Unresponsive {
+        /// The socket path.
+        path: PathBuf,
+        /// How long it was silent.
+        silence: Duration,
+    },
     /// Anything else (permission denied on the socket, a reply that is not the protocol).
     #[error("talking to {path}: {message}")]
     Failed {
@@ -68,56 +84,253 @@ pub fn call(
     request: &Request,
     timeout: Option<Duration>,
 ) -> Result<Reply, ClientError> {
-    let failed = |message: String| ClientError::Failed {
-        path: socket.to_path_buf(),
-        message,
-    };
-    let unreachable = |source| ClientError::Unreachable {
-        path: socket.to_path_buf(),
-        source,
-    };
     let deadline = timeout.map(|t| Instant::now() + t);
-    let mut stream = connect(socket, timeout).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut => {
-            unreachable(e)
+    let mut exchange = Exchange::start(socket, request, timeout)?;
+    loop {
+        let left = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Err(ClientError::TimedOut(socket.to_path_buf())),
+            },
+        };
+        match exchange.next_line(left)? {
+            Some(DaemonLine::Reply(reply)) => return Ok(*reply),
+            Some(DaemonLine::Progress(_)) => continue,
+            None => return Err(ClientError::TimedOut(socket.to_path_buf())),
         }
-        _ => failed(format!("cannot connect: {e}")),
-    })?;
-    let left = match deadline {
-        None => None,
-        Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Some(left),
-            _ => return Err(ClientError::TimedOut(socket.to_path_buf())),
-        },
-    };
-    stream
-        .set_write_timeout(left)
-        .and_then(|()| stream.set_read_timeout(left))
-        .map_err(|e| failed(e.to_string()))?;
-    // A daemon that refuses us may answer and close before reading our request; its reply is
-    // still readable after our write fails, and it (not the write error) decides.
-    let written = stream.write_all(request.encode().as_bytes());
-    let mut line = String::new();
-    let read = BufReader::new(stream.take(MAX_REPLY)).read_line(&mut line);
-    match read {
-        Ok(0) => Err(unreachable(written.err().unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "daemon closed the connection without replying",
-            )
-        }))),
-        Ok(_) => serde_json::from_str(&line).map_err(|e| failed(format!("unreadable reply: {e}"))),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(ClientError::TimedOut(socket.to_path_buf()))
-        }
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(unreachable(e)),
-        Err(e) => Err(failed(e.to_string())),
     }
+}
+
+/// How [`call_while_alive`] waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Silence (no accepted connection, no line) after which the daemon is unresponsive.
+    pub silence: Duration,
+    /// The longest wait in all while the daemon keeps answering; `None`: [`udev_wait_limit`],
+    /// read only once the wait outlasts the first progress line (most answers come before).
+    pub limit: Option<Duration>,
+}
+
+impl Default for Liveness {
+    /// [`LIVENESS_BOUND`] of silence, udev's limit in all.
+    fn default() -> Self {
+        Liveness {
+            silence: LIVENESS_BOUND,
+            limit: None,
+        }
+    }
+}
+
+/// Sends `request` (which should ask for progress lines) and waits for its reply for as long as
+/// the daemon shows it is alive: each line, progress or reply, restarts the silence bound.
+/// Silence past `liveness.silence` (including a connect that waits that long in a full backlog,
+/// or a socket-activated daemon that never starts) is [`ClientError::Unresponsive`]; a live
+/// daemon still working at `liveness.limit` is [`ClientError::TimedOut`].
+pub fn call_while_alive(
+    socket: &Path,
+    request: &Request,
+    liveness: &Liveness,
+) -> Result<Reply, ClientError> {
+    let started = Instant::now();
+    let unresponsive = || ClientError::Unresponsive {
+        path: socket.to_path_buf(),
+        silence: liveness.silence,
+    };
+    let mut exchange = match Exchange::start(socket, request, Some(liveness.silence)) {
+        Err(ClientError::Unreachable { source, .. })
+            if source.kind() == io::ErrorKind::TimedOut =>
+        {
+            return Err(unresponsive())
+        }
+        other => other?,
+    };
+    let mut limit = liveness.limit;
+    loop {
+        let left = limit.map(|limit| limit.saturating_sub(started.elapsed()));
+        if left.is_some_and(|left| left.is_zero()) {
+            return Err(ClientError::TimedOut(socket.to_path_buf()));
+        }
+        let wait = left.map_or(liveness.silence, |left| left.min(liveness.silence));
+        match exchange.next_line(Some(wait))? {
+            Some(DaemonLine::Reply(reply)) => return Ok(*reply),
+            Some(DaemonLine::Progress(_)) => {
+                limit.get_or_insert_with(udev_wait_limit);
+            }
+            None if wait < liveness.silence => {
+                return Err(ClientError::TimedOut(socket.to_path_buf()))
+            }
+            None => return Err(unresponsive()),
+        }
+    }
+}
+
+/// One request on one connection, and the lines that come back.
+struct Exchange {
+    path: PathBuf,
+    reader: BufReader<io::Take<UnixStream>>,
+    /// Bytes of a line not yet complete (a read timed out in its middle).
+    partial: Vec<u8>,
+    /// Why writing the request failed, if it did: a daemon that refuses us may answer and
+    /// close before reading our request; its reply is still readable after our write fails,
+    /// and it (not the write error) decides.
+    write_error: Option<io::Error>,
+}
+
+impl Exchange {
+    /// Connects (within `timeout`, if any) and writes `request`.
+    fn start(
+        socket: &Path,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
+        let failed = |message: String| ClientError::Failed {
+            path: socket.to_path_buf(),
+            message,
+        };
+        let mut stream = connect(socket, timeout).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::TimedOut => ClientError::Unreachable {
+                path: socket.to_path_buf(),
+                source: e,
+            },
+            _ => failed(format!("cannot connect: {e}")),
+        })?;
+        stream
+            .set_write_timeout(timeout)
+            .map_err(|e| failed(e.to_string()))?;
+        let write_error = stream.write_all(request.encode().as_bytes()).err();
+        Ok(Exchange {
+            path: socket.to_path_buf(),
+            reader: BufReader::new(stream.take(MAX_REPLY)),
+            partial: Vec::new(),
+            write_error,
+        })
+    }
+
+    /// The next line from the daemon, waiting at most `timeout` for each read (`None`: no
+    /// bound). `Ok(None)`: nothing came within `timeout`.
+    fn next_line(&mut self, timeout: Option<Duration>) -> Result<Option<DaemonLine>, ClientError> {
+        // A zero read timeout means "block forever" to the kernel, and std refuses it.
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        let stream = self.reader.get_ref().get_ref();
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|e| self.failed(e.to_string()))?;
+        match self.reader.read_until(b'\n', &mut self.partial) {
+            Ok(_) if self.partial.ends_with(b"\n") => {
+                let line = std::mem::take(&mut self.partial);
+                decode_daemon_line(&line)
+                    .map(Some)
+                    .map_err(|e| self.failed(format!("unreadable reply: {e}")))
+            }
+            Ok(_) if self.partial.is_empty() => Err(ClientError::Unreachable {
+                path: self.path.clone(),
+                source: self.write_error.take().unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "daemon closed the connection without replying",
+                    )
+                }),
+            }),
+            Ok(_) => Err(self.failed("reply cut short".to_string())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ClientError::Unreachable {
+                path: self.path.clone(),
+                source: e,
+            }),
+            Err(e) => Err(self.failed(e.to_string())),
+        }
+    }
+
+    fn failed(&self, message: String) -> ClientError {
+        ClientError::Failed {
+            path: self.path.clone(),
+            message,
+        }
+    }
+}
+
+/// udev's default event timeout (systemd-udevd kills an event's worker after it).
+const UDEV_EVENT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How much earlier than udev's kill a waiting client gives up, so that it exits (and says why)
+/// on its own.
+const UDEV_KILL_MARGIN: Duration = Duration::from_secs(30);
+
+/// The longest a `load --udev` client waits for a daemon that keeps answering: udev's event
+/// timeout less [`UDEV_KILL_MARGIN`] (at least half the timeout). The timeout is
+/// `udev.event_timeout=` (or `rd.udev.event_timeout=`) on the kernel command line, else
+/// `event_timeout=` in `/etc/udev/udev.conf`, else 180 s; so 150 s by default.
+pub fn udev_wait_limit() -> Duration {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let timeout = event_timeout_from_cmdline(&read("/proc/cmdline"))
+        .or_else(|| event_timeout_from_conf(&read("/etc/udev/udev.conf")))
+        .unwrap_or(UDEV_EVENT_TIMEOUT);
+    wait_limit_for(timeout)
+}
+
+/// [`udev_wait_limit`] for an event timeout of `timeout`.
+pub fn wait_limit_for(timeout: Duration) -> Duration {
+    timeout.saturating_sub(UDEV_KILL_MARGIN).max(timeout / 2)
+}
+
+/// The last `udev.event_timeout=SECS` or `rd.udev.event_timeout=SECS` on a kernel command line.
+pub fn event_timeout_from_cmdline(cmdline: &str) -> Option<Duration> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|word| {
+            let word = word.strip_prefix("rd.").unwrap_or(word);
+            word.strip_prefix("udev.event_timeout=")
+        })
+        .filter_map(positive_secs)
+        .next_back()
+}
+
+/// `event_timeout=SECS` from udev.conf's text (comments and other keys ignored).
+pub fn event_timeout_from_conf(conf: &str) -> Option<Duration> {
+    conf.lines()
+        .filter_map(|line| line.trim().strip_prefix("event_timeout"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"'))
+        .filter_map(positive_secs)
+        .next_back()
+}
+
+fn positive_secs(value: &str) -> Option<Duration> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&secs| secs > 0)
+        .map(Duration::from_secs)
+}
+
+/// Whether a client found the daemon at `socket` unresponsive earlier in this boot (and the
+/// daemon has not cleared the marker since): see [`unresponsive_marker`].
+pub fn marked_unresponsive(socket: &Path) -> bool {
+    unresponsive_marker(socket).exists()
+}
+
+/// Leaves the boot-wide marker saying the daemon at `socket` is unresponsive, so that later
+/// clients load directly at once. Best effort: without it, each later client waits one bound.
+pub fn mark_unresponsive(socket: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let marker = unresponsive_marker(socket);
+    if let Some(dir) = marker.parent() {
+        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::write(&marker, format!("{}\n", std::process::id()))
 }
 
 /// Connects to `socket`. With `timeout`, the connect is bounded too: when the listen backlog is
@@ -280,6 +493,151 @@ mod tests {
             other => panic!("expected Unreachable, got {other:?}"),
         }
         assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    }
+
+    /// A stand-in daemon on `path`: accepts one connection, reads the request line, writes
+    /// `progress` progress lines `every` apart, then the reply (unless `reply` is false: then it
+    /// keeps the connection open, silent, until the client goes away). Returns the request line.
+    fn stand_in_daemon(
+        listener: UnixListener,
+        progress: usize,
+        every: Duration,
+        reply: bool,
+    ) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            let mut writer = &stream;
+            for n in 1..=progress {
+                std::thread::sleep(every);
+                let line = crate::protocol::Progress {
+                    elapsed_ms: (every * n as u32).as_millis() as u64,
+                };
+                if writer.write_all(line.encode().as_bytes()).is_err() {
+                    return request;
+                }
+            }
+            if reply {
+                let _ = writer.write_all(
+                    Reply::error(&crate::protocol::ProtocolError::Internal("done".into()))
+                        .encode()
+                        .as_bytes(),
+                );
+            } else {
+                let _ = (&stream).read(&mut [0u8; 1]);
+            }
+            request
+        })
+    }
+
+    fn alive_for(silence_ms: u64, limit_ms: Option<u64>) -> Liveness {
+        Liveness {
+            silence: Duration::from_millis(silence_ms),
+            limit: limit_ms.map(Duration::from_millis),
+        }
+    }
+
+    /// Progress lines keep the client waiting well past the silence bound, and the reply
+    /// after them is the answer.
+    #[test]
+    fn progress_keeps_a_client_waiting_past_the_silence_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let daemon = stand_in_daemon(
+            UnixListener::bind(&path).unwrap(),
+            6,
+            Duration::from_millis(100),
+            true,
+        );
+        let started = Instant::now();
+        let reply = call_while_alive(&path, &Request::Status, &alive_for(300, Some(20_000)));
+        assert!(reply.is_ok_and(|r| !r.ok), "the reply, not a progress line");
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        daemon.join().unwrap();
+    }
+
+    /// A daemon that accepted and then says nothing is unresponsive after the silence bound.
+    #[test]
+    fn a_silent_daemon_is_unresponsive_after_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let daemon = stand_in_daemon(
+            UnixListener::bind(&path).unwrap(),
+            1,
+            Duration::from_millis(100),
+            false,
+        );
+        let started = Instant::now();
+        let result = call_while_alive(&path, &Request::Status, &alive_for(300, None));
+        assert!(
+            matches!(result, Err(ClientError::Unresponsive { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        daemon.join().unwrap();
+    }
+
+    /// A live daemon still working at the limit: the client stops waiting (timed out), it is
+    /// not told the daemon is unresponsive.
+    #[test]
+    fn a_live_daemon_past_the_limit_is_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let daemon = stand_in_daemon(
+            UnixListener::bind(&path).unwrap(),
+            20,
+            Duration::from_millis(50),
+            false,
+        );
+        let result = call_while_alive(&path, &Request::Status, &alive_for(300, Some(400)));
+        assert!(
+            matches!(result, Err(ClientError::TimedOut(_))),
+            "{result:?}"
+        );
+        daemon.join().unwrap();
+    }
+
+    /// A connect that waits in a full backlog for the whole silence bound: unresponsive.
+    #[test]
+    fn a_full_backlog_past_the_bound_is_unresponsive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let _queued = fill_backlog(&listener, &path);
+        let result = call_while_alive(&path, &Request::Status, &alive_for(300, None));
+        assert!(
+            matches!(result, Err(ClientError::Unresponsive { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn udevs_event_timeout_from_the_command_line_and_udev_conf() {
+        let secs = Duration::from_secs;
+        let cmdline = "root=/dev/vda udev.event_timeout=300 quiet rd.udev.event_timeout=90\n";
+        assert_eq!(event_timeout_from_cmdline(cmdline), Some(secs(90)));
+        assert_eq!(event_timeout_from_cmdline("udev.event_timeout=0 ro"), None);
+        assert_eq!(event_timeout_from_cmdline("ro quiet"), None);
+        let conf =
+            "# see udev.conf(5)\n#event_timeout=10\nudev_log=info\nevent_timeout = \"240\"\n";
+        assert_eq!(event_timeout_from_conf(conf), Some(secs(240)));
+        assert_eq!(event_timeout_from_conf("udev_log=info\n"), None);
+        // 30 s before udev's kill, but never less than half the timeout.
+        assert_eq!(wait_limit_for(secs(180)), secs(150));
+        assert_eq!(wait_limit_for(secs(40)), secs(20));
+    }
+
+    #[test]
+    fn the_marker_is_left_and_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("modbroker.sock");
+        assert!(!marked_unresponsive(&socket));
+        mark_unresponsive(&socket).unwrap();
+        assert!(marked_unresponsive(&socket));
+        assert!(dir.path().join("modbroker/unresponsive").is_file());
+        // A second client's mark (the directory exists now) is no error.
+        mark_unresponsive(&socket).unwrap();
     }
 
     #[test]

@@ -11,13 +11,17 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::broker::ModuleAnswer;
-use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
+use tracing::debug;
+
+use crate::kernel::{
+    attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome, ModuleState,
+};
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{OutcomeKind, TargetResult};
 use crate::resolver::KmodResolver;
@@ -74,6 +78,7 @@ pub fn load_tree(
     if path.contains(&node.name) {
         return ModuleOutcome::AlreadyLoaded;
     }
+    wait_while_coming(kernel, &node.name);
     if let Some(outcome) = settled_outcome(kernel, node) {
         return outcome;
     }
@@ -94,6 +99,7 @@ pub fn load_tree(
             LoadMethod::File(path) => lock_module_file(path),
             _ => None,
         };
+        wait_while_coming(kernel, &node.name);
         settled_outcome(kernel, node)
             .unwrap_or_else(|| attempt_load(kernel, node, &join_options(&node.options, params)))
     });
@@ -104,6 +110,26 @@ pub fn load_tree(
     }
     path.pop();
     outcome
+}
+
+/// How often a direct loader looks again at a module that another loader is initialising.
+const COMING_POLL: Duration = Duration::from_millis(50);
+
+/// Waits while `name` is `coming`: another loader (the daemon, even a stopped or restarting
+/// one, or udev's builtin) is running its init. A call now would only wait in the kernel for
+/// that init and then answer `EEXIST` or `EBUSY`: a duplicate load, which is what the broker
+/// exists to prevent. Returns once the module is live (answered without a call) or gone (its
+/// init failed: the caller's own attempt then finds the module's true error). Unbounded, as the
+/// kernel's own wait for a concurrent load of the same name is.
+fn wait_while_coming(kernel: &dyn Kernel, name: &str) {
+    let mut logged = false;
+    while kernel.state(name) == ModuleState::Coming {
+        if !logged {
+            debug!(module = name, "another loader is initialising it; waiting");
+            logged = true;
+        }
+        std::thread::sleep(COMING_POLL);
+    }
 }
 
 /// An exclusive advisory lock on a module file, held for one load attempt; released on drop.
@@ -138,6 +164,41 @@ mod tests {
         assert!(load_tree(kernel.as_ref(), &garp, "", &mut Vec::new()).is_ok());
         let order: Vec<String> = kernel.call_log().into_iter().map(|(n, _)| n).collect();
         assert_eq!(order, ["llc", "dummy", "garp"]);
+    }
+
+    /// Runs `load_tree` of `m` on a thread while `m` is `coming`, waits until the loader has
+    /// looked at its state twice (it is waiting, not calling), then lets `finish` end the other
+    /// loader's init; returns the outcome and the load calls made.
+    fn load_while_coming(finish: impl FnOnce(&FakeKernel)) -> (ModuleOutcome, usize) {
+        let kernel = FakeKernel::new();
+        kernel.set_coming("m");
+        let node = ModuleNode::file("m", "/fake/m.ko");
+        let outcome = std::thread::scope(|scope| {
+            let loader = scope.spawn(|| load_tree(kernel.as_ref(), &node, "", &mut Vec::new()));
+            kernel.wait_for_state_queries("m", 2);
+            assert_eq!(kernel.calls("m"), 0, "no call while another init runs");
+            finish(&kernel);
+            loader.join().unwrap()
+        });
+        (outcome, kernel.calls("m"))
+    }
+
+    /// A fallback that finds the module `coming` (the daemon's load in progress) waits for it
+    /// and answers `already-loaded` without a call of its own.
+    #[test]
+    fn a_coming_module_is_waited_for_not_loaded_again() {
+        let (outcome, calls) = load_while_coming(|kernel| kernel.set_live("m"));
+        assert_eq!(outcome, ModuleOutcome::AlreadyLoaded);
+        assert_eq!(calls, 0);
+    }
+
+    /// When the other loader's init fails (the module goes away), the fallback makes its own
+    /// attempt, which finds the module's true result.
+    #[test]
+    fn a_coming_module_that_goes_away_is_loaded_by_its_own_call() {
+        let (outcome, calls) = load_while_coming(|kernel| kernel.remove("m"));
+        assert_eq!(outcome, ModuleOutcome::Loaded);
+        assert_eq!(calls, 1);
     }
 
     /// Two direct loaders of one failing module: they take turns (never two load calls at

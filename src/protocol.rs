@@ -6,6 +6,9 @@
 //! becomes an error reply), and [`Reply`] is what goes back. The client uses the same types, so the
 //! two ends cannot drift apart.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -55,6 +58,69 @@ pub struct LoadRequest {
     /// `SUBSYSTEM` and `DEVPATH`) or `kernel` (the autoload helper). Absent: the daemon records
     /// the peer's uid and command name.
     pub origin: Option<Requester>,
+    /// Ask for a progress line every [`PROGRESS_INTERVAL`] while the reply is pending, so that
+    /// the client can tell a daemon that is alive and loading from one that is wedged (see
+    /// [`LIVENESS_BOUND`]). Sent only when true, so older daemons still understand the request.
+    pub progress: bool,
+}
+
+/// How often the daemon writes a progress line on a connection whose pending `load` asked for
+/// it (`"progress": true`).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a client that asked for progress hears nothing at all (no progress line, no reply,
+/// no accepted connection) before it takes the daemon for unresponsive: ten missed progress
+/// lines. Generous on purpose: under emulation at 64 vCPUs a busy daemon can be starved for
+/// seconds, and each false alarm costs a direct load.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
+
+/// The boot-wide marker a client leaves when it found the daemon unresponsive: while it exists,
+/// udev's clients load directly at once instead of each waiting out [`LIVENESS_BOUND`]. The
+/// daemon removes it when it listens and every [`PROGRESS_INTERVAL`] while it serves. It lives
+/// in the directory named like the socket without its extension (`/run/modbroker/unresponsive`
+/// for `/run/modbroker.sock`): the daemon's `RuntimeDirectory=`, which its sandbox can write.
+pub fn unresponsive_marker(socket: &Path) -> PathBuf {
+    socket.with_extension("").join("unresponsive")
+}
+
+/// A line from the daemon on a connection: a progress line, or the reply.
+#[derive(Debug)]
+pub enum DaemonLine {
+    /// The daemon is alive and still working on the request.
+    Progress(Progress),
+    /// The one reply.
+    Reply(Box<Reply>),
+}
+
+/// The body of a progress line: `{"v":1,"progress":{"elapsed_ms":N}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Milliseconds since the daemon read the request.
+    pub elapsed_ms: u64,
+}
+
+impl Progress {
+    /// The progress line (with its newline).
+    pub fn encode(&self) -> String {
+        let mut line = serde_json::json!({"v": PROTOCOL_VERSION, "progress": self}).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// Decodes one line from the daemon.
+pub fn decode_daemon_line(line: &[u8]) -> Result<DaemonLine, serde_json::Error> {
+    /// Either shape; a reply never has `progress`, a progress line never has `ok`.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Progress { progress: Progress },
+        Reply(Box<Reply>),
+    }
+    Ok(match serde_json::from_slice(line)? {
+        Wire::Progress { progress } => DaemonLine::Progress(progress),
+        Wire::Reply(reply) => DaemonLine::Reply(reply),
+    })
 }
 
 /// The request line as it appears on the wire. Unknown fields are refused so that a typo (say
@@ -78,6 +144,8 @@ struct WireRequest {
     blacklist_names: bool,
     #[serde(default)]
     origin: Option<Requester>,
+    #[serde(default)]
+    progress: bool,
 }
 
 fn default_wait() -> bool {
@@ -173,6 +241,7 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
         timeout_ms: wire.timeout_ms,
         blacklist_names: wire.blacklist_names,
         origin: wire.origin,
+        progress: wire.progress,
     }))
 }
 
@@ -201,7 +270,7 @@ fn check_targets(targets: &[String]) -> Result<(), ProtocolError> {
 
 impl Request {
     /// Encodes the request as one JSON line (with its newline), as the client sends it.
-    /// `blacklist_names` is sent only when true, and `origin` only when set, so that a request
+    /// `blacklist_names` and `progress` are sent only when true, and `origin` only when set, so that a request
     /// without them still reaches a daemon older than the fields (which refuses unknown fields).
     pub fn encode(&self) -> String {
         let value = match self {
@@ -220,6 +289,9 @@ impl Request {
                 }
                 if let Some(origin) = &load.origin {
                     value["origin"] = serde_json::to_value(origin).unwrap_or_default();
+                }
+                if load.progress {
+                    value["progress"] = true.into();
                 }
                 value
             }
@@ -515,10 +587,53 @@ mod tests {
             timeout_ms: Some(500),
             blacklist_names: true,
             origin: None,
+            progress: true,
         });
         let line = req.encode();
         assert!(line.ends_with('\n'));
         assert_eq!(decode_request(line.trim_end().as_bytes()), Ok(req));
+    }
+
+    /// `progress` is optional (older clients never send it and get no progress lines) and sent
+    /// only when true (older daemons refuse unknown fields).
+    #[test]
+    fn progress_is_optional_and_sent_only_when_set() {
+        let line = br#"{"v":1,"op":"load","targets":["kvm"]}"#;
+        let Ok(Request::Load(load)) = decode_request(line) else {
+            panic!("not a load")
+        };
+        assert!(!load.progress);
+        assert!(!Request::Load(load.clone()).encode().contains("progress"));
+        let asking = Request::Load(LoadRequest {
+            progress: true,
+            ..load
+        });
+        assert!(asking.encode().contains(r#""progress":true"#));
+    }
+
+    /// A client tells a progress line from the reply; neither is mistaken for the other.
+    #[test]
+    fn progress_lines_and_replies_are_told_apart() {
+        let progress = Progress { elapsed_ms: 4000 }.encode();
+        assert_eq!(progress, "{\"progress\":{\"elapsed_ms\":4000},\"v\":1}\n");
+        match decode_daemon_line(progress.trim_end().as_bytes()) {
+            Ok(DaemonLine::Progress(p)) => assert_eq!(p.elapsed_ms, 4000),
+            other => panic!("expected progress, got {other:?}"),
+        }
+        let reply = Reply::error(&ProtocolError::Internal("x".into())).encode();
+        match decode_daemon_line(reply.trim_end().as_bytes()) {
+            Ok(DaemonLine::Reply(r)) => assert!(!r.ok),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+        assert!(decode_daemon_line(br#"{"v":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_marker_lies_beside_the_socket() {
+        assert_eq!(
+            unresponsive_marker(Path::new("/run/modbroker.sock")),
+            Path::new("/run/modbroker/unresponsive")
+        );
     }
 
     /// Absent means false (older clients, the kernel helper without `-b`), and false is not
@@ -536,6 +651,7 @@ mod tests {
         let udev = Request::Load(LoadRequest {
             blacklist_names: true,
             origin: None,
+            progress: false,
             ..load
         });
         assert!(udev.encode().contains(r#""blacklist_names":true"#));

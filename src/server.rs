@@ -17,13 +17,18 @@ use futures_util::StreamExt;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use thiserror::Error;
 use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::protocol::{decode_request, ProtocolError, Reply, Request, MAX_FRAME};
+use crate::protocol::{
+    decode_request, unresponsive_marker, Progress, ProtocolError, Reply, Request, MAX_FRAME,
+    PROGRESS_INTERVAL,
+};
 use crate::record::Requester;
 use crate::service::Service;
 
@@ -288,6 +293,12 @@ pub async fn run_with_idle_exit(
     idle_exit: Option<Duration>,
 ) {
     let mut connections = JoinSet::new();
+    let marker = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_pathname().map(unresponsive_marker));
+    // The first tick is at once: a daemon that (re)starts tells waiting clients it is back.
+    let mut alive = tokio::time::interval(PROGRESS_INTERVAL);
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     let mut idle_check = tokio::time::interval(Duration::from_secs(1));
     let mut last_busy = tokio::time::Instant::now();
@@ -295,6 +306,7 @@ pub async fn run_with_idle_exit(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = prune.tick() => service.broker().prune_failures(),
+            _ = alive.tick(), if marker.is_some() => clear_marker(marker.as_deref()),
             _ = idle_check.tick(), if idle_exit.is_some() => {
                 if !connections.is_empty() || service.broker().in_flight_count() > 0 {
                     last_busy = tokio::time::Instant::now();
@@ -331,6 +343,21 @@ pub async fn run_with_idle_exit(
     }
 }
 
+/// Removes the boot-wide "daemon unresponsive" marker, if a client left one: this daemon is
+/// serving, so udev's clients should ask it again instead of loading directly.
+fn clear_marker(marker: Option<&Path>) {
+    let Some(marker) = marker else { return };
+    match std::fs::remove_file(marker) {
+        Ok(()) => {
+            info!(marker = %marker.display(), "serving again: removed the unresponsive marker")
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => {
+            warn!(marker = %marker.display(), error = %err, "cannot remove the unresponsive marker")
+        }
+    }
+}
+
 /// How long, at shutdown, a connection accepted but not yet asked anything waits for its first
 /// request line (a client writes it right after connecting).
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
@@ -362,7 +389,7 @@ impl Connection {
                 Some(Ok(line)) => match &denied {
                     Some(denied) => (Reply::error(denied), false),
                     None => match self
-                        .answer_unless_gone(&line, lines.get_ref().as_ref())
+                        .answer_unless_gone(&line, lines.get_ref().as_ref(), &mut write)
                         .await
                     {
                         Some(reply) => (reply, false),
@@ -397,36 +424,64 @@ impl Connection {
     }
 
     /// Answers `line`, unless the peer hangs up first: then its wait is dropped (the loads it
-    /// asked for go on; they are spawned tasks) so `status` does not count it as a waiter.
-    async fn answer_unless_gone(&self, line: &str, stream: &UnixStream) -> Option<Reply> {
-        let answer = self.answer(line, stream);
+    /// asked for go on; they are spawned tasks) so `status` does not count it as a waiter. A
+    /// `load` that asked for progress gets a progress line on `write` every
+    /// [`PROGRESS_INTERVAL`] until its reply is ready.
+    async fn answer_unless_gone(
+        &self,
+        line: &str,
+        stream: &UnixStream,
+        write: &mut OwnedWriteHalf,
+    ) -> Option<Reply> {
+        let request = match decode_request(line.as_bytes()) {
+            Ok(request) => request,
+            Err(err) => {
+                debug!(error = %err, "bad request");
+                return Some(Reply::error(&err));
+            }
+        };
+        let progress = matches!(&request, Request::Load(load) if load.progress);
+        let started = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval_at(started + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
+        // A daemon starved for a while sends one line late, not a burst of them.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let answer = self.answer(request, stream);
         tokio::pin!(answer);
-        tokio::select! {
-            reply = &mut answer => return Some(reply),
-            gone = peer_hung_up(stream) => if gone {
-                debug!("client hung up before its reply");
-                return None;
-            },
+        let mut watch_hangup = true;
+        loop {
+            tokio::select! {
+                reply = &mut answer => return Some(reply),
+                gone = peer_hung_up(stream), if watch_hangup => {
+                    if gone {
+                        debug!("client hung up before its reply");
+                        return None;
+                    }
+                    // More data, or a half-close (`socat` shuts down its writing side and
+                    // waits): the client still wants its reply.
+                    watch_hangup = false;
+                }
+                _ = ticks.tick(), if progress => {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    let line = Progress { elapsed_ms }.encode();
+                    if write.write_all(line.as_bytes()).await.is_err() {
+                        debug!("client went away while waiting");
+                        return None;
+                    }
+                }
+            }
         }
-        // More data, or a half-close (`socat` shuts down its writing side and waits): the
-        // client still wants its reply.
-        Some(answer.await)
     }
 
-    /// Serves one request line from `stream`'s peer; a load that does not say who asks (udev,
+    /// Serves one decoded request from `stream`'s peer; a load that does not say who asks (udev,
     /// the kernel) is recorded as asked by the peer, looked up only then (udev's requests, the
     /// bulk of a boot's, say it themselves).
-    async fn answer(&self, line: &str, stream: &UnixStream) -> Reply {
-        match decode_request(line.as_bytes()) {
-            Ok(Request::Load(mut load)) => {
+    async fn answer(&self, request: Request, stream: &UnixStream) -> Reply {
+        match request {
+            Request::Load(mut load) => {
                 load.origin.get_or_insert_with(|| peer_requester(stream));
                 self.service.handle(Request::Load(load)).await
             }
-            Ok(request) => self.service.handle(request).await,
-            Err(err) => {
-                debug!(error = %err, "bad request");
-                Reply::error(&err)
-            }
+            request => self.service.handle(request).await,
         }
     }
 

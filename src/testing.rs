@@ -23,6 +23,10 @@ use crate::service::Resolve;
 struct FakeState {
     live: HashSet<String>,
     builtin: HashSet<String>,
+    /// Modules some other loader is initialising (`initstate` `coming`).
+    coming: HashSet<String>,
+    /// How often each module's state was asked for.
+    state_queries: HashMap<String, usize>,
     failing: HashMap<String, Errno>,
     held: HashSet<String>,
     delay: HashMap<String, Duration>,
@@ -54,12 +58,31 @@ impl FakeKernel {
 
     /// Marks `name` as live (loaded outside the broker).
     pub fn set_live(&self, name: &str) {
-        self.lock().live.insert(name.to_string());
+        let mut state = self.lock();
+        state.coming.remove(name);
+        state.live.insert(name.to_string());
+    }
+
+    /// Marks `name` as `coming`: another loader is running its init. Cleared by
+    /// [`FakeKernel::set_live`] and [`FakeKernel::remove`].
+    pub fn set_coming(&self, name: &str) {
+        self.lock().coming.insert(name.to_string());
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `name`'s state has been asked for at least `n` times.
+    pub fn wait_for_state_queries(&self, name: &str, n: usize) {
+        let mut state = self.lock();
+        while state.state_queries.get(name).copied().unwrap_or(0) < n {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Unloads `name` (as `rmmod` would).
     pub fn remove(&self, name: &str) {
-        self.lock().live.remove(name);
+        let mut state = self.lock();
+        state.coming.remove(name);
+        state.live.remove(name);
     }
 
     /// Marks `name` as built in.
@@ -180,11 +203,15 @@ impl FakeKernel {
 
 impl Kernel for FakeKernel {
     fn state(&self, name: &str) -> ModuleState {
-        let state = self.lock();
+        let mut state = self.lock();
+        *state.state_queries.entry(name.to_string()).or_default() += 1;
+        self.changed.notify_all();
         if state.builtin.contains(name) {
             ModuleState::Builtin
         } else if state.live.contains(name) {
             ModuleState::Live
+        } else if state.coming.contains(name) {
+            ModuleState::Coming
         } else {
             ModuleState::Absent
         }
@@ -282,5 +309,6 @@ pub fn udev_request(target: &str, subsystem: &str, devpath: &str) -> Request {
             subsystem: Some(subsystem.into()),
             devpath: Some(devpath.into()),
         }),
+        progress: false,
     })
 }

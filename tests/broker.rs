@@ -31,6 +31,7 @@ fn load_request(target: &str, params: &[&str], retry: bool) -> Request {
         timeout_ms: None,
         blacklist_names: false,
         origin: None,
+        progress: false,
     })
 }
 
@@ -417,6 +418,7 @@ async fn invalid_targets_and_params_get_their_own_result() {
             timeout_ms: None,
             blacklist_names: false,
             origin: None,
+            progress: false,
         }))
         .await;
     let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
@@ -449,6 +451,7 @@ async fn waiter_timeout_replies_and_the_load_goes_on() {
         timeout_ms: Some(50),
         blacklist_names: false,
         origin: None,
+        progress: false,
     });
     let r = one_result(&service, request).await;
     assert_eq!(r.outcome, OutcomeKind::TimedOut);
@@ -480,6 +483,7 @@ async fn no_wait_replies_queued_and_loads() {
         timeout_ms: None,
         blacklist_names: false,
         origin: None,
+        progress: false,
     });
     assert_eq!(
         one_result(&service, request).await.outcome,

@@ -666,3 +666,124 @@ fn the_record_names_the_cli_peer_and_keeps_udevs_origin() {
         }
     );
 }
+
+/// A held load that asked for progress gets a progress line every 2 s until its reply; a
+/// request that did not ask gets only its reply (every other test here reads one line).
+#[test]
+fn a_waiting_load_that_asked_gets_progress_lines() {
+    use modbroker::protocol::{decode_daemon_line, DaemonLine, PROGRESS_INTERVAL};
+    let server = TestServer::start(AccessPolicy::default());
+    server.kernel.hold("held");
+    let mut stream = server.connect();
+    stream
+        .write_all(b"{\"v\":1,\"op\":\"load\",\"targets\":[\"held\"],\"progress\":true}\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        decode_daemon_line(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    for n in 1..=2u32 {
+        match next() {
+            DaemonLine::Progress(p) => {
+                assert!(
+                    p.elapsed_ms >= (PROGRESS_INTERVAL * n).as_millis() as u64,
+                    "{p:?}"
+                )
+            }
+            DaemonLine::Reply(r) => panic!("reply before the load ended: {r:?}"),
+        }
+    }
+    server.kernel.release("held");
+    match next() {
+        DaemonLine::Reply(reply) => {
+            assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded)
+        }
+        DaemonLine::Progress(p) => panic!("progress after the load ended: {p:?}"),
+    }
+}
+
+/// A marker left by a client that found the daemon unresponsive is removed by a daemon that
+/// serves, so udev's clients ask it again.
+#[test]
+fn a_serving_daemon_removes_the_unresponsive_marker() {
+    let server = TestServer::start(AccessPolicy::default());
+    let marker = modbroker::protocol::unresponsive_marker(&server.socket);
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, "1\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "marker still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `load --udev` against a daemon that accepted nothing: after the liveness bound it loads
+/// directly and leaves the marker; the next client loads directly at once.
+#[test]
+fn udev_load_falls_back_once_the_daemon_is_silent_and_marks_the_boot() {
+    use modbroker::protocol::{unresponsive_marker, LIVENESS_BOUND};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let module_dir = dir.path().join("modules");
+    std::fs::create_dir(&module_dir).unwrap();
+    let run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--module-dir")
+            .arg(&module_dir)
+            .args(["load", "--udev", "pci:v0000FFFFd00000000"]);
+        output_within(&mut cmd, LIVENESS_BOUND * 3)
+    };
+    let (out, took) = run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("unresponsive: silent for 20 s"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+    assert!(took >= LIVENESS_BOUND, "took {took:?}");
+    assert!(unresponsive_marker(&socket).is_file());
+
+    let (out, took) = run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("an earlier client found the daemon"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+    assert!(took < LIVENESS_BOUND / 2, "took {took:?}");
+}
+
+/// A daemon that refuses what the client sends (an older daemon refusing a field it does not
+/// know) does not lose udev's load: the client loads directly.
+#[test]
+fn udev_load_falls_back_on_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let old_daemon = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut request = String::new();
+        BufReader::new(&stream).read_line(&mut request).unwrap();
+        let refusal = b"{\"v\":1,\"ok\":false,\"error\":{\"kind\":\"malformed\",\"message\":\"malformed request: unknown field `progress`\"}}\n";
+        (&stream).write_all(refusal).unwrap();
+        request
+    });
+    let module_dir = dir.path().join("modules");
+    std::fs::create_dir(&module_dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--module-dir")
+        .arg(&module_dir)
+        .args(["load", "--udev", "pci:v0000FFFFd00000000"]);
+    let (out, _) = output_within(&mut cmd, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("daemon refused") && err.contains("directly"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+    assert!(old_daemon.join().unwrap().contains("\"progress\":true"));
+}

@@ -247,6 +247,7 @@ fn pick_request(rng: &mut Rng) -> (Vec<usize>, LoadRequest) {
         timeout_ms: None,
         blacklist_names: false,
         origin: None,
+        progress: false,
     };
     (picks, request)
 }

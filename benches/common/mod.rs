@@ -233,6 +233,7 @@ pub fn load_line(target: &str) -> String {
         timeout_ms: None,
         blacklist_names: false,
         origin: None,
+        progress: false,
     })
     .encode()
 }

@@ -1,10 +1,16 @@
 //! `modbroker`: the client and admin CLI. Exec'd by udev once per uevent, so it stays small and
 //! synchronous. Asks the daemon; when no daemon answers, loads directly (unless `--no-fallback`).
 //!
-//! Nothing on the udev and kernel-helper paths waits forever: `load --udev` and `modprobe` give
-//! the daemon [`UDEV_WAIT`] (45 s, or `--timeout SECS`) for connect and reply together, then load
-//! directly, well before udev's 60 s warning and 180 s kill. A plain `load` waits as long as it
-//! takes unless `--timeout` is given, and a timeout there is an error, never a fallback.
+//! `load --udev` and `modprobe` wait as long as the daemon is alive and working on their load
+//! (it sends a progress line every 2 s), up to udev's event timeout less 30 s (150 s by default:
+//! a slow init, say a driver waiting for firmware, is waited for, as udev's builtin waits for
+//! `finit_module`). A daemon silent for the liveness bound (20 s) is taken for wedged: the client
+//! loads directly, and leaves a marker so that later clients of this boot load directly at once
+//! until the daemon serves again. Any reply they cannot use (an error from a daemon older or
+//! newer than they are) also sends them to the direct load, which never calls `finit_module`
+//! for a module another loader is still initialising. With `--timeout SECS` they give the
+//! daemon that long instead, then load directly. A plain `load` waits as long as it takes unless
+//! `--timeout` is given, and a timeout there is an error, never a fallback.
 //!
 //! Exit status: 0 when every target ended loaded, already-loaded, builtin, no-match or queued;
 //! 1 when any target failed (one stderr line each); 2 for usage errors; 3 when the daemon refused
@@ -47,13 +53,6 @@ const EXIT_UNREACHABLE: u8 = 4;
 /// `blame` and `plot`: no record directory, or no usable file in it.
 const EXIT_NO_RECORD: u8 = 5;
 
-/// How long `load --udev` and the kernel's autoload helper wait for the daemon (connect and reply
-/// together) when no `--timeout` is given, before loading directly: below udev's 60 s "slow
-/// event" warning and far below its 180 s kill of the event's worker. A socket-activated daemon
-/// that systemd has not started yet (held by unit ordering) accepts connections but never
-/// answers; without this bound, every udev worker would hang on it.
-const UDEV_WAIT: Duration = Duration::from_secs(45);
-
 fn main() -> ExitCode {
     // Called through a name `modprobe` (the kernel's request_module() helper): no clap, only the
     // modprobe command line; the socket and module tree are the defaults (or $MODBROKER_SOCKET).
@@ -79,7 +78,8 @@ fn main() -> ExitCode {
             let options = LoadOptions {
                 wait: !no_wait,
                 timeout,
-                bound: reply_bound(timeout, mode),
+                bound: reply_bound(timeout),
+                liveness: waits_while_alive(timeout, mode),
                 retry,
                 fallback: !no_fallback,
                 mode,
@@ -181,8 +181,11 @@ struct LoadOptions {
     wait: bool,
     /// An explicit `--timeout`: the daemon is told it and answers `timed-out` when it passes.
     timeout: Option<Duration>,
-    /// How long the client waits for the daemon in all (see [`reply_bound`]).
+    /// How long the client waits for the daemon in all (see [`reply_bound`]); `None` with
+    /// `liveness`: as long as the daemon shows it is alive.
     bound: Option<Duration>,
+    /// Wait while the daemon is alive (progress lines), load directly when it falls silent.
+    liveness: bool,
     retry: bool,
     fallback: bool,
     mode: Mode,
@@ -207,19 +210,22 @@ fn origin(mode: Mode) -> Option<Requester> {
 }
 
 /// The client's total wait for the daemon: an explicit `--timeout` plus a second (so that the
-/// daemon's own timed-out reply arrives first), else [`UDEV_WAIT`] for udev and the kernel helper,
-/// else no bound.
-fn reply_bound(timeout: Option<Duration>, mode: Mode) -> Option<Duration> {
-    match (timeout, mode) {
-        (Some(timeout), _) => Some(timeout + Duration::from_secs(1)),
-        (None, Mode::Udev | Mode::Helper) => Some(UDEV_WAIT),
-        (None, Mode::Strict) => None,
-    }
+/// daemon's own timed-out reply arrives first), else no fixed bound (udev and the kernel helper
+/// wait while the daemon is alive: [`waits_while_alive`]).
+fn reply_bound(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.map(|timeout| timeout + Duration::from_secs(1))
+}
+
+/// Whether the client waits as long as the daemon is alive (udev and the kernel helper without
+/// `--timeout`) rather than for a fixed time.
+fn waits_while_alive(timeout: Option<Duration>, mode: Mode) -> bool {
+    timeout.is_none() && mode != Mode::Strict
 }
 
 /// Loads `targets` through the daemon, or directly (one `modbrokerd --oneshot` per target) when no
 /// daemon answers and `options.fallback` is set (for udev and the kernel helper, also when the
-/// daemon does not answer within `options.bound`); prints the results, returns the exit status.
+/// daemon falls silent, or answers with anything but results); prints the results, returns the
+/// exit status.
 fn load(
     socket: &Path,
     module_dir: Option<&Path>,
@@ -227,6 +233,13 @@ fn load(
     params: &[String],
     options: &LoadOptions,
 ) -> ExitCode {
+    let direct = |reason: &str| load_directly(module_dir, targets, params, options, reason);
+    if options.liveness && options.fallback && client::marked_unresponsive(socket) {
+        return direct(&format!(
+            "an earlier client found the daemon at {} unresponsive",
+            socket.display()
+        ));
+    }
     let request = Request::Load(LoadRequest {
         targets: targets.to_vec(),
         params: params.to_vec(),
@@ -235,21 +248,55 @@ fn load(
         timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
         blacklist_names: options.blacklist_names,
         origin: origin(options.mode),
+        progress: options.liveness,
     });
-    match client::call(socket, &request, options.bound) {
+    let answer = if options.liveness {
+        client::call_while_alive(socket, &request, &client::Liveness::default())
+    } else {
+        client::call(socket, &request, options.bound)
+    };
+    let udev_like = options.fallback && options.mode != Mode::Strict;
+    match answer {
+        // A refusal we cannot act on (a daemon older than a field we send, one shutting down):
+        // the load must still happen, and the direct load is always correct.
+        Ok(Reply {
+            error: Some(error), ..
+        }) if udev_like => direct(&format!(
+            "daemon refused: {} ({})",
+            error.message, error.kind
+        )),
         Ok(reply) => report_results(reply, options),
-        Err(err @ ClientError::Unreachable { .. }) if options.fallback => {
-            load_directly(module_dir, targets, params, options, &err.to_string())
+        Err(err @ ClientError::Unresponsive { .. }) if options.fallback => {
+            if let Err(e) = client::mark_unresponsive(socket) {
+                eprintln!("modbroker: cannot leave the unresponsive marker: {e}");
+            }
+            direct(&err.to_string())
         }
-        Err(ClientError::TimedOut(path)) if options.fallback && options.mode != Mode::Strict => {
+        // The daemon is alive and still loading at udev's limit: it goes on; loading directly
+        // now would only duplicate its load.
+        Err(ClientError::TimedOut(path)) if options.liveness => {
+            eprintln!(
+                "modbroker: daemon at {} still loading {} after {} s; not waiting longer",
+                path.display(),
+                targets.join(" "),
+                client::udev_wait_limit().as_secs()
+            );
+            options.mode.exit(EXIT_FAILED)
+        }
+        Err(ClientError::TimedOut(path)) if udev_like => {
             let waited = options.bound.unwrap_or_default().as_secs_f64();
-            let reason = format!(
+            direct(&format!(
                 "daemon at {} did not answer within {waited} s",
                 path.display()
-            );
-            load_directly(module_dir, targets, params, options, &reason)
+            ))
         }
-        Err(err @ ClientError::Unreachable { .. }) => {
+        Err(err @ (ClientError::Unreachable { .. } | ClientError::Unresponsive { .. }))
+            if options.fallback =>
+        {
+            direct(&err.to_string())
+        }
+        Err(err) if udev_like => direct(&err.to_string()),
+        Err(err @ (ClientError::Unreachable { .. } | ClientError::Unresponsive { .. })) => {
             eprintln!("modbroker: {err}");
             options.mode.exit(EXIT_UNREACHABLE)
         }
@@ -288,7 +335,7 @@ fn load_directly(
 }
 
 /// The kernel's autoload command line, `modprobe -q -- NAME` (kernel/module/kmod.c): each NAME is
-/// loaded as `load --udev NAME` (so the daemon gets [`UDEV_WAIT`], then the name loads directly),
+/// loaded as `load --udev NAME` (waiting while the daemon is alive, then loading directly),
 /// but the exit status tells the kernel whether it loaded ([`Mode::Helper`]).
 /// `-q`/`--quiet` drop the stdout lines; `-b`/`--use-blacklist` refuse a blacklisted module
 /// asked for by name too (without it, as in modprobe, the blacklist applies to aliases only);
@@ -310,7 +357,8 @@ fn modprobe(socket: PathBuf, module_dir: Option<PathBuf>, args: Vec<OsString>) -
     let options = LoadOptions {
         wait: true,
         timeout: None,
-        bound: reply_bound(None, Mode::Helper),
+        bound: None,
+        liveness: true,
         retry: false,
         fallback: true,
         mode: Mode::Helper,
@@ -534,20 +582,17 @@ fn print_status(reply: &Reply) -> ExitCode {
 mod tests {
     use super::*;
 
+    /// udev and the kernel helper wait while the daemon is alive; an explicit timeout is a
+    /// fixed bound for every mode, and a plain load without one waits for ever.
     #[test]
-    fn udev_wait_is_45_s_below_udevs_60_s_warning() {
-        assert_eq!(UDEV_WAIT, Duration::from_secs(45));
-        assert!(UDEV_WAIT < Duration::from_secs(60));
-    }
-
-    #[test]
-    fn only_udev_and_explicit_timeouts_bound_the_wait() {
-        assert_eq!(reply_bound(None, Mode::Udev), Some(UDEV_WAIT));
-        assert_eq!(reply_bound(None, Mode::Helper), Some(UDEV_WAIT));
-        assert_eq!(reply_bound(None, Mode::Strict), None);
-        let two = Some(Duration::from_secs(2));
-        assert_eq!(reply_bound(Some(Duration::from_secs(1)), Mode::Udev), two);
-        assert_eq!(reply_bound(Some(Duration::from_secs(1)), Mode::Strict), two);
+    fn only_udev_and_the_helper_wait_while_alive() {
+        assert!(waits_while_alive(None, Mode::Udev));
+        assert!(waits_while_alive(None, Mode::Helper));
+        assert!(!waits_while_alive(None, Mode::Strict));
+        let one = Some(Duration::from_secs(1));
+        assert!(!waits_while_alive(one, Mode::Udev));
+        assert_eq!(reply_bound(one), Some(Duration::from_secs(2)));
+        assert_eq!(reply_bound(None), None);
     }
 
     fn result(outcome: OutcomeKind, errno: Option<i32>) -> TargetResult {
