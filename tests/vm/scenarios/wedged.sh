@@ -9,7 +9,7 @@
 # instead of calling finit_module: one init, one finit_module call (the
 # daemon's thread's), all 64 exit 0 with mb_slow loaded, and the burst ends
 # within LIVENESS_BOUND + the load + SLACK.  The first fallbacks leave
-# /run/modbroker.unresponsive; a client started once it exists falls back at
+# /run/modbroker/unresponsive; a client started once it exists falls back at
 # once (well under the bound).  Then SIGCONT: the daemon removes the marker
 # and answers again.
 # The checks follow the code's LIVENESS_BOUND and PROGRESS_INTERVAL
@@ -27,7 +27,8 @@ INTERVAL=${PROGRESS_INTERVAL:?/etc/mb-vm.conf has no PROGRESS_INTERVAL}
 # to notice the silence and exec their fallbacks, and on top of the load's
 # end for those fallbacks to see mb_slow live and exit.
 SLACK=${MB_SLACK:-10}
-MARKER=${SOCK%.sock}.unresponsive
+# The boot-wide marker beside the socket (protocol.rs: unresponsive_marker).
+MARKER=${SOCK%.sock}/unresponsive
 
 step "start modbrokerd"
 daemon_up "modbrokerd is listening on $SOCK"
