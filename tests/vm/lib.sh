@@ -9,7 +9,7 @@
 #   dmesg_count PATTERN / kmsg_mark + kmsg_since PATTERN
 #   burst N OUTDIR CMD [ARG...] run CMD N times concurrently behind a barrier
 #   udev_burst N OUTDIR TARGET  the same with `modbroker load --udev TARGET` (udev_env)
-#   trace_mark / trace_time / exec_count / finit_tid / load_secs (scale tests)
+#   trace_mark / trace_time first|last|K / exec_count / execs_reach / finit_tid / load_secs (scale tests)
 
 MB_CHECKS=0
 MB_FAILS=0
@@ -105,16 +105,20 @@ burst_overlapped() {
 # trace_mark TEXT: a "tracing_mark_write: TEXT" line in the trace, to time
 # the scenario's own steps on the trace's clock.
 trace_mark() { echo "$*" >"$TRACE/trace_marker"; }
-# trace_time first|last PATTERN: timestamp (s) of the first or last trace line
-# matching the extended regex PATTERN; empty if none.
+# trace_time first|last|K PATTERN: timestamp (s) of the first, last or K-th
+# trace line matching the extended regex PATTERN; empty if there is none.
 trace_time() {
 	grep -E "$2" "$TRACE/trace" |
 	awk -v which="$1" '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break }
-		if (n == 0) first = t; last = t; n++ }
-		END{ if (n) printf "%.3f\n", which == "first" ? first : last }' || true
+		n++; if (n == 1) first = t; if (n == which + 0) kth = t; last = t }
+		END{ if (which == "first" && n) printf "%.3f\n", first
+			else if (which == "last" && n) printf "%.3f\n", last
+			else if (kth != "") printf "%.3f\n", kth }' || true
 }
 # exec_count PATTERN: execs of programs whose filename ends in PATTERN since trace_reset.
 exec_count() { grep 'sched_process_exec:' "$TRACE/trace" | grep -c "filename=[^ ]*$1 " || true; }
+# execs_reach PATTERN N: at least N execs of programs whose filename ends in PATTERN.
+execs_reach() { [ "$(exec_count "$1")" -ge "$2" ]; }
 # finit_tid: thread ids that entered finit_module since trace_reset, one per line.
 finit_tid() { grep ' sys_finit_module(' "$TRACE/trace" | sed -E 's/^ *.*-([0-9]+) +\[.*/\1/'; }
 # load_secs: first finit_module entry to last finit_module return, in seconds.

@@ -9,8 +9,10 @@
 # instead of calling finit_module: one init, one finit_module call (the
 # daemon's thread's), all 64 exit 0 with mb_slow loaded, and the burst ends
 # within LIVENESS_BOUND + the load + SLACK.  The first fallbacks leave
-# /run/modbroker/unresponsive; a client started once it exists falls back at
-# once (well under the bound).  Then SIGCONT: the daemon removes the marker
+# /run/modbroker/unresponsive; a client started once it exists (and the
+# burst's fallbacks are running) falls back at once: well under the bound (at
+# most half of it, as under TCG on a busy host a client's exec alone can take
+# seconds; without the marker it would wait the whole bound).  Then SIGCONT: the daemon removes the marker
 # and answers again.
 # The checks follow the code's LIVENESS_BOUND and PROGRESS_INTERVAL
 # (src/protocol.rs, read when the image is built: the "# consts:" line).
@@ -50,15 +52,21 @@ trace_mark "mb: marker wait over ($rc)"
 check_eq "a client left $MARKER within bound + slack of SIGSTOP" 0 "$rc"
 say "marker wait over (rc $rc: 0 = seen) $(secs_diff "$stop_t" "$(trace_time first 'mb: marker wait over')")s after SIGSTOP"
 
+# The late client starts once the burst's fallbacks have all been exec'd, so
+# that its time measures its own decision, not 64 execs competing for the CPUs.
+rc=0; wait_for "$SLACK" execs_reach /modbrokerd "$N" || rc=$?
+check_eq "all $N fallbacks exec'd within slack of the marker" 0 "$rc"
+
 step "late client: modbroker load --udev mb_slow once the marker exists"
 check_eq "mb_slow still coming when the late client starts" coming "$(cat /sys/module/mb_slow/initstate 2>&1)"
+trace_mark "mb: late client"
 late_t0=$(uptime_s)
 (rc=0; modbroker load --udev mb_slow >/tmp/late.out 2>/tmp/late.err || rc=$?; echo "$rc" >/tmp/late.rc) &
 latepid=$!
 rc=0; wait_for "$BOUND" grep -q directly /tmp/late.err || rc=$?
 late_secs=$(elapsed "$late_t0" "$(uptime_s)")
 check_eq "late client fell back (stderr 'directly')" 0 "$rc"
-check "late client fell back at once (${late_secs}s <= bound/4 = $((BOUND / 4))s)" secs_le "$late_secs" $((BOUND / 4))
+check "late client fell back at once (${late_secs}s <= bound/2 = $((BOUND / 2))s)" secs_le "$late_secs" $((BOUND / 2))
 
 wait "$bpid" || true
 wait "$latepid" || true
@@ -67,10 +75,12 @@ wb_secs=$(cat /tmp/wb.secs)
 trace_dump
 kmsg_show_since 'mb_slow'
 fb_first=$(secs_diff "$stop_t" "$(trace_time first 'sched_process_exec:.*filename=[^ ]*/modbrokerd ')")
-fb_last=$(secs_diff "$stop_t" "$(trace_time last 'sched_process_exec:.*filename=[^ ]*/modbrokerd ')")
+# The burst's fallbacks are the first N (the late client started after them).
+fb_last=$(secs_diff "$stop_t" "$(trace_time "$N" 'sched_process_exec:.*filename=[^ ]*/modbrokerd ')")
+late_fb=$(secs_diff "$(trace_time first 'mb: late client')" "$(trace_time $((N + 1)) 'sched_process_exec:.*filename=[^ ]*/modbrokerd ')")
 load=$(load_secs)
 tail_s=$(secs_diff "$(trace_time last ' sys_finit_module -> ')" "$(trace_time last 'mb: burst done')")
-say "fallback execs: $(exec_count /modbrokerd), ${fb_first}s to ${fb_last}s after SIGSTOP"
+say "fallback execs: $(exec_count /modbrokerd); the burst's ${fb_first}s to ${fb_last}s after SIGSTOP; the late client's ${late_fb}s after it started"
 say "burst ${wb_secs}s; load ${load}s; burst done ${tail_s}s after the load returned"
 say "client exit codes: $(cat /tmp/wb/rc.* | sort | uniq -c | tr '\n' ' ')"
 say "client 1: $(cat /tmp/wb/out.1) / $(tr '\n' ' ' </tmp/wb/err.1)"
@@ -90,7 +100,7 @@ check_eq "all $N clients fell back (stderr 'directly')" "$N" "$(burst_err_count 
 check_eq "$((N + 1)) fallbacks exec'd (the burst's and the late client's)" $((N + 1)) "$(exec_count /modbrokerd)"
 check "no fallback before one bound of silence (first ${fb_first}s >= bound - 2 x interval after SIGSTOP)" \
 	secs_le $((BOUND - 2 * INTERVAL)) "$fb_first"
-check "every fallback within bound + slack (last ${fb_last}s <= $((BOUND + SLACK))s after SIGSTOP)" \
+check "the burst's fallbacks within bound + slack (last ${fb_last}s <= $((BOUND + SLACK))s after SIGSTOP)" \
 	secs_le "$fb_last" $((BOUND + SLACK))
 check "the burst (${wb_secs}s) within bound + load + slack ($BOUND + $load + $SLACK s)" \
 	secs_le "$wb_secs" "$(awk -v l="$load" -v b="$BOUND" -v s="$SLACK" 'BEGIN{print b + l + s}')"
