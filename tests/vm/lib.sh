@@ -9,7 +9,7 @@
 #   dmesg_count PATTERN / kmsg_mark + kmsg_since PATTERN
 #   burst N OUTDIR CMD [ARG...] run CMD N times concurrently behind a barrier
 #   udev_burst N OUTDIR TARGET  the same with `modbroker load --udev TARGET` (udev_env)
-#   trace_mark / trace_time first|last|K / exec_count / execs_reach / finit_tid / load_secs (scale tests)
+#   trace_mark / trace_time first|last|K / trace_time_after / exec_count / execs_reach / finit_tid / load_secs (scale tests)
 
 MB_CHECKS=0
 MB_FAILS=0
@@ -114,6 +114,12 @@ trace_time() {
 		END{ if (which == "first" && n) printf "%.3f\n", first
 			else if (which == "last" && n) printf "%.3f\n", last
 			else if (kth != "") printf "%.3f\n", kth }' || true
+}
+# trace_time_after MARK_ERE ERE: timestamp (s) of the first line matching ERE
+# after the first line matching MARK_ERE; empty if there is none.
+trace_time_after() {
+	awk -v m="$1" -v p="$2" '!seen && $0 ~ m { seen = 1; next }
+		seen && $0 ~ p { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { printf "%.3f\n", $i + 0; exit } }' "$TRACE/trace"
 }
 # exec_count PATTERN: execs of programs whose filename ends in PATTERN since trace_reset.
 exec_count() { grep 'sched_process_exec:' "$TRACE/trace" | grep -c "filename=[^ ]*$1 " || true; }

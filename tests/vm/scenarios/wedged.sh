@@ -60,6 +60,7 @@ check_eq "all $N fallbacks exec'd within slack of the marker" 0 "$rc"
 step "late client: modbroker load --udev mb_slow once the marker exists"
 check_eq "mb_slow still coming when the late client starts" coming "$(cat /sys/module/mb_slow/initstate 2>&1)"
 trace_mark "mb: late client"
+say "late client starts; loadavg $(cat /proc/loadavg)"
 late_t0=$(uptime_s)
 (rc=0; modbroker load --udev mb_slow >/tmp/late.out 2>/tmp/late.err || rc=$?; echo "$rc" >/tmp/late.rc) &
 latepid=$!
@@ -78,9 +79,10 @@ fb_first=$(secs_diff "$stop_t" "$(trace_time first 'sched_process_exec:.*filenam
 # The burst's fallbacks are the first N (the late client started after them).
 fb_last=$(secs_diff "$stop_t" "$(trace_time "$N" 'sched_process_exec:.*filename=[^ ]*/modbrokerd ')")
 late_fb=$(secs_diff "$(trace_time first 'mb: late client')" "$(trace_time $((N + 1)) 'sched_process_exec:.*filename=[^ ]*/modbrokerd ')")
+late_exec=$(secs_diff "$(trace_time first 'mb: late client')" "$(trace_time_after 'mb: late client' 'filename=[^ ]*/modbroker ')")
 load=$(load_secs)
 tail_s=$(secs_diff "$(trace_time last ' sys_finit_module -> ')" "$(trace_time last 'mb: burst done')")
-say "fallback execs: $(exec_count /modbrokerd); the burst's ${fb_first}s to ${fb_last}s after SIGSTOP; the late client's ${late_fb}s after it started"
+say "fallback execs: $(exec_count /modbrokerd); the burst's ${fb_first}s to ${fb_last}s after SIGSTOP; the late client's ${late_fb}s after it started (its own exec took ${late_exec}s)"
 say "burst ${wb_secs}s; load ${load}s; burst done ${tail_s}s after the load returned"
 say "client exit codes: $(cat /tmp/wb/rc.* | sort | uniq -c | tr '\n' ' ')"
 say "client 1: $(cat /tmp/wb/out.1) / $(tr '\n' ' ' </tmp/wb/err.1)"
