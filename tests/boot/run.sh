@@ -91,7 +91,10 @@ summarise() {
 			/^InitRDTimestampMonotonic=/ { split($0, a, "="); initrd = a[2] }
 			/^UserspaceTimestampMonotonic=/ { split($0, a, "="); us = a[2] }
 			/^ActiveEnterTimestampMonotonic=/ { split($0, a, "="); mu = a[2] }
-			END { printf "userspace_s=%.1f\n", (mu - us) / 1e6; if (initrd > 0) printf "initrd_s=%.1f\n", (us - initrd) / 1e6 }' "$r/analyze"
+			END {
+				printf "userspace_s=%.1f\n", (mu - us) / 1e6; if (initrd > 0) printf "initrd_s=%.1f\n", (us - initrd) / 1e6
+				printf "userspace_start_s=%.1f\nmulti_user_s=%.1f\n", us / 1e6, mu / 1e6
+			}' "$r/analyze"
 	} >"$dir/summary"
 }
 
