@@ -112,8 +112,11 @@ pub fn load_tree(
     outcome
 }
 
-/// How often a direct loader looks again at a module that another loader is initialising.
-const COMING_POLL: Duration = Duration::from_millis(50);
+/// How often a direct loader looks again at a module that another loader is initialising: at
+/// first soon, then less often (a wedged daemon can leave every uevent's fallback waiting, and
+/// 64 pollers every 50 ms cost a whole emulated CPU).
+const COMING_POLL_FIRST: Duration = Duration::from_millis(50);
+const COMING_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Waits while `name` is `coming`: another loader (the daemon, even a stopped or restarting
 /// one, or udev's builtin) is running its init. A call now would only wait in the kernel for
@@ -122,13 +125,13 @@ const COMING_POLL: Duration = Duration::from_millis(50);
 /// init failed: the caller's own attempt then finds the module's true error). Unbounded, as the
 /// kernel's own wait for a concurrent load of the same name is.
 fn wait_while_coming(kernel: &dyn Kernel, name: &str) {
-    let mut logged = false;
+    let mut poll = COMING_POLL_FIRST;
     while kernel.state(name) == ModuleState::Coming {
-        if !logged {
+        if poll == COMING_POLL_FIRST {
             debug!(module = name, "another loader is initialising it; waiting");
-            logged = true;
         }
-        std::thread::sleep(COMING_POLL);
+        std::thread::sleep(poll);
+        poll = (poll * 2).min(COMING_POLL_MAX);
     }
 }
 
