@@ -59,9 +59,11 @@ for f in usr/bin/modbrokerd usr/bin/modbroker usr/lib/systemd/system/modbroker.s
 done
 grep -q 'RUN{builtin}+="kmod load"' "$scratch/etc/udev/rules.d/80-drivers.rules" ||
 	{ echo "make-deb: 80-drivers.rules lacks udev's builtin path" >&2; exit 1; }
-# Enabled without a running systemd (deb-systemd-helper honours DPKG_ROOT).
-[ -L "$scratch/etc/systemd/system/sockets.target.wants/modbroker.socket" ] ||
-	{ echo "make-deb: modbroker.socket not enabled by the postinst" >&2; exit 1; }
+# Enabled without a running systemd (deb-systemd-helper honours DPKG_ROOT): the socket, and the
+# service (started by sysinit.target, ready before udev's coldplug).
+for f in sockets.target.wants/modbroker.socket sysinit.target.wants/modbroker.service; do
+	[ -L "$scratch/etc/systemd/system/$f" ] || { echo "make-deb: $f not enabled by the postinst" >&2; exit 1; }
+done
 "$scratch/usr/bin/modbroker" --version >/dev/null
 dpkg --root="$scratch" --force-script-chrootless --log=/dev/null -r modbroker >/dev/null
 for f in usr/bin/modbrokerd etc/udev/rules.d/80-drivers.rules usr/share/initramfs-tools/hooks/modbroker; do
@@ -69,7 +71,8 @@ for f in usr/bin/modbrokerd etc/udev/rules.d/80-drivers.rules usr/share/initramf
 done
 dpkg --root="$scratch" --force-script-chrootless --log=/dev/null --purge modbroker >/dev/null
 for f in etc/modbroker/modbroker.toml etc/systemd/system/sockets.target.wants/modbroker.socket \
-	etc/systemd/system/modbroker.socket; do
-	[ ! -e "$scratch/$f" ] && [ ! -L "$scratch/$f" ] || { echo "make-deb: $f left after purge" >&2; exit 1; }
+	etc/systemd/system/modbroker.socket etc/systemd/system/sysinit.target.wants/modbroker.service \
+	etc/systemd/system/modbroker.service; do
+	if [ -e "$scratch/$f" ] || [ -L "$scratch/$f" ]; then echo "make-deb: $f left after purge" >&2; exit 1; fi
 done
 echo "make-deb: installs, removes and purges cleanly in a scratch root"

@@ -2,11 +2,16 @@
 # dracut module for modbroker: brings modbroker.socket and modbroker.service into a systemd
 # initrd, so that the coldplug udev runs there (one request per device: per CPU for a CPU
 # driver) is merged into one load per module. The socket listens before systemd-udevd starts;
-# both units stop before switch-root (initrd.conf: Conflicts=/Before=initrd-cleanup.service, as
-# multipathd does), and the real root's socket-activated daemon takes over.
+# the service is wanted by the initrd's sysinit.target and ready before systemd-udev-trigger
+# starts (the unit's own [Install] and Before=, enabled here as in the real root); both stop
+# before switch-root (initrd.conf: Conflicts=/Before=initrd-cleanup.service, as multipathd does),
+# and the real root's daemon takes over.
 #
 # 80-drivers.rules goes in as /etc/udev/rules.d/80-drivers.rules: with the client in the image
 # it takes the broker path, and should the client be missing, udev's builtin path.
+
+# dracut sets moddir, initdir and systemdsystemunitdir before it calls these functions.
+# shellcheck disable=SC2154
 
 # Included by default (host-only and generic) when the binaries are installed.
 check() {
@@ -33,5 +38,5 @@ install() {
 	for unit in modbroker.socket modbroker.service modbroker-install.socket modbroker-install@.service; do
 		inst_simple "$moddir/initrd.conf" "$systemdsystemunitdir/$unit.d/initrd.conf"
 	done
-	$SYSTEMCTL -q --root "$initdir" enable modbroker.socket
+	$SYSTEMCTL -q --root "$initdir" enable modbroker.socket modbroker.service
 }

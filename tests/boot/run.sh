@@ -16,6 +16,7 @@
 # A broker case is judged against its image's stock boot (booted first if it has no results).
 # Env: MB_BOOT_SMP (4), MB_BOOT_DEB (build/modbroker_*.deb, built by `make deb`), and lib.sh's.
 set -euo pipefail
+# shellcheck source=tests/boot/lib.sh
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86_64 qemu-system-x86
 need mkfs.ext4 e2fsprogs
@@ -25,6 +26,7 @@ if [ "$(id -u)" != 0 ]; then
 	exec sudo -E "$0" "$@"
 fi
 SMP=${MB_BOOT_SMP:-4}
+# shellcheck disable=SC2012 # the newest of build/modbroker_*.deb, names without spaces
 DEB=${MB_BOOT_DEB:-$(ls "$REPO_ROOT"/build/modbroker_*.deb 2>/dev/null | tail -n1)}
 [ -f "$DEB" ] || die "no .deb: run 'make deb' first"
 ANALYZE="$REPO_ROOT/tests/vm/coldplug-analyze.awk"
@@ -53,7 +55,9 @@ prepare() {
 	*-brokenhook) sed -i 's|copy_exec /usr/bin/modbrokerd|true|' "$root/usr/share/initramfs-tools/hooks/modbroker"
 		rebuild_initramfs "$root" "$gen" ;;
 	esac
-	ls -l "$root/etc/udev/rules.d/" "$root/etc/systemd/system/sockets.target.wants/" >"$(dirname "$root")/etc.list" 2>&1
+	ls -l "$root/etc/udev/rules.d/" "$root/etc/systemd/system/sockets.target.wants/" \
+		"$root/etc/systemd/system/sysinit.target.wants/" >"$(dirname "$root")/etc.list" 2>&1
+	# shellcheck disable=SC2016 # expanded inside the chroot
 	in_chroot "$root" sh -c 'for i in /boot/initr*; do echo "== $i"; lsinitrd "$i" 2>/dev/null || lsinitramfs "$i"; done' \
 		>"$(dirname "$root")/initramfs.list" 2>&1
 }
@@ -120,6 +124,7 @@ judge() {
 	check "$case: no failed units beyond the stock boot's" sh -c "! comm -23 '$r/failed' '$s/failed' | grep ."
 	check "$case: same /proc/modules as the stock boot" diff "$s/modules" "$r/modules"
 	check "$case: udev journal has no worker timeouts or kills" sh -c "! grep -Ei 'timeout|timed out|killed|kill' '$r/journal-udev'"
+	check "$case: no ordering cycle in either phase (the journal)" sh -c "! grep . '$r/cycles'"
 	case $case in
 	*-stock) return ;;
 	*-removed | *-nohook | *-brokenhook) judge_builtin "$case" "$dir" ;;
@@ -152,7 +157,8 @@ judge_builtin() {
 judge_broker() {
 	local case=$1 dir=$2 gen=$3 r=$2/results phase calls distinct stockdir
 	stockdir=$(dirname "$dir")/${case%%-*}-stock
-	check "$case: the postinst enabled modbroker.socket without a running systemd" grep -q 'modbroker.socket ->' "$dir/etc.list"
+	check "$case: the postinst enabled modbroker.socket and modbroker.service without a running systemd" sh -c \
+		"grep -q 'modbroker.socket ->' '$dir/etc.list' && grep -q 'modbroker.service ->' '$dir/etc.list'"
 	check "$case: initramfs holds the client, the daemon and 80-drivers.rules" sh -c \
 		"grep -q 'usr/bin/modbroker\$' '$dir/initramfs.list' && grep -q 'usr/bin/modbrokerd\$' '$dir/initramfs.list' && grep -q '80-drivers.rules\$' '$dir/initramfs.list'"
 	for phase in initramfs root; do
@@ -185,8 +191,14 @@ judge_broker() {
 	# modbroker.service's properties, from the guest's `systemctl show` of several units.
 	local svc=$dir/modbroker.service.props order
 	sed -n '/^Id=modbroker.service/,/^$/p' "$r/units" >"$svc"
-	check "$case: modbroker.service was socket-activated" grep -q '^TriggeredBy=modbroker.socket' "$svc"
-	check "$case: nothing else pulls modbroker.service in" sh -c "grep -Eq '^WantedBy=\$' '$svc' && grep -Eq '^RequiredBy=\$' '$svc'"
+	check "$case: modbroker.service wanted by sysinit.target alone, and socket-activatable" sh -c \
+		"grep -qx 'WantedBy=sysinit.target' '$svc' && grep -qx 'RequiredBy=' '$svc' && grep -q '^TriggeredBy=modbroker.socket' '$svc'"
+	judge_ready "$case" "$dir" root
+	if [ "$gen" = dracut ]; then
+		check "$case: the initrd's sysinit.target wants modbroker.service" \
+			grep -q 'etc/systemd/system/sysinit.target.wants/modbroker.service' "$dir/initramfs.list"
+		judge_ready "$case" "$dir" initramfs
+	fi
 	order=$(grep -E '^(After|RequiresMountsFor)=' "$svc" | tr '\n' ' ')
 	# RuntimeDirectory= (the boot's record) adds RequiresMountsFor=/run/modbroker and
 	# After=-.mount: /run is the API file system and / is mounted before PID 1 starts, so both
@@ -235,6 +247,56 @@ judge_broker() {
 	return 0
 }
 
+# service_times DIR PHASE: "START READY TRIGGER CLIENT" (monotonic us) of the phase's
+# modbroker.service: its start, its READY, the start of systemd-udev-trigger's job, and the
+# phase's first exec of the client (the trace). In the root from systemctl show (taken before the
+# extra checks restart the daemon). In a dracut initrd, START is the daemon process's first traced
+# event (PID 1's "Starting" line can precede journald and go to the kernel log without its
+# fields), READY and TRIGGER PID 1's journal lines "Started" (MESSAGE_ID 39f5..., at READY for
+# Type=notify) and "Starting" (7d49...).
+service_times() {
+	local dir=$1 phase=$2 r=$1/results b first
+	b=$(awk -v b="$(get "$dir" boundary)" 'BEGIN { printf "%.0f", b * 1e6 }')
+	# "DAEMON_FIRST_EVENT CLIENT_EXEC" of the phase.
+	first=$(awk -v b="$b" -v phase="$phase" '{
+		for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i * 1e6; break }
+		if ((phase == "initramfs") != (t < b) || !match($0, /\( *[0-9]+\)/)) next
+		tg = substr($0, RSTART + 1, RLENGTH - 2) + 0
+		if (!(tg in seen)) seen[tg] = t
+		if (!daemon && / sched_process_exec: filename=[^ ]*\/modbrokerd /) daemon = tg
+		if (!client && / sched_process_exec: filename=[^ ]*\/modbroker /) client = t
+	} END { printf "%.0f %.0f", daemon ? seen[daemon] : 0, client }' "$r/trace-modbroker")
+	if [ "$phase" = root ]; then
+		awk -F= '$1 == "Id" { id = $2 }
+			id == "modbroker.service" && $1 == "InactiveExitTimestampMonotonic" { s = $2 }
+			id == "modbroker.service" && $1 == "ActiveEnterTimestampMonotonic" { r = $2 }
+			id == "systemd-udev-trigger.service" && $1 == "InactiveExitTimestampMonotonic" { t = $2 }
+			END { printf "%s %s %s", s + 0, r + 0, t + 0 }' "$r/units"
+	else
+		printf "%s " "${first% *}"
+		jq -rjs --argjson b "$b" '
+			def at(u; id): map(select(.UNIT == u and .MESSAGE_ID == id
+				and (.__MONOTONIC_TIMESTAMP | tonumber) < $b)) | first | .__MONOTONIC_TIMESTAMP // 0;
+			[at("modbroker.service"; "39f53479d3a045ac8e11786248231fbf"),
+				at("systemd-udev-trigger.service"; "7d4958e842da4a758f6c1cdc7b36dcc5")]
+			| map(tostring) | join(" ")' "$r/journal-pid1.json"
+	fi
+	echo " ${first#* }"
+}
+
+# judge_ready CASE DIR PHASE: modbroker.service was started by sysinit.target's transaction, not
+# by a client's connection (its start came before the phase's first client ran), and reported
+# READY before udev's coldplug (systemd-udev-trigger.service) began.
+judge_ready() {
+	local case=$1 dir=$2 phase=$3 start ready trigger client
+	read -r start ready trigger client <<<"$(service_times "$dir" "$phase")"
+	echo "$phase start=$start ready=$ready trigger=$trigger client=$client" >>"$dir/ready.times"
+	check "$case: $phase: modbroker.service started (${start} us) before the first client ran (${client} us)" \
+		awk -v a="$start" -v b="$client" 'BEGIN { exit !(a > 0 && b > 0 && a < b) }'
+	check "$case: $phase: modbroker.service ready (${ready} us, $(((ready - start) / 1000)) ms after its start) before systemd-udev-trigger started (${trigger} us)" \
+		awk -v a="$ready" -v b="$trigger" 'BEGIN { exit !(a > 0 && a <= b) }'
+}
+
 # json_true FILE EXPR: jq's EXPR over FILE's JSON values (slurped) is true.
 json_true() { jq -se "$2" "$1" >/dev/null; }
 
@@ -272,6 +334,7 @@ judge_record() {
 	# Each instance's totals against the line it logged as it stopped (same instant): for the
 	# initramfs-tools daemon its log file, for the others the journal (matched by pid and time).
 	local bad=""
+	# shellcheck disable=SC2086 # $files: one word per record file
 	while read -r pid phase stopped requests merged load_calls; do
 		local logged
 		if [ "$gen-$phase" = initramfs-tools-initramfs ]; then
