@@ -20,7 +20,7 @@
 # The old client, for side-by-side figures, is the client of commit
 # $MB_BENCH_OLD_REV (default 317eb22, the last one before the fast udev path:
 # dynamic, clap), built once into $MB_VM_WORK/bench/old-client-REV.
-# Builds the release binaries with --features bench-tools (for mb-burst),
+# Builds the release binaries (`make build`; mb-burst with --features bench-tools),
 # boots the VMs through run.sh, extracts the "MB-BENCH:" lines, writes CSVs
 # and the report to $MB_VM_WORK/bench/ (report.md holds every table plus the
 # command, machine and date) and the burst chart to docs/bench-burst.svg.
@@ -81,7 +81,10 @@ case " $parts " in *" burst "*) vm_parts="$vm_parts burst" ;; esac
 case " $parts " in *" startup "*) vm_parts="$vm_parts startup" ;; esac
 if [ -n "$vm_parts" ]; then
 	echo "== building release binaries with mb-burst" >&2
-	(cd "$REPO_ROOT" && cargo build --release --features bench-tools --bins && make --no-print-directory build) >&2
+	case " $vm_parts " in *" burst "*)
+		(cd "$REPO_ROOT" && cargo build --release --features bench-tools --bin mb-burst) >&2 ;;
+	esac
+	(cd "$REPO_ROOT" && make --no-print-directory build) >&2
 	export MODBROKERD=$target/release/modbrokerd MODBROKER=$client
 fi
 
