@@ -26,7 +26,7 @@
 # command, machine and date) and the burst chart to docs/bench-burst.svg.
 # Reports numbers only: it fails when a run fails, never because of a time.
 # Env: CARGO_TARGET_DIR, MB_BENCH_NS, MB_BENCH_REPS, MB_BENCH_HOST_RUNS,
-# MB_BENCH_OLD_REV, MB_VM_SMP, MB_VM_TIMEOUT (default 1800 here), plus
+# MB_BENCH_OLD_REV, MB_BENCH_STARTUP_SMP (vCPUs of the startup VM, default 2), MB_VM_SMP, MB_VM_TIMEOUT (default 1800 here), plus
 # everything run.sh takes.
 set -eu
 . "$(dirname "$0")/common.sh"
@@ -80,7 +80,7 @@ vm_parts=
 case " $parts " in *" burst "*) vm_parts="$vm_parts burst" ;; esac
 case " $parts " in *" startup "*) vm_parts="$vm_parts startup" ;; esac
 if [ -n "$vm_parts" ]; then
-	echo "== building release binaries with mb-burst" >&2
+	echo "== building release binaries" >&2
 	case " $vm_parts " in *" burst "*)
 		(cd "$REPO_ROOT" && cargo build --release --features bench-tools --bin mb-burst) >&2 ;;
 	esac
@@ -140,7 +140,10 @@ esac
 
 case " $vm_parts " in *" startup "*)
 	old=$(old_client)
-	MB_VM_EXTRA_BINS="/usr/bin/kmod $old=/usr/bin/modbroker-old" run_vm bench-startup
+	# 2 vCPUs unless MB_BENCH_STARTUP_SMP says otherwise: one per host core, so that neither the
+	# client's nor the daemon's vCPU waits for a host core in the middle of a request.
+	MB_VM_SMP=${MB_BENCH_STARTUP_SMP:-2} MB_VM_EXTRA_BINS="/usr/bin/kmod $old=/usr/bin/modbroker-old" \
+		run_vm bench-startup
 	csv=$out/startup.csv
 	echo "cmd,reps,secs,ms_per_call,failures" >"$csv"
 	tr -d '\r' <"$MB_VM_WORK/bench-startup.log" | grep '^MB-BENCH: startup ' | while read -r line; do
@@ -149,7 +152,7 @@ case " $vm_parts " in *" startup "*)
 	{
 		echo "## client start-up: whole process, module already loaded"
 		echo
-		echo "Each command run back to back ${MB_BENCH_REPS:-300} times from busybox sh, two rounds (second in reverse order); ms per call = wall time / calls (includes the shell's fork + exec). New client: this tree's (static-pie, fast path); old client: commit ${MB_BENCH_OLD_REV:-317eb22} (dynamic, clap). Both ask the same daemon."
+		echo "${MB_BENCH_STARTUP_SMP:-2} vCPUs. Each command run back to back ${MB_BENCH_REPS:-300} times from busybox sh, two rounds (second in reverse order); ms per call = wall time / calls (includes the shell's fork + exec). New client: this tree's (static-pie, fast path); old client: commit ${MB_BENCH_OLD_REV:-317eb22} (dynamic, clap). Both ask the same daemon."
 		echo
 		echo "| command | round 1 ms/call | round 2 ms/call | failures |"
 		echo "| --- | ---: | ---: | ---: |"
