@@ -39,9 +39,10 @@ VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12
 FUZZ_SECONDS ?= 60
 
 # The client as installed: static-pie, built without the libkmod feature (Cargo.toml, [features];
-# README, "Why the client is static") for this machine's target, so in target/TRIPLE/release.
+# README, "Why the client is static") for this machine's target with the `client` profile, so in
+# target/TRIPLE/client.
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
-CLIENT_BIN  = target/$(HOST_TRIPLE)/release/modbroker
+CLIENT_BIN  = target/$(HOST_TRIPLE)/client/modbroker
 RELEASE_BINS = target/release/modbrokerd $(CLIENT_BIN)
 
 .PHONY: all build docs deps deb test lint check-units unit-test diff-test fuzz vm-test boot-test demo install uninstall bench bench-startup soak clean
@@ -50,7 +51,7 @@ all: build
 
 build:
 	$(CARGO) build --release --locked
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked \
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile client --locked \
 		--no-default-features --bin modbroker --target $(HOST_TRIPLE)
 	tools/check-hardening.sh $(RELEASE_BINS)
 

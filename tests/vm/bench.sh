@@ -41,7 +41,7 @@ export MB_VM_TIMEOUT=${MB_VM_TIMEOUT:-1800}
 need cargo cargo
 need python3 python3
 triple=$(rustc -vV | sed -n 's/^host: //p')
-client=$target/$triple/release/modbroker
+client=$target/$triple/client/modbroker
 
 # old_client: the client of $MB_BENCH_OLD_REV, built once (its own target
 # directory, so this tree's build is untouched); prints its path.
