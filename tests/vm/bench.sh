@@ -202,10 +202,17 @@ case " $parts " in *" startup-host "*)
 	for c in "$new_cmd" "$old_cmd" "$kp_cmd"; do
 		$c >/dev/null || die "$c failed on the host"
 	done
-	# instr CMD...: instructions of one whole process (callgrind, client only).
-	instr() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null | sed -n 's/.*Collected : //p'; }
+	# instr CMD...: "INSTRUCTIONS DISTINCT" of one whole process (callgrind, client only):
+	# instructions executed, and distinct instruction addresses among them, which is what
+	# qemu's TCG translates anew on each exec of a position-independent binary (noise-free).
+	instr() {
+		n=$(valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --callgrind-out-file="$out/cg.out" \
+			"$@" 2>&1 >/dev/null | sed -n 's/.*Collected : //p')
+		echo "$n $(grep -Eo '^0x[0-9a-f]+ ' "$out/cg.out" | sort -u | wc -l)"
+	}
 	# shellcheck disable=SC2086 # the commands are word lists without quoting
 	i_true=$(instr /bin/true) i_new=$(instr $new_cmd) i_old=$(instr $old_cmd) i_kp=$(instr $kp_cmd)
+	rm -f "$out/cg.out"
 	runs=${MB_BENCH_HOST_RUNS:-1000}
 	# Two rounds in opposite order; within a round hyperfine runs each command $runs times
 	# (after 50 warm-up runs), without a shell (-N).
@@ -217,7 +224,7 @@ case " $parts " in *" startup-host "*)
 	{
 		echo "## client start-up on the host (real CPU), builtin module"
 		echo
-		echo "\`modbroker load --udev unix\` (new client: this tree's, static-pie; old client: commit ${MB_BENCH_OLD_REV:-317eb22}, dynamic) against a daemon over the $KVER tree vs \`modprobe -S $KVER -q unix\`; unix is builtin in $KVER, so all answer from the indexes without a syscall. Instructions: one whole process under callgrind (the daemon's share is not counted). Wall: hyperfine -N, $runs runs each after 50 warm-up runs, two rounds in opposite order; mean (median) ms per whole process."
+		echo "\`modbroker load --udev unix\` (new client: this tree's, static-pie; old client: commit ${MB_BENCH_OLD_REV:-317eb22}, dynamic) against a daemon over the $KVER tree vs \`modprobe -S $KVER -q unix\`; unix is builtin in $KVER, so all answer from the indexes without a syscall. Instructions: one whole process under callgrind (the daemon's share is not counted); distinct: how many different instruction addresses ran, which is what qemu's TCG translates afresh on every exec of a position-independent binary (the VM figures' main cost, free of timing noise). Wall: hyperfine -N, $runs runs each after 50 warm-up runs, two rounds in opposite order; mean (median) ms per whole process."
 		echo
 		python3 - "$out/startup-host-1.json" "$out/startup-host-2.json" "$i_new" "$i_old" "$i_kp" "$i_true" <<'PY'
 import json, sys
@@ -227,13 +234,14 @@ cmds = list(rounds[0])
 keys = dict(zip(["new", "old", "kp", "true"], cmds))
 label = {"new": "`modbroker load --udev unix`, new client", "old": "`modbroker load --udev unix`, old client",
          "kp": "`modprobe -q unix` (kmod)", "true": "`/bin/true` (floor)"}
-print("| command | instructions | round 1 ms | round 2 ms | round 1 / modprobe | round 2 / modprobe |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+print("| command | instructions | distinct | round 1 ms | round 2 ms | round 1 / modprobe | round 2 / modprobe |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for k in ["new", "old", "kp", "true"]:
     c = keys[k]
     cells = [f'{r[c]["mean"] * 1e3:.3f} ({r[c]["median"] * 1e3:.3f})' for r in rounds]
     rel = [f'{r[c]["mean"] / r[keys["kp"]]["mean"]:.2f}x' for r in rounds]
-    print(f'| {label[k]} | {instr[k]} | {cells[0]} | {cells[1]} | {rel[0]} | {rel[1]} |')
+    total, distinct = instr[k].split()
+    print(f'| {label[k]} | {total} | {distinct} | {cells[0]} | {cells[1]} | {rel[0]} | {rel[1]} |')
 print()
 new_old = " and ".join(f'{r[keys["new"]]["mean"] / r[keys["old"]]["mean"]:.2f}x' for r in rounds)
 print(f"New client / modprobe (means): target at most 0.35x. New client / old client: {new_old}.")
