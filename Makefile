@@ -14,6 +14,7 @@
 #                  PID 1 and the .deb installed with dpkg (tests/boot; images cached in build/boot)
 #   make fuzz      run each cargo-fuzz target (fuzz/) for FUZZ_SECONDS from the committed corpus
 #   make bench     benchmarks (cargo bench and the VM benchmarks); see BENCHMARKS.md
+#   make bench-startup  only the client start-up comparison (VM and host) of `make bench`
 #   make soak      the full soak: 1,000,000 requests from 1,000 clients against the fake kernel
 #                  (release build; `make test` runs a CI-sized one); see BENCHMARKS.md section 6
 
@@ -37,14 +38,22 @@ VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12 slowini
 # Seconds each fuzz target runs in `make fuzz` (and so in `make test`).
 FUZZ_SECONDS ?= 60
 
-RELEASE_BINS = target/release/modbrokerd target/release/modbroker
+# The client as installed: static-pie, built without the libkmod feature (Cargo.toml, [features];
+# README, "Why the client is static") for this machine's target with the `client` profile, so in
+# target/TRIPLE/client.
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+CLIENT_BIN  = target/$(HOST_TRIPLE)/client/modbroker
+RELEASE_BINS = target/release/modbrokerd $(CLIENT_BIN)
 
-.PHONY: all build docs deps deb test lint check-units unit-test diff-test fuzz vm-test boot-test demo install uninstall bench soak clean
+.PHONY: all build docs deps deb test lint check-units unit-test diff-test fuzz vm-test boot-test demo install uninstall bench bench-startup soak clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile client --locked \
+		--no-default-features --bin modbroker --target $(HOST_TRIPLE)
+	tools/check-hardening.sh $(RELEASE_BINS)
 
 deps:
 	tools/install-deps.sh
@@ -53,6 +62,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --locked --no-default-features --lib --bin modbroker -- -D warnings
 
 unit-test:
 	$(CARGO) test --locked
@@ -62,7 +72,7 @@ fuzz:
 	tools/fuzz.sh $(FUZZ_SECONDS)
 
 vm-test: build
-	tests/vm/run-all.sh $(VM_TESTS)
+	MODBROKER=$(CURDIR)/$(CLIENT_BIN) tests/vm/run-all.sh $(VM_TESTS)
 
 check-units: build
 	tools/check-units.sh
@@ -87,6 +97,10 @@ bench: deps deb
 	tests/vm/bench-coldplug.sh
 	python3 tools/charts.py coldplug build/vm/bench-coldplug.csv docs/bench-coldplug.svg
 
+# Only the client start-up comparison of `make bench` (new client, old client, modprobe; VM and host).
+bench-startup: deps build
+	tests/vm/bench.sh startup startup-host
+
 soak:
 	MB_SOAK_REQUESTS=1000000 MB_SOAK_CLIENTS=1000 $(CARGO) test --release --locked --test soak -- --nocapture
 
@@ -96,7 +110,7 @@ docs:
 
 install: build docs
 	install -D -m 0755 target/release/modbrokerd $(DESTDIR)$(BINDIR)/modbrokerd
-	install -D -m 0755 target/release/modbroker $(DESTDIR)$(BINDIR)/modbroker
+	install -D -m 0755 $(CLIENT_BIN) $(DESTDIR)$(BINDIR)/modbroker
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
 	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker.service > $(DESTDIR)$(UNITDIR)/modbroker.service
 	install -m 0644 systemd/modbroker.socket $(DESTDIR)$(UNITDIR)/modbroker.socket

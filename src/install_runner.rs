@@ -19,18 +19,21 @@
 //! Without the runner's socket (an initramfs without systemd, where the daemon is not
 //! sandboxed, or the unit not installed) the daemon runs the command itself, as before
 //! ([`crate::kernel::run_install_command`]).
+//!
+//! The runner's side ([`serve`], [`check`]) reads the configuration with libkmod, so it is built
+//! only with the `libkmod` feature; the daemon's side ([`run_through`]) is always there.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "libkmod")]
 use tracing::{info, warn};
 
-use crate::kernel::{run_install_command, InstallFailure};
-use crate::resolver::InstallConfig;
-use crate::target::validate_params;
+use crate::kernel::InstallFailure;
+#[cfg(feature = "libkmod")]
+use crate::{kernel::run_install_command, resolver::InstallConfig, target::validate_params};
 
 /// Where `modbroker-install.socket` listens.
 pub const DEFAULT_SOCKET: &str = "/run/modbroker-install.sock";
@@ -40,7 +43,8 @@ pub const DEFAULT_SOCKET: &str = "/run/modbroker-install.sock";
 const MAX_LINE: u64 = 64 * 1024;
 
 /// How long the runner waits for the request line after the connection is accepted.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+#[cfg(feature = "libkmod")]
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the daemon asks the runner to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,7 @@ fn exchange(
 /// Whether `request` may run under `config`: an `install` line for the module says exactly this
 /// command, and each word of the options is a word of some `options` line (modprobe.d or the
 /// kernel command line) or a valid module parameter, which cannot carry shell syntax.
+#[cfg(feature = "libkmod")]
 pub fn check(request: &InstallRequest, config: &InstallConfig) -> Result<(), String> {
     if !config.has_command(&request.module, &request.command) {
         return Err(format!(
@@ -142,6 +147,7 @@ pub fn check(request: &InstallRequest, config: &InstallConfig) -> Result<(), Str
 /// reads the request, checks it against the configuration for `module_dir` (libkmod's default
 /// directories unless `config_dirs`), runs it, answers. The command's stdin is `/dev/null`, its
 /// stdout and stderr are ours (the journal).
+#[cfg(feature = "libkmod")]
 pub fn serve(
     stream: UnixStream,
     module_dir: &Path,
@@ -162,6 +168,7 @@ pub fn serve(
     (&stream).write_all(&out)
 }
 
+#[cfg(feature = "libkmod")]
 fn run_checked(
     request: &InstallRequest,
     module_dir: &Path,

@@ -28,12 +28,18 @@
 //! per-target bookkeeping — validation, resolution, folding several modules into one result —
 //! needed a home of its own); `plan` holds the resolver's output types so the broker depends on
 //! plain data, not on libkmod; `direct` is the fallback loader shared by the client.
+//!
+//! Feature `libkmod` (default): the modules that call libkmod ([`resolver`], and [`direct`], the
+//! fallback loader, which resolves with it) and the install runner's configuration check. The
+//! client binary is built without it (static-pie, see the Makefile's `build`): it never calls
+//! libkmod, and anything that needs it runs `modbrokerd`.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[cfg(feature = "libkmod")]
 pub mod direct;
 pub mod install_runner;
 pub mod kernel;
@@ -43,6 +49,7 @@ pub mod plan;
 pub mod protocol;
 pub mod record;
 pub mod report;
+#[cfg(feature = "libkmod")]
 pub mod resolver;
 pub mod server;
 pub mod service;

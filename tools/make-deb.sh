@@ -20,12 +20,16 @@ install -m 0644 debian/triggers "$root/DEBIAN/triggers"
 # builtin, but not the stock state). Local changes belong in /etc/modbroker/modbroker.toml.
 echo /etc/modbroker/modbroker.toml >"$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+# The client is linked statically with glibc (README, "Why the client is static"): as Debian
+# policy asks, Built-Using names the glibc it contains, so a glibc fix shows it needs a rebuild.
+glibc=$(dpkg-query -W -f='${source:Package} (= ${source:Version})' libc6-dev)
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: modbroker
 Version: $version
 Architecture: $arch
 Maintainer: modbroker developers <modbroker-security@lists.invalid>
 Depends: libc6 (>= 2.34), libkmod2, udev, kmod, init-system-helpers (>= 1.52)
+Built-Using: $glibc
 Section: admin
 Priority: optional
 Installed-Size: $size

@@ -34,6 +34,10 @@
 //! helper (the kernel runs `modprobe -q -- NAME`, without `-b`) refuse blacklisted modules found
 //! through an alias only, as modprobe does, and `modprobe -b` refuses names too.
 
+// The C library calls `main` below directly; std's start-up is skipped (see `main`). Unit tests
+// keep the test harness's own `main`.
+#![cfg_attr(not(test), no_main)]
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,13 +57,71 @@ const EXIT_UNREACHABLE: u8 = 4;
 /// `blame` and `plot`: no record directory, or no usable file in it.
 const EXIT_NO_RECORD: u8 = 5;
 
-fn main() -> ExitCode {
+/// The process's entry point, called by the C library (`#![no_main]`). std's own start-up is
+/// skipped: besides what [`start_up`] repeats, it installs a guard for the main thread's stack,
+/// which glibc's `pthread_getattr_np` finds by reading and `sscanf`-ing `/proc/self/maps`. That
+/// was a quarter of a udev exec's instructions and a third of its time under qemu's TCG, spent
+/// on a nicer message for a stack overflow (now a plain SIGSEGV). A panic still exits 101.
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    start_up();
+    let code = std::panic::catch_unwind(run).unwrap_or(ExitCode::from(101));
+    // As std does after `main`: stdout is flushed, so a `print!` without a newline is not lost.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // ExitCode keeps its value private; it compares equal to the u8 it was made from.
+    (0..=u8::MAX)
+        .find(|&c| ExitCode::from(c) == code)
+        .map_or(1, libc::c_int::from)
+}
+
+/// What std's start-up does that the client relies on: SIGPIPE ignored (a write to a closed pipe
+/// fails with EPIPE, which `blame | head` handles), and descriptors 0, 1 and 2 open (the kernel
+/// may start its autoload helper without them): each closed one is opened on `/dev/null`, so that
+/// the daemon's socket never becomes stdout.
+#[cfg(not(test))]
+fn start_up() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: plain system calls on a valid array of three pollfd and a NUL-terminated path.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        if libc::poll(fds.as_mut_ptr(), 3, 0) > 0 {
+            // open() takes the lowest free descriptor: the closed ones, in order.
+            for _ in fds.iter().filter(|fd| fd.revents & libc::POLLNVAL != 0) {
+                if libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) < 0 {
+                    libc::abort();
+                }
+            }
+        }
+    }
+}
+
+/// The command line's work; its exit status.
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> ExitCode {
     // Called through a name `modprobe` (the kernel's request_module() helper): no clap, only the
     // modprobe command line; the socket and module tree are the defaults (or $MODBROKER_SOCKET).
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
     if Path::new(&argv0).file_name() == Some("modprobe".as_ref()) {
         return modprobe(client::socket_path(None), None, argv.collect());
+    }
+    // udev's command line, `load --udev TARGET`, and `modprobe ...`, parsed by hand: building
+    // clap's parser is most of what a client exec costs (README, "Why the client is static").
+    if let Some(fast) = parse_fast(argv.collect()) {
+        let socket = client::socket_path(fast.socket);
+        let module_dir = fast.module_dir.as_deref();
+        return match fast.command {
+            FastCommand::LoadUdev(target) => {
+                let options = load_options(true, false, None, false, false);
+                load(&socket, module_dir, &[target], &[], &options)
+            }
+            FastCommand::Modprobe(args) => modprobe(socket, fast.module_dir, args),
+        };
     }
     let cli = Cli::parse();
     let socket = client::socket_path(cli.socket);
@@ -73,19 +135,7 @@ fn main() -> ExitCode {
             target,
             params,
         } => {
-            let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.001)));
-            let mode = if udev { Mode::Udev } else { Mode::Strict };
-            let options = LoadOptions {
-                wait: !no_wait,
-                timeout,
-                bound: reply_bound(timeout),
-                liveness: waits_while_alive(timeout, mode),
-                retry,
-                fallback: !no_fallback,
-                mode,
-                quiet: false,
-                blacklist_names: udev,
-            };
+            let options = load_options(udev, no_wait, timeout, retry, no_fallback);
             load(
                 &socket,
                 cli.module_dir.as_deref(),
@@ -132,6 +182,127 @@ fn main() -> ExitCode {
             }
         }),
         Command::Plot { dir } => report(&dir, report::plot_svg),
+    }
+}
+
+/// What `load`'s flags ask for, as [`LoadOptions`] (`timeout` in seconds, as given).
+fn load_options(
+    udev: bool,
+    no_wait: bool,
+    timeout: Option<f64>,
+    retry: bool,
+    no_fallback: bool,
+) -> LoadOptions {
+    let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.001)));
+    let mode = if udev { Mode::Udev } else { Mode::Strict };
+    LoadOptions {
+        wait: !no_wait,
+        timeout,
+        bound: reply_bound(timeout),
+        liveness: waits_while_alive(timeout, mode),
+        retry,
+        fallback: !no_fallback,
+        mode,
+        quiet: false,
+        blacklist_names: udev,
+    }
+}
+
+/// A command line taken without clap (see [`parse_fast`]).
+#[derive(Debug, PartialEq)]
+struct FastArgs {
+    socket: Option<PathBuf>,
+    module_dir: Option<PathBuf>,
+    command: FastCommand,
+}
+
+#[derive(Debug, PartialEq)]
+enum FastCommand {
+    /// `load --udev [--] TARGET`.
+    LoadUdev(String),
+    /// `modprobe ARGS...`, ARGS as [`parse_modprobe_args`] accepts them.
+    Modprobe(Vec<OsString>),
+}
+
+/// The command lines run once per uevent or autoload, parsed by hand: `[GLOBAL...] load
+/// [--udev | GLOBAL]... [--] TARGET` with `--udev` among the flags, and `[GLOBAL...] modprobe
+/// ARGS...`; GLOBAL is `--socket PATH` or `--module-dir DIR` (also `--opt=VALUE`). Anything else,
+/// or anything unusual in these (another flag, a parameter, a value that starts with `-`, text
+/// that is not UTF-8), is `None`, and clap parses the command line as always: this path takes
+/// only what clap would read the same way (a unit test checks that against clap).
+fn parse_fast(args: Vec<OsString>) -> Option<FastArgs> {
+    let mut args = args.into_iter();
+    let mut fast = FastArgs {
+        socket: None,
+        module_dir: None,
+        command: FastCommand::LoadUdev(String::new()),
+    };
+    let command = loop {
+        let arg = args.next()?.into_string().ok()?;
+        if !fast.global(&arg, &mut args)? {
+            break arg;
+        }
+    };
+    fast.command = match command.as_str() {
+        "load" => FastCommand::LoadUdev(fast.load_udev_target(args)?),
+        "modprobe" => {
+            let args: Vec<OsString> = args.collect();
+            parse_modprobe_args(args.clone()).ok()?;
+            FastCommand::Modprobe(args)
+        }
+        _ => return None,
+    };
+    Some(fast)
+}
+
+impl FastArgs {
+    /// Takes `arg` (and its value from `rest`) if it is a global option: `Some(true)` when taken,
+    /// `Some(false)` when `arg` is something else, `None` when clap should judge it.
+    fn global(&mut self, arg: &str, rest: &mut impl Iterator<Item = OsString>) -> Option<bool> {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (arg, None),
+        };
+        let slot = match name {
+            "--socket" => &mut self.socket,
+            "--module-dir" => &mut self.module_dir,
+            _ => return Some(false),
+        };
+        let value = match inline {
+            Some(value) => value,
+            None => rest.next()?.into_string().ok()?,
+        };
+        if slot.is_some() || value.is_empty() || value.starts_with('-') {
+            return None;
+        }
+        *slot = Some(PathBuf::from(value));
+        Some(true)
+    }
+
+    /// The TARGET of `load`'s flags and arguments `rest`, when they are `--udev`, globals and one
+    /// target (after `--` or not starting with `-`).
+    fn load_udev_target(&mut self, mut rest: impl Iterator<Item = OsString>) -> Option<String> {
+        let (mut udev, mut target) = (false, None);
+        while let Some(arg) = rest.next() {
+            let arg = arg.into_string().ok()?;
+            match arg.as_str() {
+                "--udev" if !udev => udev = true,
+                "--" => {
+                    let last = rest.next()?.into_string().ok()?;
+                    if target.replace(last).is_some() || rest.next().is_some() {
+                        return None;
+                    }
+                }
+                flag if flag.starts_with('-') => {
+                    if !self.global(flag, &mut rest)? {
+                        return None;
+                    }
+                }
+                _ if target.is_none() => target = Some(arg),
+                _ => return None,
+            }
+        }
+        target.filter(|_| udev)
     }
 }
 
@@ -581,6 +752,130 @@ fn print_status(reply: &Reply) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a command line asks for, as the fast path and clap can both say it: the globals and
+    /// either `load --udev`'s target or the helper's modprobe arguments, as the helper reads them.
+    type Meaning = (
+        Option<PathBuf>,
+        Option<PathBuf>,
+        Result<String, Result<ModprobeArgs, String>>,
+    );
+
+    fn meaning(fast: FastArgs) -> Meaning {
+        let command = match fast.command {
+            FastCommand::LoadUdev(target) => Ok(target),
+            FastCommand::Modprobe(args) => Err(parse_modprobe_args(args)),
+        };
+        (fast.socket, fast.module_dir, command)
+    }
+
+    fn fast(args: &[&str]) -> Option<FastArgs> {
+        parse_fast(args.iter().map(OsString::from).collect())
+    }
+
+    /// What clap makes of `args`, when it is a command the fast path could also have taken.
+    fn clap_reading(args: &[&str]) -> Option<Meaning> {
+        let cli = Cli::try_parse_from(std::iter::once("modbroker").chain(args.iter().copied()));
+        let cli = cli.ok()?;
+        let command = match cli.command {
+            Command::Load {
+                no_wait: false,
+                timeout: None,
+                retry: false,
+                no_fallback: false,
+                udev: true,
+                target,
+                params,
+            } if params.is_empty() => FastCommand::LoadUdev(target),
+            Command::Modprobe { args } => FastCommand::Modprobe(args),
+            _ => return None,
+        };
+        Some(meaning(FastArgs {
+            socket: cli.socket,
+            module_dir: cli.module_dir,
+            command,
+        }))
+    }
+
+    /// Every command line the fast path takes means to it what it means to clap.
+    #[test]
+    fn the_fast_path_reads_what_it_takes_as_clap_does() {
+        for args in [
+            &["load", "--udev", "pci:v00008086d0000100Esv*sd*bc02sc00i*"][..],
+            &["load", "--udev", "--", "e1000"],
+            &["load", "e1000", "--udev"],
+            &["load", "--udev", ""],
+            &["--socket", "/run/x.sock", "load", "--udev", "e1000"],
+            &[
+                "--socket=/s",
+                "load",
+                "--module-dir",
+                "/lib/modules/6.1",
+                "--udev",
+                "e1000",
+            ],
+            &["load", "--udev", "--module-dir=/m", "--", "-odd"],
+            &["modprobe", "-q", "--", "e1000"],
+            &["modprobe", "-qb", "e1000", "snd"],
+            &["--module-dir", "/m", "modprobe", "--quiet", "e1000"],
+        ] {
+            let taken = fast(args).unwrap_or_else(|| panic!("{args:?} not taken"));
+            assert_eq!(Some(meaning(taken)), clap_reading(args), "{args:?}");
+        }
+    }
+
+    /// Anything else is left to clap: other commands and flags, parameters, help, repeated or
+    /// odd values, a missing or second target, text that is not UTF-8.
+    #[test]
+    fn the_fast_path_leaves_the_rest_to_clap() {
+        for args in [
+            &["load", "e1000"][..],
+            &["load", "--udev"],
+            &["load", "--udev", "e1000", "debug=1"],
+            &["load", "--udev", "e1000", "e100"],
+            &["load", "--udev", "--", "e1000", "e100"],
+            &["load", "--udev", "--timeout", "5", "e1000"],
+            &["load", "--udev", "--no-fallback", "e1000"],
+            &["load", "--udev", "--udev", "e1000"],
+            &["load", "--help", "--udev", "e1000"],
+            &["load", "--udev", "-", "e1000"],
+            &[
+                "--socket", "/a", "--socket", "/b", "load", "--udev", "e1000",
+            ],
+            &["--socket", "-x", "load", "--udev", "e1000"],
+            &["--socket=", "load", "--udev", "e1000"],
+            &["--socket"],
+            &["status"],
+            &["--version"],
+            &["modprobe"],
+            &["modprobe", "--help"],
+            &["modprobe", "-r", "e1000"],
+            &[],
+        ] {
+            assert_eq!(fast(args), None, "{args:?}");
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let not_utf8 = OsString::from_vec(vec![b'e', 0xff]);
+        let args = vec!["load".into(), "--udev".into(), not_utf8];
+        assert_eq!(parse_fast(args), None);
+    }
+
+    /// Every client command line in `80-drivers.rules` takes the fast path: a flag added there
+    /// would send each uevent through clap again.
+    #[test]
+    fn every_udev_rule_takes_the_fast_path() {
+        let rules = include_str!("../../udev/80-drivers.rules");
+        let mut seen = 0;
+        for run in rules.split("RUN+=\"/usr/bin/modbroker ").skip(1) {
+            let line = run.split('"').next().unwrap();
+            let line = line.replace("$env{MODALIAS}", "pci:v00008086d0000100Esv*");
+            let args: Vec<&str> = line.split_whitespace().collect();
+            let parsed = fast(&args).unwrap_or_else(|| panic!("{line:?} not taken"));
+            assert!(matches!(parsed.command, FastCommand::LoadUdev(_)), "{line}");
+            seen += 1;
+        }
+        assert!(seen >= 7, "{seen} client lines in 80-drivers.rules");
+    }
 
     /// udev and the kernel helper wait while the daemon is alive; an explicit timeout is a
     /// fixed bound for every mode, and a plain load without one waits for ever.

@@ -1,15 +1,18 @@
 #!/bin/sh
 # bench-startup.sh - VM benchmark (run by tests/vm/bench.sh, not by
 # run-all.sh): cost of one whole client process asking for a module that is
-# already loaded, run back to back $MB_BENCH_REPS (default 300) times each:
-# `modbroker load e1000` (daemon running), kmod's `modprobe -q e1000`
-# (/usr/bin/kmod copied into the image via MB_VM_EXTRA_BINS, called through a
-# `modprobe` symlink), busybox `modprobe -q e1000`, and `/bin/busybox true`
-# (the floor: fork + exec of a static binary from this shell). Prints one
-# "MB-BENCH: startup ..." line per command. Passes if every command succeeded
-# every time; timings are reported, never judged.  A last round runs
-# modbroker and kmod's modprobe again with /proc/sys/kernel/randomize_va_space
-# at 0 (see the comment there).
+# already loaded (answered from sysfs), run back to back $MB_BENCH_REPS
+# (default 300) times each: udev's command line `modbroker load --udev e1000`
+# with this tree's client (static-pie, the fast path) and with the client of
+# before the fast path (/usr/bin/modbroker-old: dynamic, clap; tests/vm/bench.sh
+# builds it from MB_BENCH_OLD_REV), both against the same daemon; kmod's
+# `modprobe -q e1000` (/usr/bin/kmod called through a `modprobe` symlink),
+# busybox `modprobe -q e1000`, and `/bin/busybox true` (the floor: fork + exec
+# of a static binary from this shell). Both kmod and the old client come in
+# through MB_VM_EXTRA_BINS. Prints one "MB-BENCH: startup ..." line per
+# command. Passes if every command succeeded every time; timings are
+# reported, never judged.  A last round runs the client and kmod's modprobe
+# again with /proc/sys/kernel/randomize_va_space at 0 (see the comment there).
 # needs: broker
 set -eu
 . /lib.sh
@@ -22,6 +25,7 @@ mb_run first load "$MOD"
 check_eq "$MOD loaded through the broker" 0 "$MB_RC"
 check "$MOD in /proc/modules" is_loaded "$MOD"
 
+check "old client in the image (tests/vm/bench.sh puts it there)" test -x /usr/bin/modbroker-old
 mkdir -p /tmp/kmod-bin
 ln -sf /usr/bin/kmod /tmp/kmod-bin/modprobe
 check "kmod modprobe runs" /tmp/kmod-bin/modprobe -q "$MOD"
@@ -43,13 +47,15 @@ loop() {
 
 step "whole-process cost, $REPS calls each, $MOD already loaded"
 loop busybox-true /bin/busybox true
-loop modbroker modbroker load "$MOD"
+loop modbroker-udev modbroker load --udev "$MOD"
+loop modbroker-old-udev modbroker-old load --udev "$MOD"
 loop kmod-modprobe /tmp/kmod-bin/modprobe -q "$MOD"
 loop busybox-modprobe /bin/busybox modprobe -q "$MOD"
 # Second round in reverse order, so drift in the VM shows up.
 loop busybox-modprobe /bin/busybox modprobe -q "$MOD"
 loop kmod-modprobe /tmp/kmod-bin/modprobe -q "$MOD"
-loop modbroker modbroker load "$MOD"
+loop modbroker-old-udev modbroker-old load --udev "$MOD"
+loop modbroker-udev modbroker load --udev "$MOD"
 loop busybox-true /bin/busybox true
 # Diagnostic round with address-space randomisation off: under TCG, code is
 # translated per (virtual address, physical page), so a position-independent
@@ -58,7 +64,7 @@ loop busybox-true /bin/busybox true
 # translations.  If the gap closes with randomisation off, it is the
 # emulator's, not the client's.
 echo 0 >/proc/sys/kernel/randomize_va_space
-loop modbroker-aslr-off modbroker load "$MOD"
+loop modbroker-udev-aslr-off modbroker load --udev "$MOD"
 loop kmod-modprobe-aslr-off /tmp/kmod-bin/modprobe -q "$MOD"
 echo 2 >/proc/sys/kernel/randomize_va_space
 mb_run status status
