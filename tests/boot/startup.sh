@@ -14,7 +14,8 @@
 #   config   its open of /etc/modbroker/modbroker.toml
 #   kmod     the first open by its resolver thread (modbroker-kmod: modprobe.d, /proc/cmdline)
 #   indexes  the last of its first opens of modules.*.bin (kmod_load_resources)
-#   ready    READY: ActiveEnterTimestamp in the root, PID 1's "Started" line in a dracut initrd;
+#   ready    READY: ActiveEnterTimestamp in the root, PID 1's "Started" line in a dracut initrd
+#            (journal, or kernel log: the printk clock may differ from the trace's by a little);
 #            an initramfs-tools daemon has no READY (it binds its socket right after `indexes`)
 # A mark not seen (no sandbox under initramfs-tools) takes the next one's time.
 set -euo pipefail
@@ -30,9 +31,13 @@ marks() {
 	if [ "$phase" = root ]; then
 		ready=$(awk -F= '$1 == "Id" { id = $2 } id == "modbroker.service" && $1 == "ActiveEnterTimestampMonotonic" { print $2 }' "$r/units")
 	elif [ -s "$r/journal-pid1.json" ]; then
-		ready=$(jq -rs --argjson b "$b" 'map(select(.UNIT == "modbroker.service"
-			and .MESSAGE_ID == "39f53479d3a045ac8e11786248231fbf" and (.__MONOTONIC_TIMESTAMP | tonumber) < $b))
-			| first | .__MONOTONIC_TIMESTAMP // 0' "$r/journal-pid1.json")
+		# PID 1's "Started" line, in the journal or (logged before journald ran) the kernel log.
+		ready=$(jq -rs --argjson b "$b" '
+			def ts: (._SOURCE_MONOTONIC_TIMESTAMP // .__MONOTONIC_TIMESTAMP) | tonumber;
+			map(select(ts < $b and ((.UNIT == "modbroker.service" and .MESSAGE_ID == "39f53479d3a045ac8e11786248231fbf")
+				or (._TRANSPORT == "kernel" and (.MESSAGE | type) == "string"
+					and (.MESSAGE | test("^(systemd\\[1\\]: )?Started modbroker.service"))))))
+			| map(ts) | min // 0' "$r/journal-pid1.json")
 	fi
 	awk -v b="$b" -v phase="$phase" -v ready="${ready:-0}" '
 		{
