@@ -120,6 +120,7 @@ judge() {
 	stock="$MB_BOOT_WORK/$dist-$gen/$dist-stock"
 	local r=$dir/results s=$stock/results
 	check "$case: reached multi-user.target with / on /dev/vda" grep -q '^/dev/vda ' "$r/root"
+	check "$case: udev settled before the results were taken" grep -qx 0 "$r/settle.rc"
 	check "$case: trace complete (no ring-buffer overrun)" sh -c "! grep -v ': 0$' '$r/overrun' | grep -q ."
 	check "$case: no failed units beyond the stock boot's" sh -c "! comm -23 '$r/failed' '$s/failed' | grep ."
 	check "$case: same /proc/modules as the stock boot" diff "$s/modules" "$r/modules"
