@@ -14,9 +14,12 @@
 #   config   its open of /etc/modbroker/modbroker.toml
 #   kmod     the first open by its resolver thread (modbroker-kmod: modprobe.d, /proc/cmdline)
 #   indexes  the last of its first opens of modules.*.bin (kmod_load_resources)
+#   logged   its "modbrokerd ready" journal line, sent just before READY=1 (the time it was sent:
+#            journald may receive it later)
 #   ready    READY: ActiveEnterTimestamp in the root, PID 1's "Started" line in a dracut initrd
 #            (journal, or kernel log: the printk clock may differ from the trace's by a little);
-#            an initramfs-tools daemon has no READY (it binds its socket right after `indexes`)
+#            an initramfs-tools daemon has no READY nor journal (it binds its socket right after
+#            `indexes`): its row ends there
 # A mark not seen (no sandbox under initramfs-tools) takes the next one's time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,9 +27,9 @@ dirs=("$@")
 [ ${#dirs[@]} -gt 0 ] || mapfile -t dirs < <(ls -d build/boot/*/*-broker 2>/dev/null)
 [ ${#dirs[@]} -gt 0 ] || { echo "startup: no results: run tests/boot/run.sh first" >&2; exit 1; }
 
-# marks DIR PHASE: "spawn sandbox mounted exec config kmod indexes ready" in us.
+# marks DIR PHASE: "spawn sandbox mounted exec config kmod indexes logged ready" in us.
 marks() {
-	local dir=$1 phase=$2 r=$1/results b ready=0
+	local dir=$1 phase=$2 r=$1/results b ready=0 logged
 	b=$(awk -v b="$(sed -n 's/^boundary=//p' "$dir/summary")" 'BEGIN { printf "%.0f", b * 1e6 }')
 	if [ "$phase" = root ]; then
 		ready=$(awk -F= '$1 == "Id" { id = $2 } id == "modbroker.service" && $1 == "ActiveEnterTimestampMonotonic" { print $2 }' "$r/units")
@@ -39,7 +42,11 @@ marks() {
 					and (.MESSAGE | test("^(systemd\\[1\\]: )?Started modbroker.service"))))))
 			| map(ts) | min // 0' "$r/journal-pid1.json")
 	fi
-	awk -v b="$b" -v phase="$phase" -v ready="${ready:-0}" '
+	# "PID:US ..." of every daemon's ready line, at the time it was sent.
+	logged=$(jq -rj 'select(.MESSAGE == "modbrokerd ready") | "\(._PID):\((.__MONOTONIC_TIMESTAMP | tonumber)
+		- (.__REALTIME_TIMESTAMP | tonumber) + ((._SOURCE_REALTIME_TIMESTAMP // .__REALTIME_TIMESTAMP) | tonumber)) "' \
+		"$r/journal-modbroker.json" 2>/dev/null || true)
+	awk -v b="$b" -v phase="$phase" -v ready="${ready:-0}" -v logged="$logged" '
 		{
 			for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i * 1e6; break }
 			if ((phase == "initramfs") != (t < b)) next
@@ -61,20 +68,21 @@ marks() {
 		END {
 			if (!pid) exit
 			m["spawn"] = first[pid]; m["sandbox"] = sb[pid]; m["mounted"] = mt[pid]; m["ready"] = ready
-			n = split("spawn sandbox mounted exec config kmod indexes ready", k, " ")
+			split(logged, l, " ")
+			for (i in l) if (split(l[i], pl, ":") == 2 && pl[1] == pid) m["logged"] = pl[2]
+			if (!m["ready"]) m["ready"] = m["logged"] ? m["logged"] : m["indexes"]
+			n = split("spawn sandbox mounted exec config kmod indexes logged ready", k, " ")
 			for (i = n - 1; i >= 1; i--) if (!m[k[i]]) m[k[i]] = m[k[i + 1]]
 			for (i = 1; i <= n; i++) printf "%.0f%s", m[k[i]], i < n ? " " : "\n"
 		}' "$r/trace-modbroker"
 }
 
-echo "| case | phase | spawn→sandbox | sandbox (mounts) | mounted→exec | exec→config | config→kmod | kmod→indexes | indexes→READY | spawn→READY |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| case | phase | spawn→sandbox | sandbox (mounts) | mounted→exec | exec→config | config→kmod | kmod→indexes | indexes→ready logged | logged→READY (PID 1) | spawn→READY |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 rows=$(for dir in "${dirs[@]}"; do
 	for phase in initramfs root; do
 		read -r -a t <<<"$(marks "$dir" "$phase")"
-		[ ${#t[@]} = 8 ] || continue
-		# An initramfs-tools daemon has no READY: its row ends at `indexes`.
-		[ "${t[7]}" -gt 0 ] || t[7]=${t[6]}
+		[ ${#t[@]} = 9 ] || continue
 		echo "$(basename "$(dirname "$dir")")/$(basename "$dir") $phase $(awk -v s="${t[*]}" 'BEGIN {
 			n = split(s, a, " "); for (i = 2; i <= n; i++) printf "%.0f ", (a[i] - a[i - 1]) / 1000; printf "%.0f", (a[n] - a[1]) / 1000 }')"
 	done
