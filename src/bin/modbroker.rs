@@ -111,7 +111,7 @@ fn run() -> ExitCode {
         return modprobe(client::socket_path(None), None, argv.collect());
     }
     // udev's command line, `load --udev TARGET`, and `modprobe ...`, parsed by hand: building
-    // clap's parser is most of what a client exec costs (README, "Why the client is static").
+    // clap's parser was a third of a client exec under TCG (README, "Why the client is static").
     if let Some(fast) = parse_fast(argv.collect()) {
         let socket = client::socket_path(fast.socket);
         let module_dir = fast.module_dir.as_deref();
