@@ -45,7 +45,7 @@ pub enum Command {
         no_fallback: bool,
         /// As udev's builtin kmod: refuse a blacklisted module asked for by name too; exit 0
         /// whatever the outcome (one stderr line per failed module); wait while the daemon is
-        /// alive (up to udev's event timeout less 30 s), load directly once it is silent for 20 s
+        /// alive (up to half udev's event timeout), load directly once it is silent for 20 s
         #[arg(long)]
         udev: bool,
         /// Module name or modalias

@@ -2,7 +2,7 @@
 //! synchronous. Asks the daemon; when no daemon answers, loads directly (unless `--no-fallback`).
 //!
 //! `load --udev` and `modprobe` wait as long as the daemon is alive and working on their load
-//! (it sends a progress line every 2 s), up to udev's event timeout less 30 s (150 s by default:
+//! (it sends a progress line every 2 s), up to half udev's event timeout (90 s by default:
 //! a slow init, say a driver waiting for firmware, is waited for, as udev's builtin waits for
 //! `finit_module`). A daemon silent for the liveness bound (20 s) is taken for wedged: the client
 //! loads directly, and leaves a marker so that later clients of this boot load directly at once
