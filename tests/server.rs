@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -370,24 +371,34 @@ fn client_falls_back_when_no_daemon_answers() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
 
-/// `modbroker --socket SOCKET --module-dir (empty) load ARGS... TARGET` with no daemon behind
-/// the socket but `listener`: listening, never accepted nor answered (a socket-activated daemon
-/// that systemd has not started yet). Returns the output and how long the client took.
-fn load_against_silent_socket(args: &[&str]) -> (Output, Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("silent.sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let module_dir = dir.path().join("modules");
-    std::fs::create_dir(&module_dir).unwrap();
+/// `modbroker --socket SOCKET --module-dir DIR/modules (empty, created) load ARGS...
+/// pci:v0000FFFFd00000000` (a target the direct load answers `no-match`), waiting at most `limit`.
+fn load_unknown_target(
+    socket: &Path,
+    dir: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> (Output, Duration) {
+    let module_dir = dir.join("modules");
+    std::fs::create_dir_all(&module_dir).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
     cmd.arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .arg("--module-dir")
         .arg(&module_dir)
         .arg("load")
         .args(args)
         .arg("pci:v0000FFFFd00000000");
-    output_within(&mut cmd, Duration::from_secs(30))
+    output_within(&mut cmd, limit)
+}
+
+/// [`load_unknown_target`] with no daemon behind the socket but a listener: listening, never
+/// accepted nor answered (a socket-activated daemon that systemd has not started yet).
+fn load_against_silent_socket(args: &[&str]) -> (Output, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    load_unknown_target(&socket, dir.path(), args, Duration::from_secs(30))
 }
 
 #[test]
@@ -727,17 +738,7 @@ fn udev_load_falls_back_once_the_daemon_is_silent_and_marks_the_boot() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("silent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let module_dir = dir.path().join("modules");
-    std::fs::create_dir(&module_dir).unwrap();
-    let run = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
-        cmd.arg("--socket")
-            .arg(&socket)
-            .arg("--module-dir")
-            .arg(&module_dir)
-            .args(["load", "--udev", "pci:v0000FFFFd00000000"]);
-        output_within(&mut cmd, LIVENESS_BOUND * 3)
-    };
+    let run = || load_unknown_target(&socket, dir.path(), &["--udev"], LIVENESS_BOUND * 3);
     let (out, took) = run();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -769,15 +770,7 @@ fn udev_load_falls_back_on_a_refusal() {
         (&stream).write_all(refusal).unwrap();
         request
     });
-    let module_dir = dir.path().join("modules");
-    std::fs::create_dir(&module_dir).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
-    cmd.arg("--socket")
-        .arg(&socket)
-        .arg("--module-dir")
-        .arg(&module_dir)
-        .args(["load", "--udev", "pci:v0000FFFFd00000000"]);
-    let (out, _) = output_within(&mut cmd, Duration::from_secs(30));
+    let (out, _) = load_unknown_target(&socket, dir.path(), &["--udev"], Duration::from_secs(30));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
