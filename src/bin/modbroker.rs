@@ -421,6 +421,7 @@ fn load(
         origin: origin(options.mode),
         progress: options.liveness,
     });
+    let asked = std::time::Instant::now();
     let answer = if options.liveness {
         client::call_while_alive(socket, &request, &client::Liveness::default())
     } else {
@@ -450,7 +451,7 @@ fn load(
                 "modbroker: daemon at {} still loading {} after {} s; not waiting longer",
                 path.display(),
                 targets.join(" "),
-                client::udev_wait_limit().as_secs()
+                asked.elapsed().as_secs()
             );
             options.mode.exit(EXIT_FAILED)
         }
@@ -461,11 +462,7 @@ fn load(
                 path.display()
             ))
         }
-        Err(err @ (ClientError::Unreachable { .. } | ClientError::Unresponsive { .. }))
-            if options.fallback =>
-        {
-            direct(&err.to_string())
-        }
+        Err(err @ ClientError::Unreachable { .. }) if options.fallback => direct(&err.to_string()),
         Err(err) if udev_like => direct(&err.to_string()),
         Err(err @ (ClientError::Unreachable { .. } | ClientError::Unresponsive { .. })) => {
             eprintln!("modbroker: {err}");
