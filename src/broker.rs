@@ -4,7 +4,9 @@
 //! that loads it. A request for a name already in flight clones the handle and awaits the same
 //! outcome; dependencies and softdeps go through the same map, so a dependency shared by many
 //! modules loads once. A failed load's outcome is remembered for the failure window so late
-//! duplicates of the same burst get the true error without another syscall.
+//! duplicates of the same burst get the true error without another syscall; the window runs
+//! from the end of the load or of the last request the failure answered, whichever is later
+//! ([`Broker::renew_failures`]).
 //!
 //! What is remembered, and for how long, is narrow on purpose (a remembered failure that is no
 //! longer true keeps a device without its driver): only a failure of the module's own load call,
@@ -403,6 +405,26 @@ impl Broker {
         let same_node = remembered.node == *node;
         let fresh = remembered.at.elapsed() < self.failure_window();
         (same_node && fresh && !retry).then(|| remembered.failure.clone())
+    }
+
+    /// Restarts the failure window of the remembered failures of `nodes` (for `params`). The
+    /// service calls this when a request that met those failures ends: a failure is remembered
+    /// for the window after the last request it answered has ended, not only after its load.
+    /// On a many-CPU machine one burst of requests for a failing module (one per CPU) can queue
+    /// behind slow loads in udev's workers for longer than the window, and is still one burst.
+    pub fn renew_failures(&self, nodes: &[&Arc<ModuleNode>], params: &str) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        for node in nodes {
+            let Some(remembered) = map.failures.get_mut(&node.name) else {
+                continue;
+            };
+            for failure in remembered.iter_mut() {
+                if failure.params == params && failure.node == **node {
+                    failure.at = now;
+                }
+            }
+        }
     }
 
     /// Awaits `load` of `name`; then `parent`'s task (if any) is no longer waiting on anything.

@@ -173,6 +173,13 @@ impl Service {
                 .load(node.clone(), params.to_string(), retry, requester);
             answers.push(answer.await);
         }
+        let failed: Vec<&Arc<ModuleNode>> = nodes
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| matches!(answer.outcome, ModuleOutcome::Failed(_)))
+            .map(|(node, _)| node)
+            .collect();
+        self.broker.renew_failures(&failed, params);
         answers
     }
 

@@ -197,6 +197,53 @@ async fn failure_window_answers_then_expires() {
     assert_eq!(kernel.calls("mb_fail"), 3, "window expired: a new attempt");
 }
 
+/// One CPU's request matches a failing module and a slow one. Requests of one burst queue in
+/// udev's workers behind the slow load for longer than the window; they are still one burst:
+/// the window runs from the end of the last request the failure answered.
+#[tokio::test(start_paused = true)]
+async fn failure_window_runs_from_the_end_of_the_request_it_answered() {
+    let kernel = FakeKernel::new();
+    kernel.fail("acpi_cpufreq", Errno::ENODEV);
+    kernel.hold("kvm_amd");
+    let failing = node("acpi_cpufreq", vec![]);
+    let slow = node("kvm_amd", vec![]);
+    let resolver = FixedResolver::new()
+        .with("cpu:type:x86", Plan::Load(vec![failing.clone(), slow]))
+        .with_module("acpi_cpufreq", failing);
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let cpu0 = tokio::spawn({
+        let service = service.clone();
+        async move {
+            service
+                .handle(load_request("cpu:type:x86", &[], false))
+                .await
+        }
+    });
+    calls_started(&kernel, "kvm_amd", 1).await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    kernel.release("kvm_amd");
+    cpu0.await.expect("request task");
+    assert_eq!(kernel.calls("acpi_cpufreq"), 1);
+
+    tokio::time::advance(Duration::from_secs(29)).await;
+    let late = load(&service, "acpi_cpufreq").await;
+    assert_eq!(late.outcome, OutcomeKind::Failed);
+    assert!(
+        late.merged,
+        "89 s after the failure, 29 s after its request ended"
+    );
+    assert_eq!(kernel.calls("acpi_cpufreq"), 1);
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    load(&service, "acpi_cpufreq").await;
+    assert_eq!(
+        kernel.calls("acpi_cpufreq"),
+        2,
+        "a quiet window: a new attempt"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differing_parameters_are_not_merged() {
     let kernel = FakeKernel::new();
