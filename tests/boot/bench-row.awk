@@ -24,7 +24,8 @@ END {
 	for (i = 1; i <= n; i++) v[i, "dup"] = v[i, "initramfs_r_EEXIST"] + v[i, "root_r_EEXIST"] + v[i, "initramfs_ebusy"] + v[i, "root_ebusy"]
 	split(name, p, "-")
 	img = (p[1] == "bookworm") ? "Debian 12, initramfs-tools" : "Debian 13, dracut host-only"
-	printf "| %s | %s | %s | %d | %s / %s | %s | %s | %s | %s |\n", img, smp, p[2], n,
+	for (i = 1; i <= n; i++) stalls += v[i, "guest_stalls"]
+	printf "| %s | %s | %s | %d | %s / %s | %s | %s | %s | %s | %d |\n", img, smp, p[2], n,
 		spread("initramfs_calls", "%d"), spread("root_calls", "%d"), spread("dup", "%d"),
-		spread("initramfs_last_end", "%.1f"), spread("root_last_end", "%.1f"), spread("multi_user_s", "%.1f")
+		spread("initramfs_last_end", "%.1f"), spread("root_last_end", "%.1f"), spread("multi_user_s", "%.1f"), stalls
 }

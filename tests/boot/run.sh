@@ -91,6 +91,9 @@ summarise() {
 			}' "$r/trace" | awk -f "$ANALYZE" | sed "s/^/${phase}_/"
 		done
 		echo "boundary=$boundary"
+		# The emulator's own stalls (a vCPU soft-locked under TCG stalls RCU, and every module
+		# load's grace period with it): counted, so a slow boot can be told from a slow broker.
+		echo "guest_stalls=$(grep -c -e 'watchdog: BUG: soft lockup' -e 'rcu: INFO: rcu_preempt detected stalls' "$dir/console.log")"
 		awk '{ v[$1] = $0 } END { }
 			/^InitRDTimestampMonotonic=/ { split($0, a, "="); initrd = a[2] }
 			/^UserspaceTimestampMonotonic=/ { split($0, a, "="); us = a[2] }
