@@ -48,7 +48,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::kernel::{attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome};
+use crate::kernel::{attempt_load, settled_outcome, Kernel, ModuleOutcome};
 use crate::plan::{LoadMethod, ModuleNode};
 use crate::protocol::{Failure, FailureCount, InFlight};
 use crate::record::{Answered, LoadRecord, LoadTimer, Method, Phase, Recorder, Requester, Totals};
@@ -506,7 +506,7 @@ impl Broker {
             // Nothing to call: it fails as libkmod's insert of a module without a file does.
             return attempt_load(kernel.as_ref(), node, "");
         }
-        let options = join_options(&node.options, params);
+        let params = params.to_string();
         let _permit = self.parallel_slot(&node.name).await;
         timer.call_starts(match &node.method {
             LoadMethod::File(path) => kernel.hand_over(path),
@@ -519,7 +519,7 @@ impl Broker {
             .fetch_add(1, Ordering::Relaxed);
         let node = node.clone();
         let outcome =
-            tokio::task::spawn_blocking(move || attempt_load(kernel.as_ref(), &node, &options))
+            tokio::task::spawn_blocking(move || attempt_load(kernel.as_ref(), &node, &params))
                 .await;
         outcome.unwrap_or_else(|err| {
             ModuleOutcome::Failed(Failure::without_errno(

@@ -20,7 +20,7 @@ use crate::broker::ModuleAnswer;
 use tracing::debug;
 
 use crate::kernel::{
-    attempt_load, join_options, settled_outcome, Kernel, ModuleOutcome, ModuleState,
+    attempt_load, settled_outcome, Kernel, ModuleOutcome, ModuleState,
 };
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{OutcomeKind, TargetResult};
@@ -101,7 +101,7 @@ pub fn load_tree(
         };
         wait_while_coming(kernel, &node.name);
         settled_outcome(kernel, node)
-            .unwrap_or_else(|| attempt_load(kernel, node, &join_options(&node.options, params)))
+            .unwrap_or_else(|| attempt_load(kernel, node, params))
     });
     if outcome.is_ok() {
         for soft in &node.post {

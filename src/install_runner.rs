@@ -9,18 +9,32 @@
 //! So the daemon hands each command to a runner: `modbroker-install.socket` (root only,
 //! `Accept=yes`) starts one unsandboxed `modbroker-install@.service` per command, which runs
 //! `modbrokerd --run-install` with the connection on its stdin ([`serve`]). The request is one
-//! JSON line ([`InstallRequest`]: module, command, options), the reply one JSON line
-//! ([`InstallReply`]). The runner does not take the daemon's word for the command: it re-reads
-//! the configuration with libkmod and runs the command only if an `install` line for that module
-//! says exactly it, and only with options that are words of `options` lines or valid module
-//! parameters ([`check`]). A compromised daemon can therefore run no command the administrator
-//! did not write. The command's output goes to the runner's journal stream.
+//! JSON line ([`InstallRequest`]), the reply one JSON line ([`InstallReply`]).
+//!
+//! The daemon only asks "run the install command configured for module M, with these extra
+//! parameters"; the runner decides everything else itself ([`command_for`]):
+//! - M must be a module name (letters, digits, `_` and `-`, at most 55 bytes), so it carries no
+//!   arguments, globs or shell syntax;
+//! - the command is libkmod's first `install` line whose pattern matches M, read by the runner
+//!   from the configuration (modprobe uses the same first match);
+//! - the options are M's own, from modprobe.d and the kernel command line, read by the runner;
+//! - each extra parameter must pass the protocol's parameter rules (`NAME` or `NAME=VALUE`, no
+//!   quotes, `$`, `;`, `|`, `&`, backticks, globs or whitespace), and they are appended after
+//!   M's options, as modprobe appends its command line's;
+//! - `$CMDLINE_OPTS` is replaced and `$MODPROBE_MODULE` set as modprobe does, and the line runs
+//!   through `/bin/sh -c`.
+//!
+//! What a compromised daemon can still do: run the administrator's own install line for any
+//! module name it likes, as often as it likes, with parameters of that restricted shape (which
+//! the line may use as it wishes: a line that `eval`s `$CMDLINE_OPTS` is the administrator's
+//! choice). It cannot choose the command, borrow another module's options, or add shell syntax.
+//! The command's output goes to the runner's journal stream.
 //!
 //! Without the runner's socket (an initramfs without systemd, where the daemon is not
 //! sandboxed, or the unit not installed) the daemon runs the command itself, as before
 //! ([`crate::kernel::run_install_command`]).
 //!
-//! The runner's side ([`serve`], [`check`]) reads the configuration with libkmod, so it is built
+//! The runner's side ([`serve`], [`command_for`]) reads the configuration with libkmod, so it is built
 //! only with the `libkmod` feature; the daemon's side ([`run_through`]) is always there.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -33,7 +47,11 @@ use tracing::{info, warn};
 
 use crate::kernel::InstallFailure;
 #[cfg(feature = "libkmod")]
-use crate::{kernel::run_install_command, resolver::InstallConfig, target::validate_params};
+use crate::{
+    kernel::{join_options, run_install_command},
+    resolver::InstallLine,
+    target::{canonical_name, looks_like_module_name, validate_params},
+};
 
 /// Where `modbroker-install.socket` listens.
 pub const DEFAULT_SOCKET: &str = "/run/modbroker-install.sock";
@@ -46,15 +64,18 @@ const MAX_LINE: u64 = 64 * 1024;
 #[cfg(feature = "libkmod")]
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What the daemon asks the runner to run.
+/// What the daemon asks the runner: run the install command configured for `module`, with
+/// these extra parameters. The runner finds the command and the module's options itself.
+/// Unknown fields are ignored: an older daemon's `command` and `options` (sent until the runner
+/// decided them itself) are not taken, so its extra parameters are lost during an upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallRequest {
-    /// The module the `install` line is for (as libkmod resolved it).
+    /// The module (as libkmod resolved it).
     pub module: String,
-    /// The command, before `$CMDLINE_OPTS` is replaced.
-    pub command: String,
-    /// The options that replace `$CMDLINE_OPTS`.
-    pub options: String,
+    /// The load request's parameters for it (`NAME` or `NAME=VALUE`), appended after the
+    /// module's configured options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
 }
 
 /// The runner's answer.
@@ -120,27 +141,27 @@ fn exchange(
     serde_json::from_str(&reply).map_err(|e| lost(io::Error::other(e)))
 }
 
-/// Whether `request` may run under `config`: an `install` line for the module says exactly this
-/// command, and each word of the options is a word of some `options` line (modprobe.d or the
-/// kernel command line) or a valid module parameter, which cannot carry shell syntax.
+/// The command line the runner runs for `request`, decided from the configuration libkmod reads
+/// for `module_dir` (libkmod's default directories unless `config_dirs`): the module's first
+/// matching `install` line with `$CMDLINE_OPTS` still in it, and the options that replace it
+/// (the module's configured options, then the request's validated parameters). `Err` says why
+/// nothing may run.
 #[cfg(feature = "libkmod")]
-pub fn check(request: &InstallRequest, config: &InstallConfig) -> Result<(), String> {
-    if !config.has_command(&request.module, &request.command) {
-        return Err(format!(
-            "refused: no install line for {} says {:?} in the current configuration",
-            request.module, request.command
-        ));
+pub fn command_for(
+    request: &InstallRequest,
+    module_dir: &Path,
+    config_dirs: Option<&[PathBuf]>,
+) -> Result<(String, String), String> {
+    if !looks_like_module_name(&request.module) {
+        let shown: String = request.module.chars().take(64).collect();
+        return Err(format!("refused: {shown:?} is not a module name"));
     }
-    for word in request.options.split_whitespace() {
-        let is_param = validate_params(&[word.to_string()]).is_ok_and(|p| p == word);
-        if !is_param && !config.has_option_word(word) {
-            return Err(format!(
-                "refused: option {word:?} for {} is neither configured nor a valid parameter",
-                request.module
-            ));
-        }
-    }
-    Ok(())
+    let name = canonical_name(&request.module);
+    let params = validate_params(&request.params).map_err(|e| format!("refused: {e}"))?;
+    let line = InstallLine::lookup(module_dir, config_dirs, &name)
+        .map_err(|e| format!("cannot read the configuration: {e}"))?
+        .ok_or_else(|| format!("refused: no install line matches {name}"))?;
+    Ok((line.command, join_options(&line.options, &params)))
 }
 
 /// `modbrokerd --run-install`: serves the one connection on `stream` (the service's stdin):
@@ -174,12 +195,10 @@ fn run_checked(
     module_dir: &Path,
     config_dirs: Option<&[PathBuf]>,
 ) -> InstallReply {
-    let checked = InstallConfig::read(module_dir, config_dirs)
-        .map_err(|e| format!("cannot read the configuration: {e}"))
-        .and_then(|config| check(request, &config));
-    let outcome = checked.and_then(|()| {
-        info!(module = %request.module, command = %request.command, "running install command");
-        run_install_command(&request.module, &request.command, &request.options).map_err(|f| f.0)
+    let name = canonical_name(&request.module);
+    let outcome = command_for(request, module_dir, config_dirs).and_then(|(command, options)| {
+        info!(module = %name, %command, %options, "running install command");
+        run_install_command(&name, &command, &options).map_err(|f| f.0)
     });
     match outcome {
         Ok(()) => InstallReply {
@@ -187,7 +206,7 @@ fn run_checked(
             error: None,
         },
         Err(error) => {
-            warn!(module = %request.module, "{error}");
+            warn!(module = %name, "{error}");
             InstallReply {
                 ok: false,
                 error: Some(error),
@@ -221,13 +240,15 @@ mod tests {
             self.dir.path().join(name)
         }
 
-        fn config(&self) -> InstallConfig {
-            InstallConfig::read(&self.path("modules"), Some(&[self.path("modprobe.d")])).unwrap()
+        fn command_for(&self, module: &str, params: &[&str]) -> Result<(String, String), String> {
+            let conf = [self.path("modprobe.d")];
+            command_for(&request(module, params), &self.path("modules"), Some(&conf))
         }
 
         /// Serves one connection on a socket in the fixture, as modbroker-install@.service does.
         fn runner(&self) -> (PathBuf, std::thread::JoinHandle<()>) {
             let socket = self.path("runner.sock");
+            let _ = fs::remove_file(&socket);
             let listener = UnixListener::bind(&socket).unwrap();
             let (modules, conf) = (self.path("modules"), self.path("modprobe.d"));
             let thread = std::thread::spawn(move || {
@@ -236,81 +257,117 @@ mod tests {
             });
             (socket, thread)
         }
+
+        /// Sends `request` to a runner serving this fixture.
+        fn run(&self, request: &InstallRequest) -> Result<(), InstallFailure> {
+            let (socket, thread) = self.runner();
+            let outcome = run_through(&socket, request).unwrap();
+            thread.join().unwrap();
+            outcome
+        }
     }
 
-    fn request(module: &str, command: &str, options: &str) -> InstallRequest {
+    fn request(module: &str, params: &[&str]) -> InstallRequest {
         InstallRequest {
             module: module.into(),
-            command: command.into(),
-            options: options.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
         }
     }
 
     #[test]
-    fn only_configured_commands_with_configured_or_valid_options_pass() {
+    fn the_command_is_the_first_matching_line_with_the_modules_own_options() {
         let fx = Fixture::new(
-            "install mb_ok /bin/true $CMDLINE_OPTS\ninstall snd_* /bin/echo\n\
-             options mb_ok quoted=\"a b\"\n",
+            "install snd_aloop /bin/true $CMDLINE_OPTS\ninstall snd_* /bin/echo $CMDLINE_OPTS\n\
+             options snd_pcsp index=2\n\
+             options nvidia NVreg_RegistryDwords=\"PerfLevelSrc=0x2222; dd if=/x of=/y\"\n",
         );
-        let config = fx.config();
-        let cmd = "/bin/true $CMDLINE_OPTS";
-        assert_eq!(check(&request("mb_ok", cmd, ""), &config), Ok(()));
-        assert_eq!(check(&request("mb_ok", cmd, "x=1 debug"), &config), Ok(()));
         assert_eq!(
-            check(&request("mb_ok", cmd, "quoted=\"a b\""), &config),
-            Ok(())
+            fx.command_for("snd_aloop", &[]),
+            Ok(("/bin/true $CMDLINE_OPTS".into(), String::new())),
+            "first match, as libkmod"
         );
-        // A pattern line covers the names it matches, as in libkmod.
         assert_eq!(
-            check(&request("snd_dummy", "/bin/echo", ""), &config),
-            Ok(())
+            fx.command_for("snd-pcsp", &["x=1", "debug"]),
+            Ok(("/bin/echo $CMDLINE_OPTS".into(), "index=2 x=1 debug".into())),
+            "own options, then the request's parameters"
         );
-        for (module, command, options) in [
-            ("mb_ok", "/bin/sh -c id", ""),
-            ("mb_other", cmd, ""),
-            ("mb_ok", cmd, "x=1;reboot"),
-            ("mb_ok", cmd, "$(reboot)"),
-            ("dummy", "/bin/echo", ""),
+        assert!(fx.command_for("nvidia", &[]).unwrap_err().contains("no install line"));
+    }
+
+    #[test]
+    fn injected_options_names_with_arguments_and_globs_are_refused() {
+        let fx = Fixture::new("install snd_* /bin/echo $CMDLINE_OPTS\n");
+        for params in [
+            &["PerfLevelSrc=0x2222;", "dd", "if=/dev/null", "of=/tmp/pwned"][..],
+            &["x=$(reboot)"],
+            &["x=`id`"],
+            &["x=a b"],
+            &["x=\"q\""],
+            &["x=*"],
         ] {
-            let refused = check(&request(module, command, options), &config);
-            assert!(refused.is_err(), "{module} {command:?} {options:?} passed");
+            let refused = fx.command_for("snd_pcsp", params).unwrap_err();
+            assert!(refused.starts_with("refused"), "{params:?}: {refused}");
+        }
+        for module in [
+            "snd_x --config=/run/modbroker/record /etc/pass*",
+            "snd_*",
+            "snd_x;id",
+            "../snd_x",
+            "",
+            &"snd_".repeat(20),
+        ] {
+            let refused = fx.command_for(module, &[]).unwrap_err();
+            assert!(refused.contains("not a module name"), "{module:?}: {refused}");
         }
     }
 
     #[test]
-    fn runner_runs_the_configured_command_and_answers() {
+    fn runner_runs_only_the_configured_line_and_answers() {
         let fx = Fixture::new("");
         let out = fx.path("ran");
-        let command = format!(
-            "echo chatter; echo \"$MODPROBE_MODULE $CMDLINE_OPTS\" > {}",
-            out.display()
-        );
+        let pwned = fx.path("pwned");
         fs::write(
             fx.path("modprobe.d/test.conf"),
-            format!("install mb_ok {command}\ninstall mb_fails /bin/false\n"),
+            format!(
+                "install snd_aloop /bin/true\n\
+                 install snd_* echo chatter; echo \"$MODPROBE_MODULE $CMDLINE_OPTS\" > {}\n\
+                 install mb_fails /bin/false\n\
+                 options nvidia NVreg=\"a; touch {}\"\n",
+                out.display(),
+                pwned.display()
+            ),
         )
         .unwrap();
         // Accepted: runs, stdout chatter does not reach the reply.
-        let (socket, thread) = fx.runner();
-        let outcome = run_through(&socket, &request("mb_ok", &command, "x=1")).unwrap();
-        thread.join().unwrap();
-        assert_eq!(outcome, Ok(()));
-        assert_eq!(fs::read_to_string(&out).unwrap(), "mb_ok x=1\n");
-        fs::remove_file(&socket).unwrap();
-        // Refused: not configured, so not run.
+        assert_eq!(fx.run(&request("snd_pcsp", &["x=1"])), Ok(()));
+        assert_eq!(fs::read_to_string(&out).unwrap(), "snd_pcsp x=1\n");
         fs::remove_file(&out).unwrap();
-        let forged = format!("touch {}", out.display());
+        // Not the first match: the snd_* line does not run for snd_aloop.
+        assert_eq!(fx.run(&request("snd_aloop", &[])), Ok(()));
+        assert!(!out.exists(), "a line that is not the first match ran");
+        // Another module's options and injected parameters never reach the shell.
+        let refused = fx.run(&request("snd_pcsp", &["PerfLevelSrc=0x2222;", "touch"]));
+        assert!(refused.unwrap_err().0.contains("refused"));
+        let forged = format!("snd_x; touch {}", pwned.display());
+        assert!(fx.run(&request(&forged, &[])).is_err());
+        assert!(!out.exists() && !pwned.exists(), "a refused request ran");
+        // An older daemon's fields are ignored, not obeyed.
         let (socket, thread) = fx.runner();
-        let outcome = run_through(&socket, &request("mb_ok", &forged, "")).unwrap();
+        let old = format!(
+            "{{\"module\":\"snd_pcsp\",\"command\":\"touch {}\",\"options\":\"\"}}\n",
+            pwned.display()
+        );
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream.write_all(old.as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).unwrap();
         thread.join().unwrap();
-        assert!(outcome.unwrap_err().0.contains("refused"));
-        assert!(!out.exists(), "a command not in the configuration ran");
-        fs::remove_file(&socket).unwrap();
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        assert!(!pwned.exists(), "the old request's command ran");
+        assert_eq!(fs::read_to_string(&out).unwrap(), "snd_pcsp \n");
         // Configured, failing.
-        let (socket, thread) = fx.runner();
-        let outcome = run_through(&socket, &request("mb_fails", "/bin/false", "")).unwrap();
-        thread.join().unwrap();
-        assert!(outcome.unwrap_err().0.contains("failed"));
+        let failed = fx.run(&request("mb_fails", &[])).unwrap_err();
+        assert!(failed.0.contains("failed"), "{}", failed.0);
     }
 
     #[test]
@@ -325,20 +382,17 @@ mod tests {
         .unwrap();
         let (socket, thread) = fx.runner();
         let kernel = SysKernel::default().with_install_runner(socket.clone());
-        kernel.run_install("mb_ok", &command, "").unwrap();
+        kernel.run_install("mb_ok", "/bin/false", "", "").unwrap();
         thread.join().unwrap();
-        assert!(out.exists());
-        // The runner refuses what the configuration lacks: proof the runner, not this
-        // process, answered.
-        let (_, thread) = {
-            fs::remove_file(&socket).unwrap();
-            fx.runner()
-        };
-        let refused = kernel.run_install("mb_ok", "/bin/true", "").unwrap_err();
+        assert!(out.exists(), "the runner ran its own line, not the daemon's");
+        // The runner refuses a module without a line: proof the runner, not this process,
+        // answered.
+        let (_, thread) = fx.runner();
+        let refused = kernel.run_install("mb_none", "/bin/true", "", "").unwrap_err();
         thread.join().unwrap();
         assert!(refused.0.contains("refused"), "{}", refused.0);
         // No runner socket: runs here.
         fs::remove_file(&socket).unwrap();
-        kernel.run_install("mb_ok", "/bin/true", "").unwrap();
+        kernel.run_install("mb_none", "/bin/true", "", "").unwrap();
     }
 }

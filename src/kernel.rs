@@ -52,8 +52,15 @@ pub trait Kernel: Send + Sync + 'static {
     fn state(&self, name: &str) -> ModuleState;
     /// Inserts the module file at `path` with `options` (`finit_module`).
     fn load_file(&self, name: &str, path: &Path, options: &str) -> Result<(), Errno>;
-    /// Runs an `install` command from modprobe.d for module `name`.
-    fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure>;
+    /// Runs the `install` command `command` from modprobe.d for module `name`, with the module's
+    /// `configured` options and the request's validated `params` in place of `$CMDLINE_OPTS`.
+    fn run_install(
+        &self,
+        name: &str,
+        command: &str,
+        configured: &str,
+        params: &str,
+    ) -> Result<(), InstallFailure>;
 
     /// How [`Kernel::load_file`] will hand the file at `path` to the kernel (for the record).
     fn hand_over(&self, _path: &Path) -> Method {
@@ -154,12 +161,18 @@ impl Kernel for SysKernel {
         }
     }
 
-    fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
+    fn run_install(
+        &self,
+        name: &str,
+        command: &str,
+        configured: &str,
+        params: &str,
+    ) -> Result<(), InstallFailure> {
         if let Some(socket) = &self.install_runner {
+            // The runner reads the command and the configured options itself.
             let request = InstallRequest {
                 module: name.to_string(),
-                command: command.to_string(),
-                options: options.to_string(),
+                params: params.split_whitespace().map(str::to_string).collect(),
             };
             match install_runner::run_through(socket, &request) {
                 Ok(outcome) => return outcome,
@@ -174,7 +187,7 @@ impl Kernel for SysKernel {
                 ),
             }
         }
-        run_install_command(name, command, options)
+        run_install_command(name, command, &join_options(configured, params))
     }
 }
 
@@ -281,18 +294,20 @@ pub fn settled_outcome(kernel: &dyn Kernel, node: &ModuleNode) -> Option<ModuleO
     }
 }
 
-/// Makes the one load attempt for `node` (its dependencies are the caller's business): the
-/// syscall or install command, then the `EEXIST` rule. Blocks for as long as the module's init.
-pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, options: &str) -> ModuleOutcome {
+/// Makes the one load attempt for `node` (its dependencies are the caller's business) with the
+/// request's validated `params` after the module's configured options: the syscall or install
+/// command, then the `EEXIST` rule. Blocks for as long as the module's init.
+pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, params: &str) -> ModuleOutcome {
+    let options = join_options(&node.options, params);
     match &node.method {
         LoadMethod::Builtin => ModuleOutcome::Builtin,
-        LoadMethod::Install(command) => match kernel.run_install(&node.name, command, options) {
+        LoadMethod::Install(command) => match kernel.run_install(&node.name, command, &node.options, params) {
             Ok(()) => ModuleOutcome::Loaded,
             Err(InstallFailure(message)) => {
                 ModuleOutcome::Failed(Failure::without_errno(&node.name, message))
             }
         },
-        LoadMethod::File(path) => insert_file(kernel, &node.name, path, options),
+        LoadMethod::File(path) => insert_file(kernel, &node.name, path, &options),
         // libkmod's insert of a module without a path: "could not find module", ENOENT.
         LoadMethod::Missing => ModuleOutcome::Failed(Failure {
             module: node.name.clone(),
@@ -382,7 +397,7 @@ mod tests {
         fn load_file(&self, _: &str, _: &Path, _: &str) -> Result<(), Errno> {
             Err(self.0)
         }
-        fn run_install(&self, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
+        fn run_install(&self, _: &str, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
             Ok(())
         }
     }
@@ -414,7 +429,7 @@ mod tests {
         fn load_file(&self, _: &str, _: &Path, _: &str) -> Result<(), Errno> {
             self.0.lock().unwrap().remove(0)
         }
-        fn run_install(&self, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
+        fn run_install(&self, _: &str, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
             Ok(())
         }
     }

@@ -12,7 +12,7 @@
 //! A libkmod context is not thread-safe, so [`KmodResolver`] is not `Send`. [`ResolverHandle`]
 //! runs one on a dedicated thread and serves async callers over a channel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -357,79 +357,50 @@ impl ContextSpec {
     }
 }
 
-/// The `install` lines and `options` of the configuration libkmod reads (modprobe.d and the
-/// kernel command line's `MODULE.PARAM=`): what the install-command runner checks a request
-/// against (see `crate::install_runner`).
-#[derive(Debug, Default)]
-pub struct InstallConfig {
-    /// (name the line is for, command) of every `install` line.
-    commands: HashSet<(String, String)>,
-    /// Every whitespace-separated word of every `options` line.
-    option_words: HashSet<String>,
+/// A module's `install` line as modprobe would run it: libkmod's first `install` line whose
+/// pattern matches the name, and the module's own options (modprobe.d and the kernel command
+/// line's `MODULE.PARAM=`). What the install-command runner runs (see `crate::install_runner`):
+/// it reads both itself instead of taking the daemon's word for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallLine {
+    /// The command, before `$CMDLINE_OPTS` is replaced.
+    pub command: String,
+    /// The module's configured options.
+    pub options: String,
 }
 
-impl InstallConfig {
-    /// Reads the configuration of a libkmod context for `module_dir` with `config_dirs` (or
-    /// libkmod's default directories when `None`), as [`KmodResolver::new`] would.
-    pub fn read(module_dir: &Path, config_dirs: Option<&[PathBuf]>) -> Result<Self, ResolverError> {
+impl InstallLine {
+    /// The line for module `name` in the configuration of a libkmod context for `module_dir`
+    /// with `config_dirs` (libkmod's default directories when `None`), as
+    /// [`KmodResolver::new`] would read it; `None` when no `install` line matches. `name` must
+    /// already be a valid module name ([`crate::target::looks_like_module_name`]): libkmod
+    /// makes a module object of it, nothing more.
+    pub fn lookup(
+        module_dir: &Path,
+        config_dirs: Option<&[PathBuf]>,
+        name: &str,
+    ) -> Result<Option<Self>, ResolverError> {
         let ctx = ContextSpec::new(module_dir, config_dirs)?.context()?;
-        let commands = config_pairs(&ctx, ffi::kmod_config_get_install_commands);
-        let option_words = config_pairs(&ctx, ffi::kmod_config_get_options)
-            .into_iter()
-            .flat_map(|(_, options)| {
-                let words: Vec<String> = options.split_whitespace().map(str::to_string).collect();
-                words
-            })
-            .collect();
-        Ok(InstallConfig {
-            commands: commands.into_iter().collect(),
-            option_words,
-        })
-    }
-
-    /// Whether an `install` line with exactly this command is configured for module `name`
-    /// (the line's name is a shell pattern to libkmod, as to `kmod_module_get_install_commands`).
-    pub fn has_command(&self, name: &str, command: &str) -> bool {
-        let Ok(c_name) = CString::new(name) else {
-            return false;
+        let err = |errno| ResolverError::Lookup {
+            target: name.to_string(),
+            errno,
         };
-        self.commands.iter().any(|(pattern, configured)| {
-            configured == command
-                && CString::new(pattern.as_str()).is_ok_and(|pattern| {
-                    // SAFETY: two valid NUL-terminated strings; fnmatch only reads them.
-                    unsafe { libc::fnmatch(pattern.as_ptr(), c_name.as_ptr(), 0) == 0 }
-                })
-        })
-    }
-
-    /// Whether `word` appears in some `options` line.
-    pub fn has_option_word(&self, word: &str) -> bool {
-        self.option_words.contains(word)
-    }
-}
-
-/// The (key, value) pairs of one of libkmod's configuration lists.
-fn config_pairs(
-    ctx: &Ctx,
-    list: unsafe extern "C" fn(*const ffi::kmod_ctx) -> *mut ffi::kmod_config_iter,
-) -> Vec<(String, String)> {
-    // SAFETY: live context; the iterator (or NULL) is ours and freed below.
-    let iter = unsafe { list(ctx.0.as_ptr()) };
-    if iter.is_null() {
-        return Vec::new();
-    }
-    let mut pairs = Vec::new();
-    // SAFETY: `iter` is a valid iterator; next() must come before the first get_key/get_value,
-    // whose strings (or NULL) live as long as the context and are copied here.
-    unsafe {
-        while ffi::kmod_config_iter_next(iter) {
-            let key = cstr_to_string(ffi::kmod_config_iter_get_key(iter));
-            let value = cstr_to_string(ffi::kmod_config_iter_get_value(iter));
-            pairs.push((key.unwrap_or_default(), value.unwrap_or_default()));
+        let c_name = CString::new(name).map_err(|_| err(libc::EINVAL))?;
+        let mut module = ptr::null_mut();
+        // SAFETY: live context, valid C string, `module` starts NULL; on success libkmod gives
+        // us a reference, released by `Module::drop`.
+        let rc =
+            unsafe { ffi::kmod_module_new_from_name(ctx.0.as_ptr(), c_name.as_ptr(), &mut module) };
+        let module = NonNull::new(module).map(Module).ok_or(err(-rc))?;
+        if rc < 0 {
+            return Err(err(-rc));
         }
-        ffi::kmod_config_iter_free_iter(iter);
+        // `kmod_module_get_install_commands` is the first matching line, as modprobe runs it.
+        Ok(module.install_command().map(|command| InstallLine {
+            command,
+            options: module.options(),
+        }))
     }
-    pairs
 }
 
 /// Shared nodes by (module name, options): see [`NodeBuilder`].

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use nix::errno::Errno;
 
-use crate::kernel::{InstallFailure, Kernel, ModuleState};
+use crate::kernel::{join_options, InstallFailure, Kernel, ModuleState};
 use crate::plan::{BlacklistScope, ModuleNode, Plan};
 use crate::protocol::{LoadRequest, Request};
 use crate::record::Requester;
@@ -221,8 +221,14 @@ impl Kernel for FakeKernel {
         self.record_and_wait(name, options)
     }
 
-    fn run_install(&self, name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
-        self.record_and_wait(name, options)
+    fn run_install(
+        &self,
+        name: &str,
+        command: &str,
+        configured: &str,
+        params: &str,
+    ) -> Result<(), InstallFailure> {
+        self.record_and_wait(name, &join_options(configured, params))
             .map_err(|e| InstallFailure(format!("{command}: {e}")))
     }
 }
