@@ -19,9 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::broker::ModuleAnswer;
 use tracing::debug;
 
-use crate::kernel::{
-    attempt_load, settled_outcome, Kernel, ModuleOutcome, ModuleState,
-};
+use crate::kernel::{attempt_load, settled_outcome, Kernel, ModuleOutcome, ModuleState};
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{OutcomeKind, TargetResult};
 use crate::resolver::KmodResolver;
@@ -100,8 +98,7 @@ pub fn load_tree(
             _ => None,
         };
         wait_while_coming(kernel, &node.name);
-        settled_outcome(kernel, node)
-            .unwrap_or_else(|| attempt_load(kernel, node, params))
+        settled_outcome(kernel, node).unwrap_or_else(|| attempt_load(kernel, node, params))
     });
     if outcome.is_ok() {
         for soft in &node.post {

@@ -291,14 +291,22 @@ mod tests {
             Ok(("/bin/echo $CMDLINE_OPTS".into(), "index=2 x=1 debug".into())),
             "own options, then the request's parameters"
         );
-        assert!(fx.command_for("nvidia", &[]).unwrap_err().contains("no install line"));
+        assert!(fx
+            .command_for("nvidia", &[])
+            .unwrap_err()
+            .contains("no install line"));
     }
 
     #[test]
     fn injected_options_names_with_arguments_and_globs_are_refused() {
         let fx = Fixture::new("install snd_* /bin/echo $CMDLINE_OPTS\n");
         for params in [
-            &["PerfLevelSrc=0x2222;", "dd", "if=/dev/null", "of=/tmp/pwned"][..],
+            &[
+                "PerfLevelSrc=0x2222;",
+                "dd",
+                "if=/dev/null",
+                "of=/tmp/pwned",
+            ][..],
             &["x=$(reboot)"],
             &["x=`id`"],
             &["x=a b"],
@@ -317,7 +325,10 @@ mod tests {
             &"snd_".repeat(20),
         ] {
             let refused = fx.command_for(module, &[]).unwrap_err();
-            assert!(refused.contains("not a module name"), "{module:?}: {refused}");
+            assert!(
+                refused.contains("not a module name"),
+                "{module:?}: {refused}"
+            );
         }
     }
 
@@ -384,11 +395,16 @@ mod tests {
         let kernel = SysKernel::default().with_install_runner(socket.clone());
         kernel.run_install("mb_ok", "/bin/false", "", "").unwrap();
         thread.join().unwrap();
-        assert!(out.exists(), "the runner ran its own line, not the daemon's");
+        assert!(
+            out.exists(),
+            "the runner ran its own line, not the daemon's"
+        );
         // The runner refuses a module without a line: proof the runner, not this process,
         // answered.
         let (_, thread) = fx.runner();
-        let refused = kernel.run_install("mb_none", "/bin/true", "", "").unwrap_err();
+        let refused = kernel
+            .run_install("mb_none", "/bin/true", "", "")
+            .unwrap_err();
         thread.join().unwrap();
         assert!(refused.0.contains("refused"), "{}", refused.0);
         // No runner socket: runs here.

@@ -301,12 +301,14 @@ pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, params: &str) -> Mod
     let options = join_options(&node.options, params);
     match &node.method {
         LoadMethod::Builtin => ModuleOutcome::Builtin,
-        LoadMethod::Install(command) => match kernel.run_install(&node.name, command, &node.options, params) {
-            Ok(()) => ModuleOutcome::Loaded,
-            Err(InstallFailure(message)) => {
-                ModuleOutcome::Failed(Failure::without_errno(&node.name, message))
+        LoadMethod::Install(command) => {
+            match kernel.run_install(&node.name, command, &node.options, params) {
+                Ok(()) => ModuleOutcome::Loaded,
+                Err(InstallFailure(message)) => {
+                    ModuleOutcome::Failed(Failure::without_errno(&node.name, message))
+                }
             }
-        },
+        }
         LoadMethod::File(path) => insert_file(kernel, &node.name, path, &options),
         // libkmod's insert of a module without a path: "could not find module", ENOENT.
         LoadMethod::Missing => ModuleOutcome::Failed(Failure {

@@ -6,9 +6,11 @@
 //! becomes an error reply), and [`Reply`] is what goes back. The client uses the same types, so the
 //! two ends cannot drift apart.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -123,10 +125,10 @@ pub fn decode_daemon_line(line: &[u8]) -> Result<DaemonLine, serde_json::Error> 
     })
 }
 
-/// The request line as it appears on the wire. Unknown fields are refused so that a typo (say
-/// `"retyr": true`) is an error rather than silently ignored.
+/// The request line as it appears on the wire. Fields this daemon does not know are ignored and
+/// named in the reply's `ignored` (the compatibility rule of `docs/protocol.md`): a newer client's
+/// optional field must not cost a load, and a typo (say `"retyr": true`) still shows.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireRequest {
     v: u32,
     op: String,
@@ -146,7 +148,13 @@ struct WireRequest {
     origin: Option<Requester>,
     #[serde(default)]
     progress: bool,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
 }
+
+/// Most unknown field names a reply lists, and the longest name it quotes in full.
+const MAX_IGNORED: usize = 16;
+const MAX_IGNORED_NAME: usize = 64;
 
 fn default_wait() -> bool {
     true
@@ -195,6 +203,12 @@ impl ProtocolError {
 
 /// Decodes one request line (without its newline).
 pub fn decode_request(line: &[u8]) -> Result<Request, ProtocolError> {
+    decode_request_noting_unknown(line).map(|(request, _)| request)
+}
+
+/// Decodes one request line (without its newline), and names the fields it carried that this
+/// daemon does not know and ignores (at most [`MAX_IGNORED`], each cut to 64 characters).
+pub fn decode_request_noting_unknown(line: &[u8]) -> Result<(Request, Vec<String>), ProtocolError> {
     if line.len() > MAX_FRAME {
         return Err(ProtocolError::FrameTooLarge);
     }
@@ -212,7 +226,13 @@ pub fn decode_request(line: &[u8]) -> Result<Request, ProtocolError> {
     if wire.v != PROTOCOL_VERSION {
         return Err(ProtocolError::UnsupportedVersion(wire.v));
     }
-    match wire.op.as_str() {
+    let ignored = wire
+        .unknown
+        .keys()
+        .take(MAX_IGNORED)
+        .map(|name| name.chars().take(MAX_IGNORED_NAME).collect())
+        .collect();
+    let request = match wire.op.as_str() {
         "load" => decode_load(wire),
         "resolve" => {
             check_targets(&wire.targets)?;
@@ -220,7 +240,8 @@ pub fn decode_request(line: &[u8]) -> Result<Request, ProtocolError> {
         }
         "status" => Ok(Request::Status),
         other => Err(ProtocolError::UnknownOp(other.chars().take(64).collect())),
-    }
+    }?;
+    Ok((request, ignored))
 }
 
 fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
@@ -514,6 +535,10 @@ pub struct Reply {
     /// The request could not be served at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// Request fields this daemon does not know and ignored (see `docs/protocol.md`,
+    /// "Versioning").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 impl Reply {
@@ -525,6 +550,7 @@ impl Reply {
             resolved: None,
             status: None,
             error: None,
+            ignored: Vec::new(),
         }
     }
 
@@ -669,13 +695,29 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_ignored_and_named() {
+        let line = br#"{"v":1,"op":"load","targets":["x"],"retyr":true,"zz_new":{"a":[1]}}"#;
+        let (request, ignored) = decode_request_noting_unknown(line).unwrap();
+        assert!(matches!(request, Request::Load(ref l) if !l.retry && l.targets == ["x"]));
+        assert_eq!(ignored, ["retyr", "zz_new"]);
+        let many: String = (0..100)
+            .map(|i| format!(",\"f{i:03}{}\":0", "x".repeat(99)))
+            .collect();
+        let line = format!(r#"{{"v":1,"op":"status"{many}}}"#);
+        let (_, ignored) = decode_request_noting_unknown(line.as_bytes()).unwrap();
+        assert_eq!(ignored.len(), MAX_IGNORED);
+        assert!(ignored.iter().all(|n| n.len() == MAX_IGNORED_NAME));
+        let (_, ignored) = decode_request_noting_unknown(br#"{"v":1,"op":"status"}"#).unwrap();
+        assert!(ignored.is_empty());
+    }
+
+    #[test]
     fn bad_requests_get_their_kind() {
         let kind = |line: &[u8]| decode_request(line).unwrap_err().kind();
         assert_eq!(kind(b"not json"), "malformed");
         assert_eq!(kind(b"\xff\xfe"), "malformed");
         assert_eq!(kind(br#"{"v":2,"op":"status"}"#), "unsupported-version");
         assert_eq!(kind(br#"{"v":1,"op":"unload"}"#), "unknown-op");
-        assert_eq!(kind(br#"{"v":1,"op":"status","x":1}"#), "malformed");
         assert_eq!(
             kind(br#"{"v":1,"op":"load","targets":[]}"#),
             "invalid-request"

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
-    decode_request, unresponsive_marker, Progress, ProtocolError, Reply, Request, MAX_FRAME,
-    PROGRESS_INTERVAL,
+    decode_request_noting_unknown, unresponsive_marker, Progress, ProtocolError, Reply, Request,
+    MAX_FRAME, PROGRESS_INTERVAL,
 };
 use crate::record::Requester;
 use crate::service::Service;
@@ -433,13 +433,19 @@ impl Connection {
         stream: &UnixStream,
         write: &mut OwnedWriteHalf,
     ) -> Option<Reply> {
-        let request = match decode_request(line.as_bytes()) {
-            Ok(request) => request,
+        let (request, ignored) = match decode_request_noting_unknown(line.as_bytes()) {
+            Ok(decoded) => decoded,
             Err(err) => {
                 debug!(error = %err, "bad request");
                 return Some(Reply::error(&err));
             }
         };
+        if !ignored.is_empty() {
+            debug!(
+                ?ignored,
+                "request fields this daemon does not know: ignored"
+            );
+        }
         let progress = matches!(&request, Request::Load(load) if load.progress);
         let started = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval_at(started + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
@@ -450,7 +456,7 @@ impl Connection {
         let mut watch_hangup = true;
         loop {
             tokio::select! {
-                reply = &mut answer => return Some(reply),
+                reply = &mut answer => return Some(Reply { ignored, ..reply }),
                 gone = peer_hung_up(stream), if watch_hangup => {
                     if gone {
                         debug!("client hung up before its reply");

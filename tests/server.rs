@@ -780,3 +780,80 @@ fn udev_load_falls_back_on_a_refusal() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
     assert!(old_daemon.join().unwrap().contains("\"progress\":true"));
 }
+
+/// Version skew, a newer client: a request field this daemon does not know costs nothing, and
+/// the reply names it (`docs/protocol.md`, "Versioning").
+#[test]
+fn a_field_this_daemon_does_not_know_is_ignored_and_named() {
+    let server = TestServer::start(AccessPolicy::default());
+    let mut conn = server.connect();
+    let line = b"{\"v\":1,\"op\":\"load\",\"targets\":[\"mb_ok\"],\"zz_future\":{\"x\":[1]}}\n";
+    let reply = exchange(&mut conn, line).expect("a reply");
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
+    assert_eq!(reply.ignored, ["zz_future"]);
+    assert_eq!(server.kernel.calls("mb_ok"), 1);
+}
+
+/// Version skew, an older client: the line a client of 317eb22 (before progress lines) sent for
+/// udev gets exactly one line back, the reply, however long the load takes, and the reply
+/// carries no field that client did not know.
+#[test]
+fn an_older_clients_request_gets_one_reply_line_and_no_progress() {
+    use modbroker::protocol::PROGRESS_INTERVAL;
+    let server = TestServer::start(AccessPolicy::default());
+    server.kernel.hold("held");
+    let mut stream = server.connect();
+    let old_line = b"{\"v\":1,\"op\":\"load\",\"targets\":[\"held\"],\"params\":[],\"wait\":true,\
+        \"retry\":false,\"timeout_ms\":null,\"blacklist_names\":true,\
+        \"origin\":{\"kind\":\"udev\",\"subsystem\":\"pci\",\"devpath\":\"/devices/pci0000:00\"}}\n";
+    stream.write_all(old_line).unwrap();
+    server.kernel.wait_for_calls("held", 1);
+    // Nothing may arrive while the load is held, though progress lines would by now.
+    stream
+        .set_read_timeout(Some(PROGRESS_INTERVAL * 2 + PROGRESS_INTERVAL / 2))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    let early = reader.read_line(&mut line);
+    assert!(early.is_err(), "a line before the reply: {line:?}");
+    server.kernel.release("held");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let mut keys: Vec<_> = reply.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["ok", "results", "v"], "{line}");
+    assert_eq!(reply["results"][0]["outcome"], "loaded", "{line}");
+}
+
+/// `EACCES` on connect (an LSM, a socket the administrator closed) does not lose udev's load:
+/// the client loads directly.
+#[test]
+fn udev_load_falls_back_when_the_socket_refuses_access() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("closed.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let module_dir = dir.path().join("modules");
+    std::fs::create_dir_all(&module_dir).unwrap();
+    std::fs::set_permissions(&module_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modbroker"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--module-dir")
+        .arg(&module_dir)
+        .args(["load", "--udev", "pci:v0000FFFFd00000000"]);
+    let out = as_nobody(&mut cmd, 65534);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("Permission denied") && err.contains("directly"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+}
