@@ -4,9 +4,10 @@
 //! that loads it. A request for a name already in flight clones the handle and awaits the same
 //! outcome; dependencies and softdeps go through the same map, so a dependency shared by many
 //! modules loads once. A failed load's outcome is remembered for the failure window so late
-//! duplicates of the same burst get the true error without another syscall; the window runs
+//! duplicates of the same burst get the true error without another syscall. The window runs
 //! from the end of the load or of the last request the failure answered, whichever is later
-//! ([`Broker::renew_failures`]).
+//! ([`Broker::renew_failures`]), and is judged at the request's arrival: a request that came
+//! inside it is answered from it however long it then waited for the modules before this one.
 //!
 //! What is remembered, and for how long, is narrow on purpose (a remembered failure that is no
 //! longer true keeps a device without its driver): only a failure of the module's own load call,
@@ -239,16 +240,19 @@ impl Broker {
 
     /// Brings `node` (and its dependencies) into the kernel, merging with any load of the same
     /// name in flight. `params` are the request's validated parameters for this module;
-    /// `requester` is who asked, for the record.
+    /// `arrived` is when the request came (a remembered failure answers requests that came
+    /// within its window, however long they then waited for other modules); `requester` is who
+    /// asked, for the record.
     pub async fn load(
         &self,
         node: Arc<ModuleNode>,
         params: String,
         retry: bool,
+        arrived: Instant,
         requester: &Requester,
     ) -> ModuleAnswer {
         self.inner.recorder.request(&node.name, requester);
-        self.load_as(node, params, retry, None).await
+        self.load_as(node, params, retry, arrived, None).await
     }
 
     /// `load` of a dependency or softdep by the load task of module `parent`.
@@ -262,7 +266,8 @@ impl Broker {
             of: parent.to_string(),
         };
         self.inner.recorder.request(&node.name, &requester);
-        self.load_as(node, String::new(), retry, Some(parent.to_string()))
+        let now = Instant::now();
+        self.load_as(node, String::new(), retry, now, Some(parent.to_string()))
     }
 
     /// `load`, on behalf of the load task of module `parent` when there is one (for cycle checks).
@@ -271,12 +276,13 @@ impl Broker {
         node: Arc<ModuleNode>,
         params: String,
         retry: bool,
+        arrived: Instant,
         parent: Option<String>,
     ) -> BoxFuture<'static, ModuleAnswer> {
         let broker = self.clone();
         Box::pin(async move {
             loop {
-                match broker.decide(&node, &params, retry, parent.as_deref()) {
+                match broker.decide(&node, &params, retry, arrived, parent.as_deref()) {
                     Step::Done(answer) => return answer,
                     Step::Await { load, merged } => {
                         let _waiter = WaiterGuard::new(&broker, &node.name);
@@ -296,6 +302,7 @@ impl Broker {
         node: &Arc<ModuleNode>,
         params: &str,
         retry: bool,
+        arrived: Instant,
         parent: Option<&str>,
     ) -> Step {
         // In-flight loads first: in a burst almost every request ends here, without reading sysfs.
@@ -322,7 +329,7 @@ impl Broker {
         if let Some(step) = self.join_in_flight(&mut map, node, params, parent) {
             return step;
         }
-        if let Some(failure) = self.remembered_failure(&map, node, params, retry) {
+        if let Some(failure) = self.remembered_failure(&map, node, params, retry, arrived) {
             self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
             self.inner
                 .recorder
@@ -388,13 +395,15 @@ impl Broker {
         Some(Step::Await { load, merged: true })
     }
 
-    /// The failure remembered for this node and parameter set, while the window lasts.
+    /// The failure remembered for this node and parameter set, for a request that `arrived`
+    /// within its window.
     fn remembered_failure(
         &self,
         map: &MergeMap,
         node: &Arc<ModuleNode>,
         params: &str,
         retry: bool,
+        arrived: Instant,
     ) -> Option<Failure> {
         let remembered = map
             .failures
@@ -403,7 +412,8 @@ impl Broker {
             .find(|f| f.params == params)?;
         // Equal nodes (`Arc`'s `==` compares the pointer first, then the contents).
         let same_node = remembered.node == *node;
-        let fresh = remembered.at.elapsed() < self.failure_window();
+        // A request that came before the failure's last use counts as inside the window.
+        let fresh = arrived.saturating_duration_since(remembered.at) < self.failure_window();
         (same_node && fresh && !retry).then(|| remembered.failure.clone())
     }
 

@@ -6,6 +6,7 @@
 //! reply and end the connection, since the stream position is no longer trustworthy. Nothing
 //! here knows libkmod or syscalls: requests go to the [`Service`].
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -272,6 +273,91 @@ fn user_in_group(uid: u32, gid: u32) -> bool {
         || getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
 }
 
+/// What one peer may hold. Root (udev's workers, the kernel helper: the boot's requests) is
+/// never capped; everyone else the socket file lets in (a group or everyone, when the
+/// administrator widened it) shares [`ConnectionLimits::unprivileged`] connections, at most
+/// [`ConnectionLimits::per_uid`] per uid, each holding at most one unfinished line of
+/// [`MAX_FRAME`] bytes: a flood costs at most their product in buffers, and root is still served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections of peers other than root, all uids together.
+    pub unprivileged: usize,
+    /// Open connections of one uid other than root.
+    pub per_uid: usize,
+    /// How long a peer other than root may take to send a complete request line (the first
+    /// one, or the next one after a reply); then the connection is closed.
+    pub line_timeout: Duration,
+    /// The same for root (an interactive `socat` session, a stuck client).
+    pub root_line_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            unprivileged: 256,
+            per_uid: 16,
+            line_timeout: Duration::from_secs(5),
+            root_line_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The open connections by uid, against [`ConnectionLimits`].
+#[derive(Debug, Default)]
+struct OpenConnections {
+    unprivileged: usize,
+    by_uid: HashMap<u32, usize>,
+    /// When a refusal was last logged: a flood logs one line a minute, not one per connection.
+    last_warned: Option<tokio::time::Instant>,
+}
+
+impl OpenConnections {
+    /// Counts a new connection of `uid`, unless it is over the limits.
+    fn admit(&mut self, uid: u32, limits: &ConnectionLimits) -> bool {
+        if uid != 0 {
+            let held = self.by_uid.get(&uid).copied().unwrap_or(0);
+            if self.unprivileged >= limits.unprivileged || held >= limits.per_uid {
+                self.warn_refused(uid, held);
+                return false;
+            }
+            self.unprivileged += 1;
+        }
+        *self.by_uid.entry(uid).or_default() += 1;
+        true
+    }
+
+    /// Forgets a connection of `uid` that ended.
+    fn release(&mut self, uid: u32) {
+        if uid != 0 {
+            self.unprivileged = self.unprivileged.saturating_sub(1);
+        }
+        if let Some(held) = self.by_uid.get_mut(&uid) {
+            *held -= 1;
+            if *held == 0 {
+                self.by_uid.remove(&uid);
+            }
+        }
+    }
+
+    fn warn_refused(&mut self, uid: u32, held: usize) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warned
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_warned = Some(now);
+        warn!(
+            uid,
+            held,
+            unprivileged = self.unprivileged,
+            "connection limit reached: closing new connections from peers other than root \
+             (logged once a minute)"
+        );
+    }
+}
+
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting, lets every connection
 /// finish the request it is serving, and returns.
 pub async fn run(
@@ -292,7 +378,21 @@ pub async fn run_with_idle_exit(
     shutdown: CancellationToken,
     idle_exit: Option<Duration>,
 ) {
+    let limits = ConnectionLimits::default();
+    run_with_limits(listener, service, access, shutdown, idle_exit, limits).await
+}
+
+/// [`run_with_idle_exit`] with other [`ConnectionLimits`] than the defaults (for tests).
+pub async fn run_with_limits(
+    listener: UnixListener,
+    service: Service,
+    access: SharedAccess,
+    shutdown: CancellationToken,
+    idle_exit: Option<Duration>,
+    limits: ConnectionLimits,
+) {
     let mut connections = JoinSet::new();
+    let mut open = OpenConnections::default();
     let marker = listener
         .local_addr()
         .ok()
@@ -315,12 +415,25 @@ pub async fn run_with_idle_exit(
                     break;
                 }
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(uid) = ended {
+                    open.release(uid);
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     last_busy = tokio::time::Instant::now();
-                    let conn = Connection { service: service.clone(), access: access.clone(), shutdown: shutdown.clone() };
-                    connections.spawn(conn.serve(stream));
+                    // No credentials: treated as the least trusted peer.
+                    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+                    if !open.admit(uid, &limits) {
+                        continue;
+                    }
+                    let line_timeout = if uid == 0 { limits.root_line_timeout } else { limits.line_timeout };
+                    let conn = Connection { service: service.clone(), access: access.clone(), shutdown: shutdown.clone(), line_timeout };
+                    connections.spawn(async move {
+                        conn.serve(stream).await;
+                        uid
+                    });
                 }
                 Err(err) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -366,12 +479,13 @@ struct Connection {
     service: Service,
     access: SharedAccess,
     shutdown: CancellationToken,
+    /// How long the peer may take to send a complete request line.
+    line_timeout: Duration,
 }
 
 impl Connection {
     async fn serve(self, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
-        // A refused peer still gets exactly one (permission-denied) reply per request line.
         let denied = self.check_peer(read.as_ref()).err();
         // Requests are a few hundred bytes: start the buffer small (the default 8 KiB per
         // connection would dominate memory with 10,000 waiting clients); it grows as needed.
@@ -383,11 +497,16 @@ impl Connection {
                 biased;
                 next = lines.next() => next,
                 _ = self.stop_waiting(answered_any) => return,
+                _ = tokio::time::sleep(self.line_timeout) => {
+                    debug!("no complete request line in time: closing the connection");
+                    return;
+                }
             };
             let (reply, last) = match next {
                 None => return,
+                // A refused peer gets its one error reply, then the connection is closed.
                 Some(Ok(line)) => match &denied {
-                    Some(denied) => (Reply::error(denied), false),
+                    Some(denied) => (Reply::error(denied), true),
                     None => match self
                         .answer_unless_gone(&line, lines.get_ref().as_ref(), &mut write)
                         .await

@@ -137,6 +137,8 @@ impl Service {
     /// Loads one target; never fails to produce a result.
     pub async fn load_target(&self, target: &str, params: &str, how: TargetLoad) -> TargetResult {
         let started = Instant::now();
+        // tokio's clock, as the broker's failure window (tests move it forward).
+        let arrived = tokio::time::Instant::now();
         if let Err(err) = validate_target(target) {
             return invalid(target, &err.to_string());
         }
@@ -147,7 +149,7 @@ impl Service {
         self.forget_failures_after_reload();
         let answers = match plan.as_ref() {
             Plan::Load(nodes) => {
-                self.load_in_lookup_order(nodes, params, how.retry, &how.requester)
+                self.load_in_lookup_order(nodes, params, how.retry, arrived, &how.requester)
                     .await
             }
             _ => Vec::new(),
@@ -164,13 +166,14 @@ impl Service {
         nodes: &[Arc<ModuleNode>],
         params: &str,
         retry: bool,
+        arrived: tokio::time::Instant,
         requester: &Requester,
     ) -> Vec<ModuleAnswer> {
         let mut answers = Vec::with_capacity(nodes.len());
         for node in nodes {
-            let answer = self
-                .broker
-                .load(node.clone(), params.to_string(), retry, requester);
+            let answer =
+                self.broker
+                    .load(node.clone(), params.to_string(), retry, arrived, requester);
             answers.push(answer.await);
         }
         let failed: Vec<&Arc<ModuleNode>> = nodes

@@ -244,6 +244,42 @@ async fn failure_window_runs_from_the_end_of_the_request_it_answered() {
     );
 }
 
+/// A request that arrived inside the window is answered from the failure when it gets to that
+/// module, however long it first waited for another: a CPU's request waits for kvm_amd, then
+/// asks for acpi_cpufreq, which failed for the CPU's ACPI device's request meanwhile.
+#[tokio::test(start_paused = true)]
+async fn failure_window_is_judged_at_the_requests_arrival() {
+    let kernel = FakeKernel::new();
+    kernel.fail("acpi_cpufreq", Errno::ENODEV);
+    kernel.hold("kvm_amd");
+    let failing = node("acpi_cpufreq", vec![]);
+    let resolver = FixedResolver::new()
+        .with(
+            "cpu:type:x86",
+            Plan::Load(vec![node("kvm_amd", vec![]), failing.clone()]),
+        )
+        .with_module("acpi:LNXCPU:", failing);
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let acpi = load(&service, "acpi:LNXCPU:").await;
+    assert_eq!(acpi.outcome, OutcomeKind::Failed);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let cpu0 = tokio::spawn({
+        let service = service.clone();
+        async move { one_result(&service, load_request("cpu:type:x86", &[], false)).await }
+    });
+    calls_started(&kernel, "kvm_amd", 1).await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    kernel.release("kvm_amd");
+    let cpu0 = cpu0.await.expect("request task");
+    assert_eq!(cpu0.outcome, OutcomeKind::Failed, "acpi_cpufreq's failure");
+    assert_eq!(
+        kernel.calls("acpi_cpufreq"),
+        1,
+        "came 10 s after the failure: answered from it 70 s after"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differing_parameters_are_not_merged() {
     let kernel = FakeKernel::new();

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::output_within;
+use common::{on_thread_as, output_within};
 
 /// A configuration file with a typo (the key is `failure_window_secs`).
 const TYPO: &str = "failure_window = 10\n";
@@ -945,4 +945,71 @@ fn resolve_show_depends_prints_what_modprobe_prints() {
     assert_eq!(modprobe.status.code(), Some(1));
     assert_eq!(ours.status.code(), Some(1), "{}", text(&ours.stderr));
     assert!(text(&ours.stderr).contains(NO_MATCH));
+}
+
+/// `VmHWM` (peak resident memory) of `pid`, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// A flood from users the administrator let in (`socket_mode = 0o666`, `allowed_uids`): 3,000
+/// connections from 20 uids, each sending 60 KB of a line it never ends. Root's status and load
+/// requests are still answered within a second, and the daemon's peak resident memory grows by
+/// less than the documented bound (README, "Limits"): 256 connections × 64 KiB of line buffer.
+#[test]
+fn an_unprivileged_flood_leaves_root_served_and_memory_bounded() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uids: Vec<u32> = (65514..65534).collect();
+    let config = write_config(
+        dir.path(),
+        &format!("socket_mode = 0o666\nallowed_uids = {uids:?}\n"),
+    );
+    let socket = dir.path().join("modbroker.sock");
+    let daemon = Daemon::spawn(daemon_command_with(&socket, &config), socket.clone());
+    let pid = daemon.child.id();
+    let before = rss_kib(pid);
+
+    let unfinished_line = vec![b'x'; 60_000];
+    let flood: Vec<std::os::unix::net::UnixStream> = uids
+        .iter()
+        .flat_map(|&uid| {
+            let (socket, line) = (socket.clone(), unfinished_line.clone());
+            on_thread_as(uid, uid, move || {
+                (0..150)
+                    .filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok())
+                    .inspect(|s| {
+                        s.set_nonblocking(true).unwrap();
+                        // A connection the daemon closed at once refuses the write: fine.
+                        let _ = (&*s).write(&line);
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    assert!(flood.len() > 2_500, "only {} connections", flood.len());
+
+    for args in [&["status"][..], &["load", NO_MATCH]] {
+        let started = Instant::now();
+        let out = client(&socket, args);
+        let took = started.elapsed();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(took < Duration::from_secs(1), "{args:?} took {took:?}");
+    }
+    let peak = peak_rss_kib(pid);
+    drop(flood);
+    let bound_kib = 256 * 64 + 16 * 1024;
+    assert!(
+        peak.saturating_sub(before) < bound_kib,
+        "the flood raised the daemon's peak RSS from {before} to {peak} KiB"
+    );
+    eprintln!("daemon RSS: {before} KiB before, peak {peak} KiB during the flood");
 }

@@ -188,7 +188,13 @@ async fn drive(scenario: &Scenario, broker: &Broker, nodes: &[Arc<ModuleNode>]) 
         let (p, retry) = (params(req.params), req.retry);
         let handle = tokio::spawn(async move {
             broker
-                .load(node, p, retry, &Requester::this_process())
+                .load(
+                    node,
+                    p,
+                    retry,
+                    tokio::time::Instant::now(),
+                    &Requester::this_process(),
+                )
                 .await
         });
         if let Some(yields) = req.cancel_after_yields {
@@ -305,7 +311,13 @@ fn check_probes(
     for (module, variant) in probes {
         let before = kernel.total_calls();
         let node = nodes[module].clone();
-        runtime.block_on(broker.load(node, params(variant), false, &Requester::this_process()));
+        runtime.block_on(broker.load(
+            node,
+            params(variant),
+            false,
+            tokio::time::Instant::now(),
+            &Requester::this_process(),
+        ));
         let called = kernel.total_calls() > before;
         prop_assert_eq!(
             called,

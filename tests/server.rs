@@ -2,7 +2,7 @@
 //! credentials, disconnects, socket binding rules, and the `modbroker` client binary's exit
 //! statuses and messages.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use modbroker::protocol::{OutcomeKind, Reply, MAX_FRAME};
 use modbroker::record::Requester;
-use modbroker::server::{self, AccessPolicy, ListenError, SocketFile, SocketPerms};
+use modbroker::server::{
+    self, AccessPolicy, ConnectionLimits, ListenError, SocketFile, SocketPerms,
+};
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
 
 mod common;
-use common::{output_within, TestServer};
+use common::{on_thread_as, output_within, TestServer};
 
 impl TestServer {
     fn start(access: AccessPolicy) -> Self {
@@ -856,4 +858,102 @@ fn udev_load_falls_back_when_the_socket_refuses_access() {
         "{err}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("no-match"));
+}
+
+/// A peer the access list refuses gets its one `permission-denied` reply, and then the
+/// connection is closed: it cannot keep the connection, nor have it read.
+#[test]
+fn a_refused_peer_gets_one_reply_and_is_closed() {
+    let server = TestServer::start(AccessPolicy::default());
+    std::fs::set_permissions(&server.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let socket = server.socket.clone();
+    let mut stream = on_thread_as(65534, 65534, move || UnixStream::connect(socket).unwrap());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(b"{\"v\":1,\"op\":\"status\"}\n{\"v\":1,\"op\":\"status\"}\n")
+        .unwrap();
+    let reply = read_reply(&mut stream).expect("one reply");
+    assert_eq!(error_kind(&reply), "permission-denied");
+    assert!(read_reply(&mut stream).is_none(), "connection still open");
+}
+
+/// A connection that sends no complete request line in time is closed.
+#[test]
+fn a_connection_without_a_complete_line_in_time_is_closed() {
+    let limits = ConnectionLimits {
+        root_line_timeout: Duration::from_millis(300),
+        ..ConnectionLimits::default()
+    };
+    let resolver = FixedResolver::new().with_module("mb_ok", node("mb_ok", vec![]));
+    let server =
+        TestServer::start_with_limits(FakeKernel::new(), resolver, AccessPolicy::default(), limits);
+    let mut stream = server.connect();
+    stream.write_all(b"{\"v\":1,\"op\":").unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_reply(&mut stream).is_none(), "closed without a reply");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // A client that answers in time keeps being served, one line after another.
+    let mut stream = server.connect();
+    for _ in 0..3 {
+        let reply = exchange(&mut stream, b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+        assert!(reply.ok);
+    }
+}
+
+/// Peers other than root hold at most `per_uid` connections each and `unprivileged` together;
+/// more are closed at once. Root is served whatever they hold.
+#[test]
+fn connections_of_peers_other_than_root_are_capped_and_root_is_served() {
+    let limits = ConnectionLimits {
+        unprivileged: 6,
+        per_uid: 4,
+        ..ConnectionLimits::default()
+    };
+    let server = TestServer::start_with_limits(
+        FakeKernel::new(),
+        FixedResolver::new(),
+        AccessPolicy::default(),
+        limits,
+    );
+    std::fs::set_permissions(&server.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let open = |uid: u32, n: usize| {
+        let socket = server.socket.clone();
+        on_thread_as(uid, uid, move || {
+            (0..n)
+                .map(|_| UnixStream::connect(&socket).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let first = open(65534, 10);
+    let second = open(65533, 10);
+    // Accepted in order: once root's reply is back, the daemon has admitted or closed them all.
+    let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+    assert!(reply.ok, "root is served at the cap");
+    let still_open = |streams: &[UnixStream]| {
+        streams
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                let mut byte = [0u8; 1];
+                matches!((&**s).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    assert_eq!(still_open(&first), 4, "per uid");
+    assert_eq!(still_open(&second), 2, "all peers other than root together");
+    // Connections that end free their places (the daemon notices the hangups on its own time:
+    // ask, bounded, until it has).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let third = open(65532, 3);
+        let reply = exchange(&mut server.connect(), b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+        assert!(reply.ok);
+        if still_open(&third) == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "places not freed");
+    }
 }

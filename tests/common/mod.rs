@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modbroker::broker::{Broker, BrokerSettings};
-use modbroker::server::{self, AccessPolicy};
+use modbroker::server::{self, AccessPolicy, ConnectionLimits};
 use modbroker::service::Service;
 use modbroker::testing::{FakeKernel, FixedResolver};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,16 @@ impl TestServer {
         kernel: Arc<FakeKernel>,
         resolver: FixedResolver,
         access: AccessPolicy,
+    ) -> Self {
+        Self::start_with_limits(kernel, resolver, access, ConnectionLimits::default())
+    }
+
+    /// [`TestServer::start_with`] with other connection limits.
+    pub fn start_with_limits(
+        kernel: Arc<FakeKernel>,
+        resolver: FixedResolver,
+        access: AccessPolicy,
+        limits: ConnectionLimits,
     ) -> Self {
         let service = Service::new(
             Arc::new(resolver),
@@ -54,7 +64,9 @@ impl TestServer {
                 runtime.block_on(async move {
                     let listener = server::bind_socket(&socket).unwrap();
                     ready_tx.send(()).unwrap();
-                    server::run(listener, service, access, shutdown).await;
+                    let access = access.into();
+                    server::run_with_limits(listener, service, access, shutdown, None, limits)
+                        .await;
                 });
             })
         };
@@ -105,4 +117,34 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     (child.wait_with_output().unwrap(), started.elapsed())
+}
+
+/// Runs `f` on a thread whose credentials are `uid` and `gid` for the kernel, and returns what it
+/// returns: a socket it connects carries those peer credentials (`SO_PEERCRED` is taken from
+/// the connecting thread). The raw system calls change only the calling thread; glibc's
+/// wrappers would change every thread of this process. Needs root.
+pub fn on_thread_as<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "credential tests must run as root (make test does)"
+    );
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's own credentials; no pointers but a NULL
+        // group list of length 0.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        f()
+    })
+    .join()
+    .expect("thread with other credentials")
 }
