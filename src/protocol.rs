@@ -267,9 +267,28 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
 }
 
 /// Clients may say `udev` or `kernel`; the daemon itself fills in a CLI peer and dependencies.
+/// Longest `origin.subsystem` accepted (the kernel's bus and class names are short).
+pub const MAX_ORIGIN_SUBSYSTEM: usize = 64;
+/// Longest `origin.devpath` accepted: the kernel caps a whole uevent environment at 2,048 bytes.
+pub const MAX_ORIGIN_DEVPATH: usize = 2048;
+
+/// `origin` is the record's only text from the client that is kept per module: bounded here so
+/// that no request can grow the record (or the daemon) by more than this.
 fn check_origin(origin: &Requester) -> Result<(), ProtocolError> {
     match origin {
-        Requester::Udev { .. } | Requester::Kernel => Ok(()),
+        Requester::Udev { subsystem, devpath } => {
+            let too_long = |field: &Option<String>, limit: usize| {
+                field.as_ref().is_some_and(|text| text.len() > limit)
+            };
+            if too_long(subsystem, MAX_ORIGIN_SUBSYSTEM) || too_long(devpath, MAX_ORIGIN_DEVPATH) {
+                return Err(ProtocolError::Invalid(format!(
+                    "origin: subsystem is at most {MAX_ORIGIN_SUBSYSTEM} bytes, devpath at most \
+                     {MAX_ORIGIN_DEVPATH}"
+                )));
+            }
+            Ok(())
+        }
+        Requester::Kernel => Ok(()),
         _ => Err(ProtocolError::Invalid(
             "origin must be udev or kernel".into(),
         )),
@@ -709,6 +728,24 @@ mod tests {
         assert!(ignored.iter().all(|n| n.len() == MAX_IGNORED_NAME));
         let (_, ignored) = decode_request_noting_unknown(br#"{"v":1,"op":"status"}"#).unwrap();
         assert!(ignored.is_empty());
+    }
+
+    #[test]
+    fn oversized_origins_are_invalid() {
+        let line = |subsystem: usize, devpath: usize| {
+            format!(
+                r#"{{"v":1,"op":"load","targets":["x"],"origin":{{"kind":"udev","subsystem":"{}","devpath":"{}"}}}}"#,
+                "s".repeat(subsystem),
+                "d".repeat(devpath)
+            )
+        };
+        let kind = |l: String| decode_request(l.as_bytes()).map_err(|e| e.kind());
+        assert!(kind(line(MAX_ORIGIN_SUBSYSTEM, MAX_ORIGIN_DEVPATH)).is_ok());
+        assert_eq!(
+            kind(line(MAX_ORIGIN_SUBSYSTEM + 1, 1)),
+            Err("invalid-request")
+        );
+        assert_eq!(kind(line(1, 40_000)), Err("invalid-request"));
     }
 
     #[test]

@@ -43,6 +43,35 @@ pub const MAX_LOADS: usize = 4;
 pub const MAX_DEPENDENTS: usize = 16;
 /// Most instance files kept in [`RECORD_DIR`].
 pub const MAX_INSTANCES: usize = 64;
+/// Longest text kept from a requester's `DEVPATH` and from a load's error message (cut on a
+/// character boundary). With the limits above, one instance's file stays under about 20 MB
+/// whatever its clients send; a real boot's is 10 to 50 KB.
+pub const MAX_TEXT: usize = 512;
+
+/// `text` cut to at most [`MAX_TEXT`] bytes, on a character boundary.
+fn bounded(text: &str) -> String {
+    let mut cut = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_string()
+}
+
+/// `requester` as the record keeps it: its texts cut to [`MAX_TEXT`].
+fn bounded_requester(requester: &Requester) -> Requester {
+    match requester {
+        Requester::Udev { subsystem, devpath } => Requester::Udev {
+            subsystem: subsystem.as_deref().map(bounded),
+            devpath: devpath.as_deref().map(bounded),
+        },
+        Requester::Cli { uid, comm } => Requester::Cli {
+            uid: *uid,
+            comm: comm.as_deref().map(bounded),
+        },
+        Requester::Dependency { of } => Requester::Dependency { of: bounded(of) },
+        Requester::Kernel => Requester::Kernel,
+    }
+}
 
 /// Which part of the boot a daemon instance served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -342,7 +371,7 @@ impl State {
             arrivals_dropped: 0,
             requests: RequestCounts::default(),
             dependency_of: Vec::new(),
-            first_requester: requester.clone(),
+            first_requester: bounded_requester(requester),
             loads: Vec::new(),
             loads_dropped: 0,
         });
@@ -532,7 +561,7 @@ impl LoadTimer {
             outcome,
             errno: failure.and_then(|f| f.errno),
             errno_name: failure.and_then(|f| f.errno_name.clone()),
-            error: failure.map(|f| f.message.clone()),
+            error: failure.map(|f| bounded(&f.message)),
             answered,
         }
     }

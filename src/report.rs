@@ -529,7 +529,32 @@ fn summary_text(s: &Summary) -> String {
 }
 
 /// `modbroker blame`'s text: the totals, then one line per module and phase, longest first.
+/// Control characters (from a uevent's `DEVPATH`, a process's `comm`, an error message) are
+/// shown escaped, never sent to the terminal.
 pub fn blame_text(blame: &Blame) -> String {
+    escape_control_chars(&blame_lines(blame))
+}
+
+/// `text` with every control character but the newline written as `\xNN` (`\u{NN}` above
+/// U+007F), so that printing it cannot move the cursor, retitle the terminal or hide lines.
+pub fn escape_control_chars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push(c),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn blame_lines(blame: &Blame) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1061,6 +1086,19 @@ mod tests {
         assert_eq!(tick_label(1_500_000, 500_000), "1.5s");
         assert_eq!(tick_label(20_000_000, 5_000_000), "20s");
         assert_eq!(tick_label(50_000, 50_000), "0.05s");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_control_chars("a\x1b]0;owned\x07b\n\u{9b}2Jc\td"),
+            "a\\x1b]0;owned\\x07b\n\\u{9b}2Jc\\x09d"
+        );
+        let udev = Requester::Udev {
+            subsystem: Some("pci".into()),
+            devpath: Some("/devices/\x1b[2J".into()),
+        };
+        assert!(!escape_control_chars(&requester_text(&udev)).contains('\x1b'));
     }
 
     #[test]

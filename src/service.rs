@@ -109,7 +109,8 @@ impl Service {
         let how = TargetLoad {
             retry: request.retry,
             blacklist: BlacklistScope::names_too(request.blacklist_names),
-            requester: request.origin.unwrap_or_else(Requester::this_process),
+            // One copy per request, shared by its targets.
+            requester: Arc::new(request.origin.unwrap_or_else(Requester::this_process)),
         };
         let jobs = request.targets.iter().map(|target| {
             let this = self.clone();
@@ -233,7 +234,7 @@ pub struct TargetLoad {
     /// Whom the blacklist refuses.
     pub blacklist: BlacklistScope,
     /// Who asked, for the record.
-    pub requester: Requester,
+    pub requester: Arc<Requester>,
 }
 
 impl Default for TargetLoad {
@@ -242,7 +243,7 @@ impl Default for TargetLoad {
         TargetLoad {
             retry: false,
             blacklist: BlacklistScope::default(),
-            requester: Requester::this_process(),
+            requester: Arc::new(Requester::this_process()),
         }
     }
 }

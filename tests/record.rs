@@ -258,3 +258,26 @@ fn only_udev_and_kernel_origins_come_from_the_wire() {
     request.origin = None;
     assert!(!Request::Load(request).encode().contains("origin"));
 }
+
+/// What a client sends is kept in the record only up to `MAX_TEXT` bytes per text, so no
+/// request can grow the record (or the daemon) without bound: a long `DEVPATH` (a hostile
+/// client's; the protocol itself accepts up to 2,048 bytes) is cut on a character boundary.
+#[tokio::test]
+async fn texts_from_clients_are_kept_bounded() {
+    let kernel = FakeKernel::new();
+    kernel.fail("mb_fail", Errno::ENODEV);
+    let resolver = FixedResolver::new().with_module("mb_fail", node("mb_fail", vec![]));
+    let service = service(&kernel, resolver, Phase::Root);
+    let devpath = format!("/devices/{}", "\u{e9}".repeat(1000));
+    service.handle(udev("mb_fail", &devpath)).await;
+    let record = snapshot(&service);
+    let Requester::Udev {
+        devpath: Some(kept),
+        ..
+    } = &module(&record, "mb_fail").first_requester
+    else {
+        panic!("not a udev requester")
+    };
+    assert!(kept.len() <= record::MAX_TEXT && kept.len() > record::MAX_TEXT - 2);
+    assert!(devpath.starts_with(kept.as_str()));
+}

@@ -410,7 +410,7 @@ async fn serve(
     }
     // The totals outlive the process in the log: an initramfs daemon's are all that is left of it.
     let t = service.broker().counters().totals();
-    write_record(service.broker(), &record_dir, true);
+    write_record(service.broker(), &record_dir, true).await;
     info!(
         requests = t.requests,
         merged = t.merged,
@@ -433,24 +433,32 @@ async fn keep_record_written(broker: Broker, dir: PathBuf) {
         tokio::time::sleep(RECORD_INTERVAL).await;
         let now = (broker.recorder().generation(), broker.counters().totals());
         if written.as_ref() != Some(&now) {
-            write_record(&broker, &dir, false);
+            write_record(&broker, &dir, false).await;
             written = Some(now);
         }
     }
 }
 
 /// Writes this instance's record file; a failure is logged (at most once until a write works
-/// again) and never stops the daemon.
-fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
+/// again) and never stops the daemon. The snapshot is taken here; serialising and writing it
+/// (up to a few MB at the record's limits) run on the blocking pool, never on the thread that
+/// serves requests.
+async fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
     static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let recorder = broker.recorder();
     let snapshot = recorder.snapshot(broker.counters().totals(), stopped);
-    match record::write_record(dir, &recorder.file_name(), &snapshot) {
-        Ok(()) => FAILING.store(false, Ordering::Relaxed),
-        Err(err) if !FAILING.swap(true, Ordering::Relaxed) => {
+    let (dir, name) = (dir.to_path_buf(), recorder.file_name());
+    let written = tokio::task::spawn_blocking(move || {
+        record::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => FAILING.store(false, Ordering::Relaxed),
+        Ok(Err((dir, err))) if !FAILING.swap(true, Ordering::Relaxed) => {
             warn!(dir = %dir.display(), error = %err, "cannot write the boot's record")
         }
-        Err(_) => {}
+        Ok(Err(_)) => {}
+        Err(err) => warn!(error = %err, "record writer thread failed"),
     }
 }
 
