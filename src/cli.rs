@@ -48,8 +48,9 @@ pub enum Command {
         /// alive (up to half udev's event timeout), load directly once it is silent for 20 s
         #[arg(long)]
         udev: bool,
-        /// Module name or modalias
-        target: String,
+        /// Module name or modalias; with --udev, none means the uevent's MODALIAS from the
+        /// environment, read as is (as udev's builtin `kmod load`)
+        target: Option<String>,
         /// Module parameters, NAME=VALUE
         params: Vec<String>,
     },

@@ -957,3 +957,29 @@ fn connections_of_peers_other_than_root_are_capped_and_root_is_served() {
         assert!(std::time::Instant::now() < deadline, "places not freed");
     }
 }
+
+/// `load --udev` without a target reads the uevent's MODALIAS from its environment byte for
+/// byte, as udev's builtin does (80-drivers.rules no longer puts it on a command line that udev
+/// would split at whitespace and unquote); without one it is a usage error.
+#[test]
+fn udev_load_reads_the_modalias_from_the_environment_as_it_is() {
+    // Quotes udev would take away; whitespace never reaches a target (the kernel leaves none in
+    // a modalias, and the protocol refuses it).
+    let modalias = "of:NfooT<NULL>Cvendor,\"model'x\"";
+    let resolver = FixedResolver::new().with_module(modalias, node("mb_ok", vec![]));
+    let server = TestServer::start_with(FakeKernel::new(), resolver, AccessPolicy::default());
+    let out = server
+        .client(&["load", "--udev"])
+        .env("MODALIAS", modalias)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(server.kernel.calls("mb_ok"), 1, "{}", stderr(&out));
+    let out = server
+        .client(&["load", "--udev"])
+        .env_remove("MODALIAS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("needs MODALIAS"), "{}", stderr(&out));
+}
