@@ -408,7 +408,7 @@ pub async fn run_with_limits(
             _ = prune.tick() => service.broker().prune_failures(),
             _ = alive.tick(), if marker.is_some() => clear_marker(marker.as_deref()),
             _ = idle_check.tick(), if idle_exit.is_some() => {
-                if !connections.is_empty() || service.broker().in_flight_count() > 0 {
+                if !connections.is_empty() || service.broker().in_flight_count() > 0 || service.background_count() > 0 {
                     last_busy = tokio::time::Instant::now();
                 } else if idle_exit.is_some_and(|idle| last_busy.elapsed() >= idle) {
                     info!("idle: exiting until the next connection");
@@ -449,9 +449,10 @@ pub async fn run_with_limits(
         "shutting down: finishing requests and loads in progress"
     );
     while connections.join_next().await.is_some() {}
-    // Loads nobody waits on any more (`wait: false`, clients gone) still get to finish: a module
-    // half-way through its init must not be abandoned by a daemon restart.
-    while service.broker().in_flight_count() > 0 {
+    // Loads nobody waits on any more (`wait: false`, still being resolved or loading; clients
+    // gone) still get to finish: a module half-way through its init must not be abandoned by a
+    // daemon restart.
+    while service.broker().in_flight_count() > 0 || service.background_count() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -46,6 +46,9 @@ pub struct Service {
     started: Instant,
     /// The resolver's reload count when the broker's failure memory was last made to match it.
     reloads_seen: Arc<AtomicU64>,
+    /// `wait: false` targets accepted and not yet done (still being resolved, or loading): a
+    /// shutdown waits for them as for loads in flight.
+    background: Arc<AtomicU64>,
 }
 
 impl Service {
@@ -53,6 +56,7 @@ impl Service {
     pub fn new(resolver: Arc<dyn Resolve>, broker: Broker) -> Self {
         Service {
             reloads_seen: Arc::new(AtomicU64::new(resolver.reload_count())),
+            background: Arc::default(),
             resolver,
             broker,
             started: Instant::now(),
@@ -72,6 +76,11 @@ impl Service {
     /// The broker (for status and housekeeping).
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// `wait: false` targets accepted and not yet done: a shutdown waits for these too.
+    pub fn background_count(&self) -> u64 {
+        self.background.load(Ordering::Acquire)
     }
 
     /// Serves one request.
@@ -117,8 +126,16 @@ impl Service {
             let (target, params, how) = (target.clone(), params.clone(), how.clone());
             async move {
                 if !request.wait {
+                    // Refused at once, not `queued` for a load that will never be.
+                    if let Err(err) = validate_target(&target) {
+                        return invalid(&target, &err.to_string());
+                    }
                     let queued = queued(&target);
-                    tokio::spawn(async move { this.load_target(&target, &params, how).await });
+                    let background = BackgroundGuard::new(&this.background);
+                    tokio::spawn(async move {
+                        this.load_target(&target, &params, how).await;
+                        drop(background);
+                    });
                     return queued;
                 }
                 let started = Instant::now();
@@ -366,4 +383,20 @@ fn timed_out(target: &str, started: Instant) -> TargetResult {
 fn resolve_failed(target: &str, message: String, started: Instant) -> TargetResult {
     let message = format!("cannot resolve: {message}");
     bare_result(target, OutcomeKind::Failed, Some(message), Some(started))
+}
+
+/// Counts one `wait: false` target from its acceptance until its task ends (or is dropped).
+struct BackgroundGuard(Arc<AtomicU64>);
+
+impl BackgroundGuard {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        BackgroundGuard(count.clone())
+    }
+}
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -1013,3 +1013,35 @@ fn an_unprivileged_flood_leaves_root_served_and_memory_bounded() {
     );
     eprintln!("daemon RSS: {before} KiB before, peak {peak} KiB during the flood");
 }
+
+/// initramfs-tools' init-top script waits up to 5 s for the daemon's socket, but not for a
+/// daemon that has died (a missing library, a bad binary): the coldplug then starts at once and
+/// every request loads directly. Run here with its paths moved into a temporary directory.
+#[test]
+fn init_top_does_not_wait_for_a_daemon_that_died() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/initramfs-tools/scripts/init-top/modbroker"
+    ))
+    .unwrap();
+    let root = dir.path().display().to_string();
+    for name in ["modbrokerd", "modbroker"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let moved = script
+        .replace("/usr/bin/", &format!("{root}/"))
+        .replace("/run/", &format!("{root}/run/"));
+    assert!(!moved.contains("/usr/bin/") && moved.contains(&format!("{root}/modbrokerd")));
+    let started = Instant::now();
+    let out = Command::new("sh").arg("-c").arg(&moved).output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        took < Duration::from_secs(3),
+        "waited {took:?} for a dead daemon"
+    );
+    assert!(dir.path().join("run/modbroker/initramfs.pid").is_file());
+}

@@ -103,3 +103,38 @@ async fn a_module_without_a_file_fails_with_enoent_and_no_call() {
     let totals = service.broker().counters().totals();
     assert_eq!((totals.load_calls, totals.failed_loads), (0, 0));
 }
+
+/// `wait: false`: an invalid target gets `invalid` at once, not `queued` for a load that will
+/// never be; a valid one is `queued`, and counted until its background load has ended, so that
+/// a shutdown waits for it even while it is still being resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_wait_refuses_invalid_targets_and_counts_background_loads() {
+    let kernel = FakeKernel::new();
+    kernel.hold("mb_ok");
+    let service = service(
+        &kernel,
+        FixedResolver::new().with_module("mb_ok", node("mb_ok", vec![])),
+    );
+    let line = r#"{"v":1,"op":"load","targets":["../etc","mb_ok"],"wait":false}"#;
+    let request = modbroker::protocol::decode_request(line.as_bytes()).unwrap();
+    let results = service.handle(request).await.results.unwrap();
+    assert_eq!(results[0].outcome, OutcomeKind::Invalid);
+    assert_eq!(results[1].outcome, OutcomeKind::Queued);
+    assert_eq!(service.background_count(), 1);
+    let waiting = kernel.clone();
+    tokio::task::spawn_blocking(move || waiting.wait_for_calls("mb_ok", 1))
+        .await
+        .unwrap();
+    assert_eq!(service.background_count(), 1, "still loading");
+    kernel.release("mb_ok");
+    // The background task ends on its own time: wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while service.background_count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background load not counted down"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(kernel.calls("mb_ok"), 1);
+}
