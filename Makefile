@@ -136,7 +136,12 @@ install: build docs
 		install -D -m 0644 build/docs/completions/$$b.fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish; \
 	done
 
+# On the running system (no DESTDIR, systemd running) the units are stopped and disabled before
+# their files go, and systemd and udev reload after: removed unit files would leave the daemon
+# running and dangling enablement links. Requests meanwhile load directly or through the builtin.
+LIVE_SYSTEMD = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
 uninstall:
+	if $(LIVE_SYSTEMD); then systemctl disable --now modbroker.socket modbroker-install.socket modbroker.service || true; fi
 	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
 	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket \
 		$(DESTDIR)$(UNITDIR)/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install@.service
@@ -150,6 +155,7 @@ uninstall:
 		rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/$$b $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_$$b \
 			$(DESTDIR)$(DATADIR)/fish/vendor_completions.d/$$b.fish; \
 	done
+	if $(LIVE_SYSTEMD); then systemctl daemon-reload; udevadm control --reload || true; fi
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/modbroker/modbroker.toml; rebuild the initramfs (update-initramfs -u or dracut -f)"
 
 clean:
