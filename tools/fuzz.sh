@@ -16,7 +16,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
-targets=${FUZZ_TARGETS:-"decode_request validate_target"}
+targets=${FUZZ_TARGETS:-"decode_request validate_target install_request"}
 sanitizer=${FUZZ_SANITIZER:-address}
 cargo_fuzz_version=${CARGO_FUZZ_VERSION:-0.13.2}
 
