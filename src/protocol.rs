@@ -311,7 +311,8 @@ fn check_targets(targets: &[String]) -> Result<(), ProtocolError> {
 impl Request {
     /// Encodes the request as one JSON line (with its newline), as the client sends it.
     /// `blacklist_names` and `progress` are sent only when true, and `origin` only when set, so that a request
-    /// without them still reaches a daemon older than the fields (which refuses unknown fields).
+    /// without them still reaches a daemon older than the fields (daemons before the
+    /// compatibility rule refuse unknown fields).
     pub fn encode(&self) -> String {
         let value = match self {
             Request::Load(load) => {
@@ -640,7 +641,7 @@ mod tests {
     }
 
     /// `progress` is optional (older clients never send it and get no progress lines) and sent
-    /// only when true (older daemons refuse unknown fields).
+    /// only when true (daemons before the compatibility rule refuse unknown fields).
     #[test]
     fn progress_is_optional_and_sent_only_when_set() {
         let line = br#"{"v":1,"op":"load","targets":["kvm"]}"#;
