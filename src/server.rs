@@ -702,3 +702,45 @@ fn peer_groups(fd: RawFd) -> Vec<u32> {
     }
     Vec::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A flood in any order of opens (by root and a handful of other uids) and closes:
+        /// root is always admitted; other uids never hold more than `per_uid` each nor
+        /// `unprivileged` together; a refusal happens only at a limit; and once every admitted
+        /// connection has closed, nothing is held (no place leaks).
+        #[test]
+        fn connection_limits_hold_under_any_flood(
+            events in prop::collection::vec((0u32..6, any::<bool>(), any::<prop::sample::Index>()), 1..400),
+        ) {
+            let limits = ConnectionLimits { unprivileged: 7, per_uid: 3, ..ConnectionLimits::default() };
+            let mut open = OpenConnections::default();
+            let mut held: Vec<u32> = Vec::new();
+            for (uid, opens, which) in events {
+                if opens || held.is_empty() {
+                    let others = held.iter().filter(|&&u| u != 0).count();
+                    let mine = held.iter().filter(|&&u| u == uid).count();
+                    let room = uid == 0 || (others < limits.unprivileged && mine < limits.per_uid);
+                    prop_assert_eq!(open.admit(uid, &limits), room);
+                    if room {
+                        held.push(uid);
+                    }
+                } else {
+                    let uid = held.swap_remove(which.index(held.len()));
+                    open.release(uid);
+                }
+                prop_assert!(open.unprivileged <= limits.unprivileged);
+                prop_assert_eq!(open.unprivileged, held.iter().filter(|&&u| u != 0).count());
+            }
+            for uid in held.drain(..) {
+                open.release(uid);
+            }
+            prop_assert_eq!(open.unprivileged, 0);
+            prop_assert!(open.by_uid.is_empty());
+        }
+    }
+}

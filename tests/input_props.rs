@@ -105,3 +105,28 @@ fn oversized_line_is_refused_before_parsing() {
     let line = vec![b'{'; MAX_FRAME + 1];
     assert_eq!(decode_request(&line).unwrap_err().kind(), "frame-too-large");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Version skew: a request carrying fields this daemon does not know (a newer client's) is
+    /// served exactly as without them, and the reply names them (at most 16, each cut to 64
+    /// characters).
+    #[test]
+    fn unknown_fields_change_nothing_and_are_named(
+        extra in prop::collection::btree_map("zz_[a-z_]{1,80}", any::<Option<i64>>(), 0..24),
+        target in "[a-z_]{1,20}",
+        retry in any::<bool>(),
+    ) {
+        use modbroker::protocol::decode_request_noting_unknown;
+        let mut value = serde_json::json!({"v": 1, "op": "load", "targets": [target], "retry": retry});
+        let plain = decode_request(value.to_string().as_bytes()).unwrap();
+        for (name, v) in &extra {
+            value[name] = serde_json::json!(v);
+        }
+        let (request, ignored) = decode_request_noting_unknown(value.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(request, plain);
+        let expected: Vec<String> = extra.keys().take(16).map(|k| k.chars().take(64).collect()).collect();
+        prop_assert_eq!(ignored, expected);
+    }
+}
