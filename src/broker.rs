@@ -417,21 +417,30 @@ impl Broker {
         (same_node && fresh && !retry).then(|| remembered.failure.clone())
     }
 
-    /// Restarts the failure window of the remembered failures of `nodes` (for `params`). The
-    /// service calls this when a request that met those failures ends: a failure is remembered
-    /// for the window after the last request it answered has ended, not only after its load.
-    /// On a many-CPU machine one burst of requests for a failing module (one per CPU) can queue
-    /// behind slow loads in udev's workers for longer than the window, and is still one burst.
-    pub fn renew_failures(&self, nodes: &[&Arc<ModuleNode>], params: &str) {
-        let now = Instant::now();
+    /// Restarts the failure window of the remembered failures of `nodes` (for `params`) at
+    /// `at`: the service calls this when a request that needs those modules arrives (with
+    /// `only_fresh`: a failure already past its window stays expired) and when a request that
+    /// met those failures ends. So a failure is remembered while requests for it keep coming,
+    /// and for the window after the last of them has ended, not only after its load: on a
+    /// many-CPU machine one burst of requests for a failing module (one per CPU) queues in
+    /// udev's workers behind slow loads for longer than the window, and is still one burst.
+    pub fn renew_failures(
+        &self,
+        nodes: &[&Arc<ModuleNode>],
+        params: &str,
+        at: Instant,
+        only_fresh: bool,
+    ) {
+        let window = self.failure_window();
         let mut map = self.lock();
         for node in nodes {
             let Some(remembered) = map.failures.get_mut(&node.name) else {
                 continue;
             };
             for failure in remembered.iter_mut() {
-                if failure.params == params && failure.node == **node {
-                    failure.at = now;
+                let fresh = at.saturating_duration_since(failure.at) < window;
+                if failure.params == params && failure.node == **node && (fresh || !only_fresh) {
+                    failure.at = failure.at.max(at);
                 }
             }
         }

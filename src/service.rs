@@ -187,6 +187,8 @@ impl Service {
         arrived: tokio::time::Instant,
         requester: &Requester,
     ) -> Vec<ModuleAnswer> {
+        let all: Vec<&Arc<ModuleNode>> = nodes.iter().collect();
+        self.broker.renew_failures(&all, params, arrived, true);
         let mut answers = Vec::with_capacity(nodes.len());
         for node in nodes {
             let answer =
@@ -200,7 +202,8 @@ impl Service {
             .filter(|(_, answer)| matches!(answer.outcome, ModuleOutcome::Failed(_)))
             .map(|(node, _)| node)
             .collect();
-        self.broker.renew_failures(&failed, params);
+        let ended = tokio::time::Instant::now();
+        self.broker.renew_failures(&failed, params, ended, false);
         answers
     }
 

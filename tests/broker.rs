@@ -280,6 +280,50 @@ async fn failure_window_is_judged_at_the_requests_arrival() {
     );
 }
 
+/// Requests that keep arriving less than a window apart keep a failure remembered, however long
+/// the burst lasts: udev's workers take the CPUs' events a few at a time, each after the last
+/// one's wait for kvm_amd.
+#[tokio::test(start_paused = true)]
+async fn failure_window_slides_while_requests_keep_arriving() {
+    let kernel = FakeKernel::new();
+    kernel.fail("acpi_cpufreq", Errno::ENODEV);
+    kernel.hold("kvm_amd");
+    let failing = node("acpi_cpufreq", vec![]);
+    let resolver = FixedResolver::new()
+        .with(
+            "cpu:type:x86",
+            Plan::Load(vec![node("kvm_amd", vec![]), failing.clone()]),
+        )
+        .with_module("acpi:LNXCPU:", failing);
+    let service = service(&kernel, resolver, Duration::from_secs(30));
+
+    let first = load(&service, "acpi:LNXCPU:").await;
+    assert_eq!(first.outcome, OutcomeKind::Failed);
+    // Two CPUs' requests, 25 and 50 s after the failure, both still waiting for kvm_amd ...
+    let mut cpus = Vec::new();
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(25)).await;
+        cpus.push(tokio::spawn({
+            let service = service.clone();
+            async move { one_result(&service, load_request("cpu:type:x86", &[], false)).await }
+        }));
+        tokio::task::yield_now().await;
+    }
+    calls_started(&kernel, "kvm_amd", 1).await;
+    // ... and 75 s after it, another ACPI CPU device's: 25 s after the last request came.
+    tokio::time::advance(Duration::from_secs(25)).await;
+    let late = load(&service, "acpi:LNXCPU:").await;
+    let calls_then = kernel.calls("acpi_cpufreq");
+    // Released before any assertion: a held load would keep a failing test from ending.
+    kernel.release("kvm_amd");
+    assert!(late.merged, "answered from the failure: {late:?}");
+    assert_eq!(calls_then, 1);
+    for cpu in cpus {
+        assert_eq!(cpu.await.unwrap().outcome, OutcomeKind::Failed);
+    }
+    assert_eq!(kernel.calls("acpi_cpufreq"), 1, "one attempt for the burst");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differing_parameters_are_not_merged() {
     let kernel = FakeKernel::new();
