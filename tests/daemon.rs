@@ -1045,3 +1045,53 @@ fn init_top_does_not_wait_for_a_daemon_that_died() {
     );
     assert!(dir.path().join("run/modbroker/initramfs.pid").is_file());
 }
+
+/// `make uninstall` on a running system stops and disables the units before their files go, and
+/// reloads systemd and udev after (here with `systemctl` and `udevadm` stand-ins that log what
+/// they were asked, and whether the unit file was still there).
+#[test]
+fn make_uninstall_stops_the_units_before_removing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, dest) = (dir.path().join("bin"), dir.path().join("dest"));
+    let unit = dest.join("usr/lib/systemd/system/modbroker.service");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+    std::fs::write(&unit, "").unwrap();
+    let log = dir.path().join("log");
+    for tool in ["systemctl", "udevadm"] {
+        let path = bin.join(tool);
+        let script = format!(
+            "#!/bin/sh\necho \"{tool} $* unit=$(test -e {} && echo present || echo gone)\" >>{}\n",
+            unit.display(),
+            log.display()
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("make")
+        .args([
+            "--no-print-directory",
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "uninstall",
+        ])
+        .arg(format!("DESTDIR={}", dest.display()))
+        .args(["PREFIX=/usr", "LIVE_SYSTEMD=true"])
+        .env("PATH", path)
+        .output()
+        .expect("make");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!unit.exists());
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "systemctl disable --now modbroker.socket modbroker-install.socket modbroker.service unit=present",
+            "systemctl daemon-reload unit=gone",
+            "udevadm control --reload unit=gone",
+        ],
+        "{log}"
+    );
+}
