@@ -244,11 +244,9 @@ async fn failure_window_runs_from_the_end_of_the_request_it_answered() {
     );
 }
 
-/// A request that arrived inside the window is answered from the failure when it gets to that
-/// module, however long it first waited for another: a CPU's request waits for kvm_amd, then
-/// asks for acpi_cpufreq, which failed for the CPU's ACPI device's request meanwhile.
-#[tokio::test(start_paused = true)]
-async fn failure_window_is_judged_at_the_requests_arrival() {
+/// A CPU's modalias matching kvm_amd (held: a slow load) and then acpi_cpufreq (failing with
+/// ENODEV), and an ACPI CPU device's matching acpi_cpufreq alone; a 30 s failure window.
+fn cpu_and_acpi_devices() -> (Arc<FakeKernel>, Service) {
     let kernel = FakeKernel::new();
     kernel.fail("acpi_cpufreq", Errno::ENODEV);
     kernel.hold("kvm_amd");
@@ -260,6 +258,15 @@ async fn failure_window_is_judged_at_the_requests_arrival() {
         )
         .with_module("acpi:LNXCPU:", failing);
     let service = service(&kernel, resolver, Duration::from_secs(30));
+    (kernel, service)
+}
+
+/// A request that arrived inside the window is answered from the failure when it gets to that
+/// module, however long it first waited for another: a CPU's request waits for kvm_amd, then
+/// asks for acpi_cpufreq, which failed for the CPU's ACPI device's request meanwhile.
+#[tokio::test(start_paused = true)]
+async fn failure_window_is_judged_at_the_requests_arrival() {
+    let (kernel, service) = cpu_and_acpi_devices();
 
     let acpi = load(&service, "acpi:LNXCPU:").await;
     assert_eq!(acpi.outcome, OutcomeKind::Failed);
@@ -285,17 +292,7 @@ async fn failure_window_is_judged_at_the_requests_arrival() {
 /// one's wait for kvm_amd.
 #[tokio::test(start_paused = true)]
 async fn failure_window_slides_while_requests_keep_arriving() {
-    let kernel = FakeKernel::new();
-    kernel.fail("acpi_cpufreq", Errno::ENODEV);
-    kernel.hold("kvm_amd");
-    let failing = node("acpi_cpufreq", vec![]);
-    let resolver = FixedResolver::new()
-        .with(
-            "cpu:type:x86",
-            Plan::Load(vec![node("kvm_amd", vec![]), failing.clone()]),
-        )
-        .with_module("acpi:LNXCPU:", failing);
-    let service = service(&kernel, resolver, Duration::from_secs(30));
+    let (kernel, service) = cpu_and_acpi_devices();
 
     let first = load(&service, "acpi:LNXCPU:").await;
     assert_eq!(first.outcome, OutcomeKind::Failed);
