@@ -29,8 +29,11 @@
 # named modbrokerd that made load calls: the daemon, plus one per fallback
 # loader; the thread-group id needs the record-tgid trace option),
 # modbrokerd_calls, modbrokerd_distinct and modbrokerd_modules (its calls, and the distinct modules
-# they were for).
+# they were for), modbrokerd_retries_after_window (its calls for a module whose previous call
+# failed at least failure_window seconds, default 30, before: the daemon's documented retry).
 # The real-boot tests (tests/boot) feed it one phase of a boot's trace each.
+
+BEGIN { if (failure_window == "") failure_window = 30 }
 
 function errname(e) {
 	if (e == 0) return "0"
@@ -105,7 +108,13 @@ END {
 		m = call_mod[c]
 		if (call_sys[c] == "finit") finit++; else init++
 		by_comm[call_comm[c]]++
-		if (call_comm[c] == "modbrokerd") { broker_calls++; if (!(m in broker_attempted)) { broker_attempted[m] = 1; broker_distinct++; broker_mods = broker_mods (broker_mods == "" ? "" : ",") m } }
+		if (call_comm[c] == "modbrokerd") {
+			broker_calls++
+			if (!(m in broker_attempted)) { broker_attempted[m] = 1; broker_distinct++; broker_mods = broker_mods (broker_mods == "" ? "" : ",") m }
+			# A module that failed is tried again by design once its failure window has passed.
+			if ((m in broker_end) && broker_ret[m] < 0 && call_t0[c] - broker_end[m] >= failure_window) broker_retries++
+			if (call_done[c]) { broker_end[m] = call_t1[c]; broker_ret[m] = call_ret[c] }
+		}
 		if (call_comm[c] ~ /udev/ && !((m, "udev") in seen_udev)) { seen_udev[m, "udev"] = 1; udev_mods = udev_mods (udev_mods == "" ? "" : ",") m }
 		if (c == 1 || call_t0[c] < first_call) first_call = call_t0[c]
 		if (call_done[c] && call_t1[c] > last_end) last_end = call_t1[c]
@@ -136,6 +145,7 @@ END {
 	print "udev_modules=" udev_mods
 	print "modbrokerd_processes=" nbroker_procs + 0
 	print "modbrokerd_calls=" broker_calls + 0; print "modbrokerd_distinct=" broker_distinct + 0
+	print "modbrokerd_retries_after_window=" broker_retries + 0
 	print "modbrokerd_modules=" broker_mods
 	print "first_call=" first_call; print "last_end=" last_end + 0
 	print "loaded_list=" list
