@@ -92,10 +92,11 @@ rc=0; start_daemon --config /tmp/short-window.toml || rc=$?
 check_eq "(d2) daemon restarted with a 3 s window" 0 "$rc"
 trace_reset
 mb_run d2c load mb_fail $FAIL_PARAMS
-failed_at=$(uptime_s)
 mb_run d2d load mb_fail $FAIL_PARAMS
 check_eq "(d2) first load 1 call, duplicate inside the 3 s window none" 1 "$(finit_calls)"
-# The window is a span of time: wait (bounded) on the clock for it to pass.
+# The window runs from the end of the last request the failure answered (d2d's), and is a span
+# of time: wait (bounded) on the clock for it to pass.
+failed_at=$(uptime_s)
 while awk -v now="$(uptime_s)" -v t="$failed_at" 'BEGIN{exit !(now - t < 3.2)}'; do usleep 100000; done
 trace_reset
 mb_run d2e load mb_fail $FAIL_PARAMS
