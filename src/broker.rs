@@ -424,9 +424,9 @@ impl Broker {
     /// and for the window after the last of them has ended, not only after its load: on a
     /// many-CPU machine one burst of requests for a failing module (one per CPU) queues in
     /// udev's workers behind slow loads for longer than the window, and is still one burst.
-    pub fn renew_failures(
+    pub fn renew_failures<'a>(
         &self,
-        nodes: &[&Arc<ModuleNode>],
+        nodes: impl IntoIterator<Item = &'a Arc<ModuleNode>>,
         params: &str,
         at: Instant,
         only_fresh: bool,
@@ -439,7 +439,7 @@ impl Broker {
             };
             for failure in remembered.iter_mut() {
                 let fresh = at.saturating_duration_since(failure.at) < window;
-                if failure.params == params && failure.node == **node && (fresh || !only_fresh) {
+                if failure.params == params && failure.node == *node && (fresh || !only_fresh) {
                     failure.at = failure.at.max(at);
                 }
             }

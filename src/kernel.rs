@@ -298,7 +298,6 @@ pub fn settled_outcome(kernel: &dyn Kernel, node: &ModuleNode) -> Option<ModuleO
 /// request's validated `params` after the module's configured options: the syscall or install
 /// command, then the `EEXIST` rule. Blocks for as long as the module's init.
 pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, params: &str) -> ModuleOutcome {
-    let options = join_options(&node.options, params);
     match &node.method {
         LoadMethod::Builtin => ModuleOutcome::Builtin,
         LoadMethod::Install(command) => {
@@ -309,7 +308,12 @@ pub fn attempt_load(kernel: &dyn Kernel, node: &ModuleNode, params: &str) -> Mod
                 }
             }
         }
-        LoadMethod::File(path) => insert_file(kernel, &node.name, path, &options),
+        LoadMethod::File(path) => insert_file(
+            kernel,
+            &node.name,
+            path,
+            &join_options(&node.options, params),
+        ),
         // libkmod's insert of a module without a path: "could not find module", ENOENT.
         LoadMethod::Missing => ModuleOutcome::Failed(Failure {
             module: node.name.clone(),

@@ -408,7 +408,7 @@ pub async fn run_with_limits(
             _ = prune.tick() => service.broker().prune_failures(),
             _ = alive.tick(), if marker.is_some() => clear_marker(marker.as_deref()),
             _ = idle_check.tick(), if idle_exit.is_some() => {
-                if !connections.is_empty() || service.broker().in_flight_count() > 0 || service.background_count() > 0 {
+                if !connections.is_empty() || service.has_work() {
                     last_busy = tokio::time::Instant::now();
                 } else if idle_exit.is_some_and(|idle| last_busy.elapsed() >= idle) {
                     info!("idle: exiting until the next connection");
@@ -452,7 +452,7 @@ pub async fn run_with_limits(
     // Loads nobody waits on any more (`wait: false`, still being resolved or loading; clients
     // gone) still get to finish: a module half-way through its init must not be abandoned by a
     // daemon restart.
-    while service.broker().in_flight_count() > 0 || service.background_count() > 0 {
+    while service.has_work() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

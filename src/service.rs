@@ -83,6 +83,12 @@ impl Service {
         self.background.load(Ordering::Acquire)
     }
 
+    /// Whether loads are in flight or `wait: false` targets are still pending: work a shutdown
+    /// or an idle exit must wait for.
+    pub fn has_work(&self) -> bool {
+        self.broker.in_flight_count() > 0 || self.background_count() > 0
+    }
+
     /// Serves one request.
     pub async fn handle(&self, request: Request) -> Reply {
         self.broker
@@ -187,8 +193,7 @@ impl Service {
         arrived: tokio::time::Instant,
         requester: &Requester,
     ) -> Vec<ModuleAnswer> {
-        let all: Vec<&Arc<ModuleNode>> = nodes.iter().collect();
-        self.broker.renew_failures(&all, params, arrived, true);
+        self.broker.renew_failures(nodes, params, arrived, true);
         let mut answers = Vec::with_capacity(nodes.len());
         for node in nodes {
             let answer =
@@ -196,14 +201,13 @@ impl Service {
                     .load(node.clone(), params.to_string(), retry, arrived, requester);
             answers.push(answer.await);
         }
-        let failed: Vec<&Arc<ModuleNode>> = nodes
+        let failed = nodes
             .iter()
             .zip(&answers)
             .filter(|(_, answer)| matches!(answer.outcome, ModuleOutcome::Failed(_)))
-            .map(|(node, _)| node)
-            .collect();
+            .map(|(node, _)| node);
         let ended = tokio::time::Instant::now();
-        self.broker.renew_failures(&failed, params, ended, false);
+        self.broker.renew_failures(failed, params, ended, false);
         answers
     }
 
