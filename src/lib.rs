@@ -17,7 +17,7 @@
 //! One module per concern, each opening with a doc comment saying what it is for:
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
 //! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
-//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply), [`notify`] (systemd notifications),
+//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
 //! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
@@ -44,7 +44,6 @@ pub mod direct;
 pub mod install_runner;
 pub mod kernel;
 pub mod module_file;
-pub mod notify;
 pub mod plan;
 pub mod protocol;
 pub mod record;

@@ -95,44 +95,41 @@ impl AccessPolicy {
     }
 }
 
-/// The first socket systemd passed us (`LISTEN_FDS`, `LISTEN_PID`), if any. The variables are
-/// removed so that children (install commands) do not think the socket is theirs.
-pub fn activated_listener() -> Result<Option<UnixListener>, ListenError> {
-    const SD_LISTEN_FDS_START: RawFd = 3;
-    let pid_matches = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    let fds = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
-    }
-    if !pid_matches || fds == 0 {
-        return Ok(None);
-    }
-    let adopt = || -> io::Result<UnixListener> {
-        // SAFETY: systemd hands us fd 3 as an open listening socket we now own; nothing else in
-        // this process uses fd 3 (LISTEN_PID matched our pid, and we read it once).
-        let std_listener =
-            unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) };
-        std_listener.set_nonblocking(true)?;
-        set_cloexec(SD_LISTEN_FDS_START)?;
-        UnixListener::from_std(std_listener)
-    };
-    adopt().map(Some).map_err(|source| ListenError::Io {
+/// The first socket systemd passed us, if any. `LISTEN_PID`/`LISTEN_FDS` are read by the
+/// `sd-notify` crate (which also marks the descriptors close-on-exec) and removed from the
+/// environment, so that children (install commands) do not think the socket is theirs.
+///
+/// # Safety
+/// This changes the process environment: call it before any other thread exists (the daemon
+/// calls it first thing in `main`, before the async runtime and the resolver thread start).
+pub unsafe fn take_activated_socket(
+) -> Result<Option<std::os::unix::net::UnixListener>, ListenError> {
+    let io_error = |source| ListenError::Io {
         path: PathBuf::from("fd 3 (socket activation)"),
         source,
-    })
+    };
+    // SAFETY: the caller guarantees that no other thread reads or writes the environment.
+    let mut fds = unsafe { sd_notify::listen_fds_and_unset_env() }.map_err(io_error)?;
+    std::env::remove_var("LISTEN_FDNAMES");
+    // SAFETY: systemd hands us these descriptors as open listening sockets that we now own; the
+    // crate checked LISTEN_PID against our pid, and the variables are gone, so nothing else in
+    // this process takes them. Only the first is used (modbroker.socket passes one).
+    Ok(fds
+        .next()
+        .map(|fd| unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }))
 }
 
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .map(|_| ())
-        .map_err(io::Error::from)
+/// The activated socket, made a non-blocking Tokio listener (needs the runtime).
+pub fn adopt_activated_socket(
+    listener: std::os::unix::net::UnixListener,
+) -> Result<UnixListener, ListenError> {
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|source| ListenError::Io {
+            path: PathBuf::from("fd 3 (socket activation)"),
+            source,
+        })
 }
 
 /// Binds `path` with mode 0600. A stale socket file (nobody answers) is replaced; a live one is

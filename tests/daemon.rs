@@ -127,6 +127,13 @@ fn assert_stderr_has(out: &Output, needle: &str) {
     assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
 }
 
+/// One datagram as systemd reads it: newline-separated assignments (here always one).
+fn notification_text(datagram: &[u8]) -> String {
+    String::from_utf8_lossy(datagram)
+        .trim_end_matches('\n')
+        .to_owned()
+}
+
 /// A bound `NOTIFY_SOCKET` stand-in; `next` waits at most 30 s for each notification.
 struct NotifySocket {
     socket: std::os::unix::net::UnixDatagram,
@@ -143,13 +150,14 @@ impl NotifySocket {
         NotifySocket { socket, path }
     }
 
+    /// The next notification, without the newline that ends each assignment.
     fn next(&self) -> String {
         let mut buf = [0u8; 512];
         let n = self
             .socket
             .recv(&mut buf)
             .expect("notification within 30 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        notification_text(&buf[..n])
     }
 
     /// The next `STATUS=` line for which `wanted` holds (bounded by `next`'s timeout).
@@ -379,7 +387,7 @@ fn notifies_systemd_ready_status_and_stopping() {
     // READY=1 comes first; a STATUS= line follows within the 2 s status period.
     while !messages.iter().any(|m: &String| m.starts_with("STATUS=")) {
         let n = notify.recv(&mut buf).expect("notification within 30 s");
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        messages.push(notification_text(&buf[..n]));
     }
     assert_eq!(messages[0], "READY=1");
     assert!(
@@ -390,7 +398,7 @@ fn notifies_systemd_ready_status_and_stopping() {
     assert!(status.success());
     let stopping = std::iter::from_fn(|| {
         let n = notify.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        Some(notification_text(&buf[..n]))
     })
     .find(|m| m == "STOPPING=1");
     assert!(stopping.is_some(), "STOPPING=1 sent on SIGTERM");

@@ -34,18 +34,18 @@ use modbroker::config::{check_log_level, Config, ConfigError, DEFAULT_CONFIG_PAT
 use modbroker::direct::load_direct;
 use modbroker::install_runner;
 use modbroker::kernel::SysKernel;
-use modbroker::notify::Notifier;
 use modbroker::plan::{BlacklistScope, Plan};
 use modbroker::record::{self, Phase, Recorder};
 use modbroker::resolver::{KmodResolver, ResolverHandle};
 use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
 use modbroker::target::validate_target;
+use sd_notify::NotifyState;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -67,6 +67,17 @@ impl Resolve for KmodResolve {
 
     fn reload_count(&self) -> u64 {
         self.0.reload_count()
+    }
+}
+
+/// Sends systemd one notification (`sd_notify(3)`, through the `sd-notify` crate; a no-op
+/// without `$NOTIFY_SOCKET`). A failure is logged at debug level and otherwise ignored: a
+/// notification must never stop the daemon from serving. `$NOTIFY_SOCKET` stays in the
+/// environment (the crate reads it on every call): a child could only send as its own pid,
+/// which systemd ignores under the default `NotifyAccess=main`.
+fn notify(state: NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        debug!(error = %e, "sd_notify failed");
     }
 }
 
@@ -96,6 +107,9 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config_note = report_config_errors(&errors, false);
+    // SAFETY: still single-threaded (logging spawns no thread), as changing the environment
+    // requires; the runtime and the resolver thread start below.
+    let activated = unsafe { server::take_activated_socket() }?;
     // One thread serves every connection: the async work per request is a few microseconds of
     // parsing and map lookups, and each finit_module runs on the blocking pool anyway. A
     // multi-thread runtime cost 2.5x the CPU per connection here (0.30-0.37 ms against 0.13 ms
@@ -108,7 +122,7 @@ fn main() -> anyhow::Result<ExitCode> {
         .thread_name("modbrokerd")
         .build()
         .context("cannot start the async runtime")?
-        .block_on(serve(args, config, config_note, log_level))?;
+        .block_on(serve(args, config, config_note, log_level, activated))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -288,7 +302,7 @@ fn stderr_is_journal() -> bool {
 fn status_line(service: &Service, config_note: &str) -> String {
     let t = service.broker().counters().totals();
     format!(
-        "STATUS={config_note}{} requests, {} merged, {} loads, {} failed, {} in flight",
+        "{config_note}{} requests, {} merged, {} loads, {} failed, {} in flight",
         t.requests,
         t.merged,
         t.load_calls,
@@ -299,7 +313,6 @@ fn status_line(service: &Service, config_note: &str) -> String {
 
 /// Sends the `STATUS=` line every 2 s when it changed; `last` is the one already sent.
 async fn keep_status_current(
-    notifier: Arc<Notifier>,
     service: Service,
     config_note: watch::Receiver<String>,
     mut last: String,
@@ -309,7 +322,7 @@ async fn keep_status_current(
         tick.tick().await;
         let line = status_line(&service, &config_note.borrow());
         if line != last {
-            notifier.notify(&line);
+            notify(NotifyState::Status(&line));
             last = line;
         }
     }
@@ -354,9 +367,9 @@ async fn serve(
     config: Config,
     config_note: String,
     log_level: LogLevelHandle,
+    activated: Option<std::os::unix::net::UnixListener>,
 ) -> anyhow::Result<()> {
     raise_fd_limit();
-    let notifier = Arc::new(Notifier::from_env());
     let module_dir = config.module_dir();
     let resolver = ResolverHandle::spawn(module_dir.clone(), None)
         .with_context(|| format!("cannot open the module tree {}", module_dir.display()))?;
@@ -369,7 +382,7 @@ async fn serve(
     tokio::spawn(keep_record_written(broker.clone(), record_dir.clone()));
     let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
     let access = SharedAccess::from(access_policy(&config));
-    let (listener, bound_path) = listen(&config, config_file(&args).0)?;
+    let (listener, bound_path) = listen(&config, config_file(&args).0, activated)?;
     let socket_file = socket_file(&listener);
     report_access_gaps(socket_file.as_deref(), &access_policy(&config));
     // Idle exit only makes sense when systemd holds the socket and can start us again.
@@ -379,17 +392,12 @@ async fn serve(
         .as_deref()
         .unwrap_or("socket activation".as_ref());
     info!(socket = %socket_name.display(), module_dir = %module_dir.display(), "modbrokerd ready");
-    notifier.notify("READY=1");
+    notify(NotifyState::Ready);
     let (config_note, note_rx) = watch::channel(config_note);
-    if notifier.is_active() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let first = status_line(&service, &note_rx.borrow());
-        notifier.notify(&first);
-        tokio::spawn(keep_status_current(
-            notifier.clone(),
-            service.clone(),
-            note_rx,
-            first,
-        ));
+        notify(NotifyState::Status(&first));
+        tokio::spawn(keep_status_current(service.clone(), note_rx, first));
     }
     let shutdown = CancellationToken::new();
     let reloader = Reloader {
@@ -404,7 +412,7 @@ async fn serve(
     };
     tokio::spawn(watch_signals(shutdown.clone(), reloader));
     server::run_with_idle_exit(listener, service.clone(), access, shutdown, idle_exit).await;
-    notifier.notify("STOPPING=1");
+    notify(NotifyState::Stopping);
     if let Some(path) = bound_path {
         let _ = std::fs::remove_file(path);
     }
@@ -480,8 +488,13 @@ fn raise_fd_limit() {
 
 /// The socket to serve: the one systemd handed us, else our own, bound at `config.socket` and
 /// given `socket_group`/`socket_mode`; with the path we bound (removed on exit).
-fn listen(config: &Config, origin: &Path) -> anyhow::Result<(UnixListener, Option<PathBuf>)> {
-    if let Some(listener) = server::activated_listener()? {
+fn listen(
+    config: &Config,
+    origin: &Path,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<(UnixListener, Option<PathBuf>)> {
+    if let Some(activated) = activated {
+        let listener = server::adopt_activated_socket(activated)?;
         if config.socket_group.is_some() || config.socket_mode.is_some() {
             warn!(
                 "socket_group and socket_mode apply to a socket the daemon binds itself; under \
