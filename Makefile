@@ -6,8 +6,9 @@
 #   make demo      install missing prerequisites, build, boot the VM and show the broker
 #                  merging a burst of same-name requests on a real kernel
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
-#   make deb       build/modbroker_VERSION_ARCH.deb (dpkg-deb), checked by installing it into
-#                  a scratch dpkg root
+#   make deb       build/modbroker_VERSION_ARCH.deb with dpkg-buildpackage (debian/), checked
+#                  by lintian (0 errors, 0 warnings, also on the source package) and by
+#                  installing, removing and purging it in a scratch dpkg root
 #   make diff-test the differential test: `modbroker resolve --show-depends` against modprobe's
 #                  on Debian 12 and 13's whole module trees and kmod's own test trees (tests/diff)
 #   make boot-test real boots of Debian 12 (initramfs-tools) and 13 (dracut) with systemd as
@@ -23,6 +24,9 @@ BINDIR     ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/modbroker
+# A manual install puts 80-drivers.rules where an administrator's overrides go; the Debian package
+# puts it in /usr/lib/udev/rules.d and diverts udev's file of that name (debian/preinst).
+UDEVRULESDIR ?= $(SYSCONFDIR)/udev/rules.d
 MANDIR     ?= $(PREFIX)/share/man
 DATADIR    ?= $(PREFIX)/share
 # initramfs generators look only under /usr: with another PREFIX their pieces are installed but
@@ -77,7 +81,7 @@ vm-test: build
 check-units: build
 	tools/check-units.sh
 
-deb: build
+deb:
 	tools/make-deb.sh
 
 diff-test: build
@@ -111,12 +115,12 @@ docs:
 install: build docs
 	install -D -m 0755 target/release/modbrokerd $(DESTDIR)$(BINDIR)/modbrokerd
 	install -D -m 0755 $(CLIENT_BIN) $(DESTDIR)$(BINDIR)/modbroker
-	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/udev/rules.d
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(UDEVRULESDIR)
 	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker.service > $(DESTDIR)$(UNITDIR)/modbroker.service
 	install -m 0644 systemd/modbroker.socket $(DESTDIR)$(UNITDIR)/modbroker.socket
 	install -m 0644 systemd/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install.socket
 	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker-install@.service > $(DESTDIR)$(UNITDIR)/modbroker-install@.service
-	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-drivers.rules > $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-drivers.rules > $(DESTDIR)$(UDEVRULESDIR)/80-drivers.rules
 	for f in hooks/modbroker scripts/init-top/modbroker scripts/init-bottom/modbroker; do \
 		install -d $(DESTDIR)$(INITRAMFSDIR)/$$(dirname $$f); \
 		sed 's|/usr/bin/|$(BINDIR)/|g' initramfs-tools/$$f > $(DESTDIR)$(INITRAMFSDIR)/$$f; \
@@ -145,7 +149,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
 	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket \
 		$(DESTDIR)$(UNITDIR)/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install@.service
-	rm -f $(DESTDIR)$(SYSCONFDIR)/udev/rules.d/80-drivers.rules
+	rm -f $(DESTDIR)$(UDEVRULESDIR)/80-drivers.rules
 	rm -f $(DESTDIR)$(INITRAMFSDIR)/hooks/modbroker $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/modbroker \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/modbroker
 	rm -rf $(DESTDIR)$(DRACUTDIR)/90modbroker

@@ -12,6 +12,7 @@
 # Real-boot tests (tests/boot): debootstrap, e2fsprogs (mkfs.ext4 -d, debugfs), init-system-helpers
 #   (the package's maintainer scripts, checked in a scratch root by make-deb), jq (the boot's
 #   record, read back from the guest).
+# Package (make deb, tools/make-deb.sh): dpkg-dev (dpkg-buildpackage), debhelper, lintian.
 # Plot test (tests/report.rs): librsvg2-bin (rsvg-convert renders `modbroker plot`'s SVG).
 # Differential test (tests/diff): the same debootstrap trees; util-linux (unshare), mawk.
 # Benchmarks (make bench, tests/vm/bench.sh startup-host): hyperfine (wall time of whole client
@@ -21,7 +22,7 @@ set -eu
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
 xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers jq
-librsvg2-bin util-linux mawk hyperfine valgrind binutils"
+librsvg2-bin util-linux mawk hyperfine valgrind binutils dpkg-dev debhelper lintian"
 
 missing=
 for p in $packages; do

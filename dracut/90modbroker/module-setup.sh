@@ -7,8 +7,10 @@
 # before switch-root (initrd.conf: Conflicts=/Before=initrd-cleanup.service, as multipathd does),
 # and the real root's daemon takes over.
 #
-# 80-drivers.rules goes in as /etc/udev/rules.d/80-drivers.rules: with the client in the image
-# it takes the broker path, and should the client be missing, udev's builtin path.
+# 80-drivers.rules goes in from udev's rules directory, where the package's file has taken the
+# place of udev's (diverted): with the client in the image it takes the broker path, and should
+# the client be missing, udev's builtin path. A manual `make install` puts it in /etc/udev/rules.d,
+# which inst_rules prefers.
 
 # dracut sets moddir, initdir and systemdsystemunitdir before it calls these functions.
 # shellcheck disable=SC2154
@@ -26,7 +28,7 @@ depends() {
 
 install() {
 	inst_multiple modbroker modbrokerd
-	inst_simple /etc/udev/rules.d/80-drivers.rules
+	inst_rules 80-drivers.rules
 	[[ -f /etc/modbroker/modbroker.toml ]] && inst_simple /etc/modbroker/modbroker.toml
 	inst_simple "$systemdsystemunitdir/modbroker.socket"
 	inst_simple "$systemdsystemunitdir/modbroker.service"
