@@ -12,9 +12,12 @@
 #   bookworm-typo  dpkg -i, then a typo in /etc/modbroker/modbroker.toml and update-initramfs -u
 #   bookworm-nohook  dpkg -i, then an initramfs built while the hook is missing (deleted)
 #   bookworm-brokenhook  dpkg -i, then an initramfs built by a hook that copies the client only
+#   bookworm-upgrade  dpkg -i of the previous release's package (MB_BOOT_PREVIOUS_REV, built from
+#                  git history); the boot upgrades to this tree's package while the daemon serves
 #   trixie-generic  (not in the default list) dpkg -i, then a generic (hostonly=no) dracut image
 # A broker case is judged against its image's stock boot (booted first if it has no results).
-# Env: MB_BOOT_SMP (4), MB_BOOT_DEB (build/modbroker_*.deb, built by `make deb`), and lib.sh's.
+# Env: MB_BOOT_SMP (4), MB_BOOT_DEB (build/modbroker_*.deb, built by `make deb`),
+#      MB_BOOT_PREVIOUS_REV (b501c6a: the last dpkg-deb-built 0.1.0, rule in /etc/udev), lib.sh's.
 set -euo pipefail
 # shellcheck source=tests/boot/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -31,13 +34,38 @@ DEB=${MB_BOOT_DEB:-$(ls "$REPO_ROOT"/build/modbroker_*.deb 2>/dev/null | tail -n
 [ -f "$DEB" ] || die "no .deb: run 'make deb' first"
 ANALYZE="$REPO_ROOT/tests/vm/coldplug-analyze.awk"
 
+# previous_deb: the package of MB_BOOT_PREVIOUS_REV, built once by that tree's own `make deb`
+# (its own target directory, so this tree's build is untouched); prints its path.
+previous_deb() {
+	local rev dir debs
+	rev=$(git -C "$REPO_ROOT" rev-parse --short "${MB_BOOT_PREVIOUS_REV:-b501c6a}^{commit}") ||
+		die "MB_BOOT_PREVIOUS_REV=${MB_BOOT_PREVIOUS_REV:-b501c6a} is not a commit of this repository (a shallow clone?)"
+	dir=$MB_BOOT_WORK/previous-$rev
+	debs=("$dir"/src/build/modbroker_*.deb)
+	if [ ! -f "${debs[0]}" ]; then
+		rm -rf "$dir" && mkdir -p "$dir/src"
+		git -C "$REPO_ROOT" archive "$rev" | tar -x -C "$dir/src"
+		make -C "$dir/src" --no-print-directory build >&2
+		(cd "$dir/src" && tools/make-deb.sh --no-check) >&2
+		debs=("$dir"/src/build/modbroker_*.deb)
+	fi
+	echo "${debs[0]}"
+}
+
 image_of() { case $1 in bookworm-*) echo "bookworm initramfs-tools" ;; trixie-*) echo "trixie dracut" ;; *) die "unknown case $1" ;; esac; }
 
 # prepare CASE ROOT GEN: change the copy of the base tree as the case says.
 prepare() {
 	local case=$1 root=$2 gen=$3
+	install -D -m 0755 "$BOOT_DIR/guest/rule-state.sh" "$root/etc/mbtest/rule-state.sh"
 	case $case in
 	*-stock) rebuild_initramfs "$root" "$gen" ;;
+	*-upgrade) install -m 0644 "$(previous_deb)" "$root/root/modbroker-previous.deb"
+		in_chroot "$root" dpkg -i /root/modbroker-previous.deb
+		# extra-broker.sh installs this tree's package while the daemon serves.
+		install -m 0644 "$DEB" "$root/root/modbroker.deb"
+		install -D -m 0755 "$BOOT_DIR/guest/extra-broker.sh" "$root/etc/mbtest/extra.sh"
+		install -D -m 0644 "$BOOT_DIR/guest/mbtest-install.conf" "$root/etc/modprobe.d/mbtest-install.conf" ;;
 	*) install -m 0644 "$DEB" "$root/root/modbroker.deb"
 		# dpkg runs the initramfs generator through the trigger (no explicit rebuild here).
 		in_chroot "$root" dpkg -i /root/modbroker.deb ;;&
@@ -57,6 +85,7 @@ prepare() {
 	esac
 	ls -l "$root/etc/udev/rules.d/" "$root/etc/systemd/system/sockets.target.wants/" \
 		"$root/etc/systemd/system/sysinit.target.wants/" >"$(dirname "$root")/etc.list" 2>&1
+	in_chroot "$root" /etc/mbtest/rule-state.sh >"$(dirname "$root")/rule.state"
 	# shellcheck disable=SC2016 # expanded inside the chroot
 	in_chroot "$root" sh -c 'for i in /boot/initr*; do echo "== $i"; lsinitrd "$i" 2>/dev/null || lsinitramfs "$i"; done' \
 		>"$(dirname "$root")/initramfs.list" 2>&1
@@ -107,6 +136,9 @@ summarise() {
 
 get() { sed -n "s/^$2=//p" "$1/summary" | head -n1; }
 
+# rule_state FILE: rule-state.sh's lines in FILE, on one line.
+rule_state() { grep -E '^(diversions|rule|distrib|etc_rule)=' "$1" | tr '\n' ' ' | sed 's/ $//'; }
+
 PASSED=0
 FAILED=0
 check() { # check NAME CMD...
@@ -153,8 +185,8 @@ judge_builtin() {
 	[ "$case" = bookworm-removed ] &&
 		check "$case: no load calls from modbrokerd in the real root" sh -c "! grep '^root_by_comm=' '$dir/summary' | grep -q modbrokerd"
 	[ "$case" = bookworm-removed ] &&
-		check "$case: the package's rule left with it" sh -c \
-			"grep -q 'etc/udev/rules.d' '$dir/etc.list' && ! grep -q '80-drivers.rules' '$dir/etc.list'"
+		check "$case: dpkg -r gave udev its own 80-drivers.rules back, no diversion left ($(rule_state "$dir/rule.state"))" \
+			[ "$(rule_state "$dir/rule.state")" = "diversions=0 rule=udev distrib=no etc_rule=no" ]
 	return 0
 }
 
@@ -163,6 +195,10 @@ judge_broker() {
 	stockdir=$(dirname "$dir")/${case%%-*}-stock
 	check "$case: the postinst enabled modbroker.socket and modbroker.service without a running systemd" sh -c \
 		"grep -q 'modbroker.socket ->' '$dir/etc.list' && grep -q 'modbroker.service ->' '$dir/etc.list'"
+	# The upgrade case boots the previous release (its rule in /etc); it is checked after the upgrade.
+	[ "$case" = bookworm-upgrade ] ||
+		check "$case: the package's rule in /usr/lib/udev/rules.d, udev's diverted aside, nothing in /etc/udev ($(rule_state "$dir/rule.state"))" \
+			[ "$(rule_state "$dir/rule.state")" = "diversions=2 rule=broker distrib=yes etc_rule=no" ]
 	check "$case: initramfs holds the client, the daemon and 80-drivers.rules" sh -c \
 		"grep -q 'usr/bin/modbroker\$' '$dir/initramfs.list' && grep -q 'usr/bin/modbrokerd\$' '$dir/initramfs.list' && grep -q '80-drivers.rules\$' '$dir/initramfs.list'"
 	for phase in initramfs root; do
@@ -229,8 +265,12 @@ judge_broker() {
 		check "$case: the config error is logged at priority err" grep -q '"PRIORITY":"3"' "$r/journal-modbroker.json"
 		check "$case: systemctl status shows the config error" grep -q '^StatusText=configuration error' "$r/units"
 		;;
-	*-broker)
+	*-broker | *-upgrade)
 		check "$case: requests during an upgrade (dpkg -i while serving) all answered" grep -q '^upgrade: all answered' "$r/extra"
+		check "$case: the socket stayed open through the upgrade (the daemon alone restarted)" \
+			grep -q '^upgrade: the socket stayed open' "$r/extra"
+		check "$case: after dpkg -i: the package's rule in /usr/lib/udev/rules.d, udev's diverted aside, nothing in /etc/udev ($(rule_state "$r/extra"))" \
+			[ "$(rule_state "$r/extra")" = "diversions=2 rule=broker distrib=yes etc_rule=no" ]
 		check "$case: an install line through the daemon wrote /run, /sys and /proc/sys (modbroker-install@.service)" \
 			grep -q '^install: ran outside the sandbox' "$r/extra"
 		check "$case: its stdout went to the runner's journal" grep -q '^install: stdout in the journal' "$r/extra"
@@ -251,7 +291,7 @@ judge_broker() {
 	fi
 	check "$case: the initramfs's daemon answered requests and merged some, then stopped (requests merged: ${stopped:-none})" \
 		awk -v s="$stopped" 'BEGIN { split(s, a, " "); exit !(a[1] > 0 && a[2] > 0) }'
-	case $case in *-broker | *-generic) judge_record "$case" "$dir" "$gen" ;; esac
+	case $case in *-broker | *-generic | *-upgrade) judge_record "$case" "$dir" "$gen" ;; esac
 	return 0
 }
 
@@ -368,7 +408,7 @@ judge_record() {
 		'map(select(.MODULE != null and .DURATION_USEC != null and .REQUESTS != null and .PHASE != null)) | length > 0'
 }
 
-CASES=${*:-bookworm-stock bookworm-broker bookworm-removed bookworm-typo bookworm-nohook bookworm-brokenhook trixie-stock trixie-broker}
+CASES=${*:-bookworm-stock bookworm-broker bookworm-removed bookworm-typo bookworm-nohook bookworm-brokenhook bookworm-upgrade trixie-stock trixie-broker}
 for case in $CASES; do
 	read -r dist gen <<<"$(image_of "$case")"
 	stock="$MB_BOOT_WORK/$dist-$gen/$dist-stock"

@@ -1,12 +1,15 @@
 #!/bin/sh
-# Per-boot check of the broker case (run by mbtest-report): an upgrade while the daemon serves.
-# Two clients ask without fallback (an unreachable daemon would be exit 4) in a loop while
-# `dpkg -i` reinstalls the package, whose postinst restarts modbroker.service; the socket stays
-# open, so each request must be answered, by the old daemon or by the new one.
+# Per-boot check of the broker and upgrade cases (run by mbtest-report): an upgrade while the
+# daemon serves. Two clients ask without fallback (an unreachable daemon would be exit 4) in a
+# loop while `dpkg -i` installs /root/modbroker.deb over the installed package (the same one in
+# the broker case, the previous release in the upgrade case), whose postinst try-restarts
+# modbroker.service; the socket stays open, so each request must be answered, by the old daemon
+# or by the new one. Then where the package left 80-drivers.rules (rule-state.sh).
 mod=$(cut -d' ' -f1 /proc/modules | head -n1)
 stop=/run/mbtest-upgrade.stop
 rm -f "$stop" /run/mbtest-upgrade.*
 before=$(systemctl show -p MainPID --value modbroker.service)
+socket_before=$(systemctl show -p ActiveEnterTimestampMonotonic --value modbroker.socket)
 for i in 1 2; do
 	(
 		n=0 bad=0
@@ -22,6 +25,11 @@ done
 dpkg --no-triggers -i /root/modbroker.deb >/run/mbtest-dpkg.log 2>&1
 echo "dpkg -i exit $?"
 after=$(systemctl show -p MainPID --value modbroker.service)
+socket_after=$(systemctl show -p ActiveEnterTimestampMonotonic --value modbroker.socket)
+echo "modbroker.socket active since $socket_before us before the upgrade, $socket_after us after"
+[ "$socket_before" = "$socket_after" ] && [ "$(systemctl is-active modbroker.socket)" = active ] &&
+	echo "upgrade: the socket stayed open"
+/etc/mbtest/rule-state.sh
 # One more answered request after the restart, then stop the loops.
 modbroker load --no-fallback --udev "$mod" >/dev/null && touch "$stop"
 touch "$stop"
