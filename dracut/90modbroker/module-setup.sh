@@ -7,10 +7,10 @@
 # before switch-root (initrd.conf: Conflicts=/Before=initrd-cleanup.service, as multipathd does),
 # and the real root's daemon takes over.
 #
-# 80-drivers.rules goes in from udev's rules directory, where the package's file has taken the
-# place of udev's (diverted): with the client in the image it takes the broker path, and should
-# the client be missing, udev's builtin path. A manual `make install` puts it in /etc/udev/rules.d,
-# which inst_rules prefers.
+# 80-drivers.rules goes in as the host's udev uses it: an administrator's (or `make install`'s)
+# /etc/udev/rules.d/80-drivers.rules if there is one, else the package's, which has taken the
+# place of udev's (diverted) in /usr/lib/udev/rules.d. With the client in the image it takes the
+# broker path, and should the client be missing, udev's builtin path.
 
 # dracut sets moddir, initdir and systemdsystemunitdir before it calls these functions.
 # shellcheck disable=SC2154
@@ -28,7 +28,11 @@ depends() {
 
 install() {
 	inst_multiple modbroker modbrokerd
-	inst_rules 80-drivers.rules
+	if [[ -e /etc/udev/rules.d/80-drivers.rules ]]; then
+		inst_simple /etc/udev/rules.d/80-drivers.rules
+	else
+		inst_rules 80-drivers.rules
+	fi
 	[[ -f /etc/modbroker/modbroker.toml ]] && inst_simple /etc/modbroker/modbroker.toml
 	inst_simple "$systemdsystemunitdir/modbroker.socket"
 	inst_simple "$systemdsystemunitdir/modbroker.service"
