@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/boot/lib.sh - the one image builder and booter of the real-boot tests (sourced).
 #
 # An image is Debian (bookworm or trixie) made with debootstrap --variant=minbase, systemd as

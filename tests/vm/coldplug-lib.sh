@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # coldplug-lib.sh - host-side helpers shared by test-coldplug.sh and
 # bench-coldplug.sh (sourced, not run).  One "pair" is two boots of the same
 # initramfs and VM layout running scenarios/coldplug.sh, once with

@@ -13,6 +13,7 @@
 # the kernel requests the filesystem module before it looks at the source.)
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-8}

@@ -5,6 +5,7 @@
 # insmod's init_module fallback), their results, and mb_fail init attempts.
 # PASSes as long as the burst ran and the counts were collected.
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}

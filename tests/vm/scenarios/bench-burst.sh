@@ -16,6 +16,7 @@
 # every caller got an answer; timings are reported, never judged.
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 NS=${MB_BENCH_NS:-1 64 256 1024}

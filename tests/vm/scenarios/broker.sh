@@ -8,6 +8,7 @@
 # client's direct-load fallback.
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}

@@ -21,6 +21,7 @@
 # guard the measurement itself (udev ran, settle finished, trace complete).
 # needs: broker
 set -u
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 mode=$(sed -n 's/.*mb\.coldplug=\([a-z]*\).*/\1/p' /proc/cmdline)

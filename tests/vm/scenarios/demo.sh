@@ -7,6 +7,7 @@
 # PASS when each burst cost one finit_module per module.
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}

@@ -19,6 +19,7 @@
 # needs: broker
 # extra-bins: /usr/bin/kmod
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-32}
