@@ -1,8 +1,10 @@
 # modbroker — build, test, demo, install.
 #
-#   make test      install missing prerequisites, then every test: fmt, clippy, cargo test, the
-#                  differential test against modprobe (tests/diff),
+#   make test      install missing prerequisites, then every test: fmt, clippy, shellcheck,
+#                  cargo test, the differential test against modprobe (tests/diff),
 #                  a short fuzz run, and the real-kernel tests in a qemu VM (tests/vm)
+#   make lint      cargo fmt --check, clippy (each feature set), and shellcheck on every shell
+#                  file, each in its dialect (tools/shellcheck.sh)
 #   make demo      install missing prerequisites, build, boot the VM and show the broker
 #                  merging a burst of same-name requests on a real kernel
 #   make install   DESTDIR=... PREFIX=/usr: binaries, systemd units, udev rule, config
@@ -67,6 +69,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 	$(CARGO) clippy --locked --no-default-features --lib --bin modbroker -- -D warnings
+	tools/shellcheck.sh
 
 unit-test:
 	$(CARGO) test --locked

@@ -17,12 +17,13 @@
 # Differential test (tests/diff): the same debootstrap trees; util-linux (unshare), mawk.
 # Benchmarks (make bench, tests/vm/bench.sh startup-host): hyperfine (wall time of whole client
 #   processes), valgrind (their instructions); binutils (readelf, tools/check-hardening.sh).
+# Lint (make lint): shellcheck (tools/shellcheck.sh).
 set -eu
 
 packages="libkmod-dev libclang-dev clang pkg-config gcc make
 qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static kmod cpio udev systemd
 xz-utils zstd lz4 procps python3 g++ debootstrap e2fsprogs init-system-helpers jq
-librsvg2-bin util-linux mawk hyperfine valgrind binutils dpkg-dev debhelper lintian"
+librsvg2-bin util-linux mawk hyperfine valgrind binutils dpkg-dev debhelper lintian shellcheck"
 
 missing=
 for p in $packages; do

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/boot/lib.sh - the one image builder and booter of the real-boot tests (sourced).
 #
 # An image is Debian (bookworm or trixie) made with debootstrap --variant=minbase, systemd as
@@ -77,6 +78,7 @@ base_tree() {
 		printf 'hostonly="yes"\nadd_drivers+=" virtio_blk virtio_pci ext4 "\n' >"$root/etc/dracut.conf.d/90-mbtest.conf"
 	fi
 	# The generator first, so the kernel's "initramfs-tools | linux-initramfs-tool" is met by it.
+	# shellcheck disable=SC2015 # the || branch is for a failure of either install
 	in_chroot "$root" apt-get install -y -q --no-install-recommends "$gen" >>"$dir/debootstrap.log" 2>&1 &&
 		in_chroot "$root" apt-get install -y -q --no-install-recommends linux-image-amd64 >>"$dir/debootstrap.log" 2>&1 ||
 		{ tail -n 20 "$dir/debootstrap.log" >&2; die "installing $gen and the kernel in $dist failed"; }
@@ -127,7 +129,9 @@ make_disk() {
 # flake at high vCPU counts), never on anything else. Returns non-zero if no results came back.
 boot_image() {
 	local dir=$1 smp=$2 kernel initrd try rc
+	# shellcheck disable=SC2012 # Debian's kernel and initramfs file names
 	kernel=$(ls "$dir"/root/boot/vmlinuz-* | sort -V | tail -n1)
+	# shellcheck disable=SC2012 # Debian's kernel and initramfs file names
 	initrd=$(ls "$dir"/root/boot/initr*-"${kernel##*/vmlinuz-}"* | head -n1)
 	for try in 1 2; do
 		rc=0

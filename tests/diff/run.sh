@@ -229,6 +229,7 @@ main() {
 		root=$(base_tree "$dist" "$gen")
 		kver=$(ls "$root/lib/modules")
 		[ "$(echo "$kver" | wc -l)" = 1 ] || die "expected one kernel in $root/lib/modules, found: $kver"
+		# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
 		say "$dist: kernel $kver, $(chroot "$root" dpkg-query -W -f '${Package} ${Version}' kmod)"
 		tree_names "$root/lib/modules/$kver" | concrete >"$WORK/$dist.targets"
 		for conf in "$DIFF_DIR"/conf/*; do

@@ -60,7 +60,7 @@ write_md() {
 		echo
 		echo "- command: \`tests/vm/bench-coldplug.sh\` (MB_BENCH_CPUS=\"$cpus_list\", MB_BENCH_KERNELS=\"$kernels\")"
 		echo "- started: $started$([ "${MB_BENCH_REPORT_ONLY:-0}" = 1 ] && echo " (tables rebuilt from earlier runs' .kv files)"); host: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(free -g | awk '/^Mem:/{print $2}') GiB RAM"
-		echo "- VM: $(qemu-system-x86_64 --version | head -n1), TCG (-accel tcg,thread=multi -cpu max), -m $MB_VM_MEM, -nic none -device e1000; initramfs with the whole module tree ($(echo "${MB_VM_COMPRESS:-lz4}"))"
+		echo "- VM: $(qemu-system-x86_64 --version | head -n1), TCG (-accel tcg,thread=multi -cpu max), -m $MB_VM_MEM, -nic none -device e1000; initramfs with the whole module tree (${MB_VM_COMPRESS:-lz4})"
 		echo "- udev: host's systemd-udevd $(dpkg-query -W -f '${Version}' udev 2>/dev/null), \`udevadm trigger --type=devices --action=add\` + \`udevadm settle\`; libkmod $(dpkg-query -W -f '${Version}' kmod 2>/dev/null)"
 		echo "- counting: syscall tracepoints sys_{enter,exit}_{finit,init}_module; calls attributed to modules by a kprobe on do_sys_openat2 (see tests/vm/README.md)"
 		echo
@@ -82,7 +82,7 @@ for kn in $kernels; do
 		done
 		[ -n "$kvs" ] || continue
 		# shellcheck disable=SC2086
-		{ echo "#### Kernel $(cp_get $(echo $kvs | cut -d" " -f1) kernel)"; echo; cp_table $kvs; target_rows $kvs; echo; } >"$MB_VM_WORK/bench-coldplug-k$kn.md"
+		{ echo "#### Kernel $(cp_get "$(echo $kvs | cut -d" " -f1)" kernel)"; echo; cp_table $kvs; target_rows $kvs; echo; } >"$MB_VM_WORK/bench-coldplug-k$kn.md"
 		continue
 	fi
 	case $kn in

@@ -41,7 +41,7 @@ case $compress in
 gzip) need gzip gzip; compressor="gzip -1" ;;
 zstd) need zstd zstd; compressor="zstd -1 -T0 -q" ;;
 lz4) need lz4 lz4; compressor="lz4 -l -1 -q" ;;
-none) compressor=cat ;;
+none) compressor="cat" ;;
 *) die "MB_VM_COMPRESS=$compress: use gzip, zstd, lz4 or none" ;;
 esac
 need depmod kmod
@@ -164,7 +164,7 @@ if [ "${MB_VM_UDEV:-0}" = 1 ]; then
 	copy_with_libs /lib/systemd/systemd-udevd /lib/systemd/systemd-udevd
 	ln -sf /usr/bin/udevadm "$stage/bin/udevadm" # rules call /bin/udevadm
 	for h in /lib/udev/*; do
-		[ -f "$h" ] && [ -x "$h" ] || continue
+		if [ ! -f "$h" ] || [ ! -x "$h" ]; then continue; fi
 		if file -b "$h" 2>/dev/null | grep -q ELF || head -c 4 "$h" | grep -q ELF; then
 			copy_with_libs "$h" "$h"
 		else

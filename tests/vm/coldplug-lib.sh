@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # coldplug-lib.sh - host-side helpers shared by test-coldplug.sh and
 # bench-coldplug.sh (sourced, not run).  One "pair" is two boots of the same
 # initramfs and VM layout running scenarios/coldplug.sh, once with
@@ -81,20 +82,42 @@ cp_judge() {
 	cp_bad() { echo "coldplug: FAIL $1"; bad=1; }
 	for f in "$b" "$k"; do
 		v=$(cp_get "$f" mode)
-		[ "$(cp_get "$f" vm_result)" = PASS ] && cp_ok "$v run: VM checks passed" || cp_bad "$v run: VM checks failed (see $(basename "$f" .kv).log)"
-		[ "$(cp_get "$f" unattributed)" = 0 ] && [ "$(cp_get "$f" attrib_mismatch)" = 0 ] &&
-			cp_ok "$v run: every load call attributed to a module, consistent with module_load" ||
+		if [ "$(cp_get "$f" vm_result)" = PASS ]; then
+			cp_ok "$v run: VM checks passed"
+		else
+			cp_bad "$v run: VM checks failed (see $(basename "$f" .kv).log)"
+		fi
+		if [ "$(cp_get "$f" unattributed)" = 0 ] && [ "$(cp_get "$f" attrib_mismatch)" = 0 ]; then
+			cp_ok "$v run: every load call attributed to a module, consistent with module_load"
+		else
 			cp_bad "$v run: $(cp_get "$f" unattributed) unattributed, $(cp_get "$f" attrib_mismatch) mismatched calls"
-		[ "$(cp_get "$f" calls)" -gt 0 ] && cp_ok "$v run: $(cp_get "$f" calls) load calls traced" || cp_bad "$v run: no load calls traced"
+		fi
+		if [ "$(cp_get "$f" calls)" -gt 0 ]; then
+			cp_ok "$v run: $(cp_get "$f" calls) load calls traced"
+		else
+			cp_bad "$v run: no load calls traced"
+		fi
 	done
-	[ -n "$(cp_get "$b" after_list)" ] && [ "$(cp_get "$b" after_list)" = "$(cp_get "$k" after_list)" ] &&
-		cp_ok "same $(cp_get "$b" modules_after) modules in /proc/modules in both runs" ||
+	if [ -n "$(cp_get "$b" after_list)" ] && [ "$(cp_get "$b" after_list)" = "$(cp_get "$k" after_list)" ]; then
+		cp_ok "same $(cp_get "$b" modules_after) modules in /proc/modules in both runs"
+	else
 		cp_bad "/proc/modules differs: builtin only: $(comm -23 <(cp_get "$b" after_list | tr , '\n') <(cp_get "$k" after_list | tr , '\n') | tr '\n' ' ')broker only: $(comm -13 <(cp_get "$b" after_list | tr , '\n') <(cp_get "$k" after_list | tr , '\n') | tr '\n' ' ')"
+	fi
 	calls=$(cp_get "$k" calls); distinct=$(cp_get "$k" distinct_attempted)
-	[ "$calls" -le "$distinct" ] && cp_ok "broker: $calls load calls for $distinct distinct modules attempted" ||
+	if [ "$calls" -le "$distinct" ]; then
+		cp_ok "broker: $calls load calls for $distinct distinct modules attempted"
+	else
 		cp_bad "broker: $calls load calls for $distinct distinct modules attempted"
-	[ "$(cp_get "$k" ebusy)" = 0 ] && cp_ok "broker: no call returned EBUSY" || cp_bad "broker: $(cp_get "$k" ebusy) calls returned EBUSY"
-	[ "$(cp_get "$k" eexist_live)" = 0 ] && cp_ok "broker: no EEXIST for an already-live module" ||
+	fi
+	if [ "$(cp_get "$k" ebusy)" = 0 ]; then
+		cp_ok "broker: no call returned EBUSY"
+	else
+		cp_bad "broker: $(cp_get "$k" ebusy) calls returned EBUSY"
+	fi
+	if [ "$(cp_get "$k" eexist_live)" = 0 ]; then
+		cp_ok "broker: no EEXIST for an already-live module"
+	else
 		cp_bad "broker: $(cp_get "$k" eexist_live) calls returned EEXIST for an already-live module"
+	fi
 	return "$bad"
 }

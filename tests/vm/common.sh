@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # common.sh - shared host-side helpers for the VM test scripts (sourced, not run).
 # Sets REPO_ROOT, MB_VM_WORK, KVER, MB_VM_MODROOT and provides die, need,
 # use_kernel_612 and code_secs.

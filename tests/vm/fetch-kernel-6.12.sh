@@ -73,6 +73,7 @@ dpkg -x "$dest"/*.deb "$root.tmp"
 if [ ! -d "$root.tmp/lib/modules" ] && [ -d "$root.tmp/usr/lib/modules" ]; then
 	mkdir -p "$root.tmp/lib" && ln -s ../usr/lib/modules "$root.tmp/lib/modules"
 fi
+# shellcheck disable=SC2012 # kernel release names; sort -V picks the newest
 v=$(ls "$root.tmp/lib/modules" | sort -V | tail -n1)
 [ -f "$root.tmp/boot/vmlinuz-$v" ] || die "$pkg has no boot/vmlinuz-$v"
 depmod -b "$root.tmp" "$v" || die "depmod -b $root.tmp $v failed"

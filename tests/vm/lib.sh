@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # lib.sh - assertions and kernel-observation helpers for the VM scenarios
 # (sourced by /scenario.sh inside the VM, busybox sh).
 #

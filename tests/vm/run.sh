@@ -15,6 +15,7 @@
 set -eu
 . "$(dirname "$0")/common.sh"
 
+# shellcheck disable=SC2012 # our own scenario file names, for the usage message
 scenario=${1:?usage: tests/vm/run.sh SCENARIO (one of: $(cd "$REPO_ROOT/tests/vm/scenarios" && ls | sed 's/\.sh$//' | tr '\n' ' '))}
 sfile=$REPO_ROOT/tests/vm/scenarios/$scenario.sh
 [ -f "$sfile" ] || die "no scenario $sfile"

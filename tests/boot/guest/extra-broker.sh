@@ -37,6 +37,7 @@ wait
 cat /run/mbtest-upgrade.err 2>/dev/null
 total=$(cat /run/mbtest-upgrade.[12] | awk '{ n += $1; bad += $2 } END { print n + 0, bad + 0 }')
 echo "daemon pid before $before, after $after; requests and failures: $total"
+# shellcheck disable=SC2086 # split "N BAD" into $1 $2
 set -- $total
 if [ "$before" != "$after" ] && [ "$1" -gt 0 ] && [ "$2" = 0 ]; then
 	echo "upgrade: all answered ($1 requests across the restart)"

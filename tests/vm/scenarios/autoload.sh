@@ -13,6 +13,7 @@
 # the kernel requests the filesystem module before it looks at the source.)
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-8}
@@ -36,6 +37,7 @@ try_mount() {
 	mount -t "$1" /dev/null /mnt 2>/tmp/mount.err || rc=$?
 	echo "  \$ mount -t $1 /dev/null /mnt: exit $rc: $(cat /tmp/mount.err)"
 }
+# shellcheck disable=SC2317 # called through check (shellcheck 0.9 does not see that)
 not_loaded() { ! is_loaded "$1"; }
 
 step "start modbrokerd, point /proc/sys/kernel/modprobe at modbroker"
@@ -104,7 +106,7 @@ check "(c) daemon still running" daemon_alive
 step "(d) daemon stopped: kernel autoload falls back to modbrokerd --oneshot"
 stop_daemon
 check "(d) daemon gone" sh -c "! kill -0 $DAEMON_PID 2>/dev/null"
-rmmod vfat && rmmod fat || say "rmmod vfat fat failed"
+if ! { rmmod vfat && rmmod fat; }; then say "rmmod vfat fat failed"; fi
 check "(d) vfat unloaded" not_loaded vfat
 check "(d) fat unloaded" not_loaded fat
 trace_reset

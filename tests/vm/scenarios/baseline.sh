@@ -5,6 +5,7 @@
 # insmod's init_module fallback), their results, and mb_fail init attempts.
 # PASSes as long as the burst ran and the counts were collected.
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}
@@ -21,7 +22,7 @@ say "mb_fail init attempts (dmesg): $attempts"
 say "copies exiting non-zero: $(burst_rc_count /tmp/base nonzero) of $N"
 say "stderr kinds: $(cat /tmp/base/err.* | sed 's/.*: //' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
 echo "MB-BASELINE: requests=$N finit_module=$finit init_module=$initm init_attempts=$attempts secs=$BURST_SECS"
-check_eq "all $N copies finished" "$N" "$(ls /tmp/base | grep -c '^rc\.')"
+check_eq "all $N copies finished" "$N" "$(find /tmp/base -name 'rc.*' | wc -l)"
 check_eq "$N finit_module calls traced" "$N" "$finit"
 
 step "baseline: $N concurrent insmod mb_user.ko + mb_base (no broker)"

@@ -16,13 +16,16 @@
 # every caller got an answer; timings are reported, never judged.
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 NS=${MB_BENCH_NS:-1 64 256 1024}
 KO=$MODDIR/extra/mb_fail.ko
 # 1024 connections need more than the default 1024 descriptors, in the daemon
 # (inherits this shell's limit) and in mb-burst (raises its own soft limit).
+# shellcheck disable=SC3045 # busybox sh's ulimit has -n
 ulimit -n 4096 || say "cannot raise the open-file limit"
+# shellcheck disable=SC3045 # busybox sh's ulimit has -n
 say "open-file limit: $(ulimit -n)"
 
 # one_run MODE N CMD...: run mb-burst, add counts, print the MB-BENCH line.

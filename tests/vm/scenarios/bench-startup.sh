@@ -15,6 +15,7 @@
 # again with /proc/sys/kernel/randomize_va_space at 0 (see the comment there).
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 REPS=${MB_BENCH_REPS:-300}

@@ -8,6 +8,7 @@
 # client's direct-load fallback.
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}
@@ -39,6 +40,7 @@ check_eq "(a2) exit 0" 0 "$MB_RC"
 for m in btrfs libcrc32c xor raid6_pq zstd_compress; do
 	check "(a2) $m in /proc/modules" is_loaded $m
 done
+# shellcheck disable=SC2002 # cat: an absent log counts 0 lines
 say "finit_module calls: $(finit_calls) (results: $(results_summary finit_module)); kernel-requested modprobes: $(cat /run/kernel-modprobe.log 2>/dev/null | wc -l)"
 proc_modules '^(btrfs|libcrc32c|xor|raid6_pq|zstd_compress|crc32c[_a-z]*|blake2b_generic) '
 
@@ -61,6 +63,7 @@ check "(c) e1000 in /proc/modules" is_loaded e1000
 
 step "(d) burst: $NF x modbroker load mb_fail${FAIL_PARAMS:+ $FAIL_PARAMS}"
 trace_reset; kmsg_mark
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 burst "$NF" /tmp/bd modbroker load mb_fail $FAIL_PARAMS
 say "client $(exec_span /modbroker); finit_module: $(finit_span)"
 say "finit_module results: $(results_summary finit_module)"
@@ -72,16 +75,18 @@ check_eq "(d) exactly 1 'mb_fail: init attempt' in dmesg" 1 "$(kmsg_since 'mb_fa
 check_eq "(d) all $NF clients exited non-zero" "$NF" "$(burst_rc_count /tmp/bd nonzero)"
 check_eq "(d) all $NF clients' stderr mention ENODEV" "$NF" "$(burst_err_count /tmp/bd ENODEV)"
 say "client 1 stderr: $(cat /tmp/bd/err.1)"
-say "client $NF stdout: $(cat /tmp/bd/out.$NF)"
+say "client $NF stdout: $(cat "/tmp/bd/out.$NF")"
 check "(d) mb_fail not loaded" sh -c '! grep -q "^mb_fail " /proc/modules'
 
 step "(d2) failure window: a late duplicate makes no syscall; --retry and expiry do"
 trace_reset; kmsg_mark
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 mb_run d2a load mb_fail $FAIL_PARAMS
 check "(d2) late duplicate exits non-zero" test "$MB_RC" != 0
 check "(d2) late duplicate told ENODEV" grep -q ENODEV "$MB_ERR"
 check "(d2) late duplicate answered as merged" grep -q '(merged)' "$MB_OUT"
 check_eq "(d2) no finit_module call inside the window" 0 "$(finit_calls)"
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 mb_run d2b load --retry mb_fail $FAIL_PARAMS
 check_eq "(d2) --retry: 1 finit_module call" 1 "$(finit_calls)"
 check_eq "(d2) --retry: 1 init attempt" 1 "$(kmsg_since 'mb_fail: init attempt')"
@@ -91,7 +96,9 @@ printf 'failure_window_secs = 3\n' >/tmp/short-window.toml
 rc=0; start_daemon --config /tmp/short-window.toml || rc=$?
 check_eq "(d2) daemon restarted with a 3 s window" 0 "$rc"
 trace_reset
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 mb_run d2c load mb_fail $FAIL_PARAMS
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 mb_run d2d load mb_fail $FAIL_PARAMS
 check_eq "(d2) first load 1 call, duplicate inside the 3 s window none" 1 "$(finit_calls)"
 # The window runs from the end of the last request the failure answered (d2d's), and is a span
@@ -99,6 +106,7 @@ check_eq "(d2) first load 1 call, duplicate inside the 3 s window none" 1 "$(fin
 failed_at=$(uptime_s)
 while awk -v now="$(uptime_s)" -v t="$failed_at" 'BEGIN{exit !(now - t < 3.2)}'; do usleep 100000; done
 trace_reset
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 mb_run d2e load mb_fail $FAIL_PARAMS
 check "(d2) after the window: exits non-zero with ENODEV" grep -q ENODEV "$MB_ERR"
 check_eq "(d2) after the window: a new finit_module call" 1 "$(finit_calls)"

@@ -21,6 +21,7 @@
 # guard the measurement itself (udev ran, settle finished, trace complete).
 # needs: broker
 set -u
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 mode=$(sed -n 's/.*mb\.coldplug=\([a-z]*\).*/\1/p' /proc/cmdline)
@@ -97,6 +98,7 @@ check_eq "no trace events lost (ring buffer overrun)" 0 "$lost"
 
 # --- report for the host
 echo "MB-COLDPLUG: mode=$mode cpus=$(grep -c ^processor /proc/cpuinfo) kernel=$KVER settle=$settle"
+# shellcheck disable=SC2002 # cat: an absent log counts 0 lines
 echo "MB-COLDPLUG: client_execs=$(grep 'sched_process_exec:' "$TRACE/trace" | grep -c 'filename=/usr/bin/modbroker ' || true) kernel_modprobe_requests=$(cat /run/kernel-modprobe.log 2>/dev/null | wc -l)"
 while read -r m; do echo "MB-MODULE-BEFORE: $m"; done </tmp/modules.before
 cut -d' ' -f1,5 /proc/modules | sort | sed 's/^/MB-MODULE: /'

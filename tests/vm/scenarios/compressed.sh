@@ -26,6 +26,7 @@
 # decoder is covered by the unit tests in src/module_file.rs.)
 # compress-modules: xz:vfat zst:fat zst:mb_ok xz:mb_ok2 zst:e1000
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-16}

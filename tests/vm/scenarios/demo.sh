@@ -7,6 +7,7 @@
 # PASS when each burst cost one finit_module per module.
 # needs: broker
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}
@@ -17,6 +18,7 @@ daemon_up "modbrokerd is listening on $SOCK"
 
 step "$N clients at once: modbroker load mb_fail${FAIL_PARAMS:+ $FAIL_PARAMS} (init fails with ENODEV)"
 trace_reset; kmsg_mark
+# shellcheck disable=SC2086 # FAIL_PARAMS: zero or more module parameters, split
 burst "$N" /tmp/d1 modbroker load mb_fail $FAIL_PARAMS
 echo "  finit_module syscalls seen by the kernel: $(finit_calls)   (results: $(results_summary finit_module))"
 echo "  'mb_fail: init attempt' lines in dmesg:   $(kmsg_since 'mb_fail: init attempt')"

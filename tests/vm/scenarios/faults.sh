@@ -19,6 +19,7 @@
 # needs: broker
 # extra-bins: /usr/bin/kmod
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-32}
@@ -30,6 +31,7 @@ NK=${MB_KILL_FAIL_CLIENTS:-8}
 
 # A real depmod (kmod is multi-call by argv[0]; busybox's applet is not used).
 ln -sf /usr/bin/kmod /tmp/depmod
+# shellcheck disable=SC2120 # a wrapper: passes on any arguments; the calls here need none
 depmod_real() { /tmp/depmod "$@"; }
 
 # Quiet one-shot client run: sets Q_RC, output in /tmp/q.out, /tmp/q.err.
@@ -92,7 +94,7 @@ kill_mid_burst() {
 	usleep 500000
 	killed_at=$(uptime_s)
 	kill -9 "$DAEMON_PID"
-	say "($tag) SIGKILL to modbrokerd (pid $DAEMON_PID) at ${killed_at}s; $(ls "$dir" | grep -c '^rc\.' || true) clients had exited"
+	say "($tag) SIGKILL to modbrokerd (pid $DAEMON_PID) at ${killed_at}s; $(find "$dir" -name 'rc.*' | wc -l) clients had exited"
 	wait "$DAEMON_PID" 2>/dev/null || true
 	wait "$bpid" || true
 	say "($tag) daemon gone $(elapsed "$killed_at" "$(uptime_s)")s after the kill (clients all done)"
@@ -101,7 +103,7 @@ kill_mid_burst() {
 	say "($tag) finit_module: $(finit_calls) calls ($(results_summary finit_module)); by comm: $(grep ' sys_finit_module(' "$TRACE/trace" | sed -E 's/^ *(.*)-[0-9]+ +\[.*/\1/' | sort | uniq -c | tr '\n' ' ')"
 	say "($tag) client exit codes: $(cat "$dir"/rc.* | sort | uniq -c | tr '\n' ' ')"
 	say "($tag) fell back (stderr 'daemon unreachable'): $(burst_err_count "$dir" 'daemon unreachable')"
-	say "($tag) client 1: $(cat "$dir/out.1") / $(cat "$dir/err.1" | tr '\n' ' ')"
+	say "($tag) client 1: $(cat "$dir/out.1") / $(tr '\n' ' ' <"$dir/err.1")"
 }
 
 step "(2a) SIGKILL mid-burst, succeeding module: $N x modbroker load mb_fail delay_ms=2000 err=0"
@@ -124,8 +126,9 @@ kill_mid_burst 2b /tmp/b2b delay_ms=1000
 check_eq "(2b) all $N clients exited non-zero" "$N" "$(burst_rc_count /tmp/b2b nonzero)"
 check_eq "(2b) no client reports success" 0 "$(grep -lE 'mb_fail: (loaded|already-loaded|builtin|no-match)' /tmp/b2b/out.* 2>/dev/null | wc -l)"
 for i in $(seq 1 "$N"); do
-	grep -qE 'ENODEV|EBUSY' "/tmp/b2b/err.$i" && [ "$(cat "/tmp/b2b/rc.$i")" != 0 ] ||
-		say "(2b) client $i: rc $(cat "/tmp/b2b/rc.$i"), stdout: $(cat "/tmp/b2b/out.$i" | tr '\n' ' ') stderr: $(cat "/tmp/b2b/err.$i" | tr '\n' ' ')"
+	if ! { grep -qE 'ENODEV|EBUSY' "/tmp/b2b/err.$i" && [ "$(cat "/tmp/b2b/rc.$i")" != 0 ]; }; then
+		say "(2b) client $i: rc $(cat "/tmp/b2b/rc.$i"), stdout: $(tr '\n' ' ' <"/tmp/b2b/out.$i") stderr: $(tr '\n' ' ' <"/tmp/b2b/err.$i")"
+	fi
 done
 say "(2b) stderr errnos: ENODEV $(burst_err_count /tmp/b2b ENODEV), EBUSY $(burst_err_count /tmp/b2b EBUSY), EEXIST $(burst_err_count /tmp/b2b EEXIST)"
 # Fallback clients load without merging.  On 6.1 a load that waited for

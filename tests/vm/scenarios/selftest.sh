@@ -5,6 +5,7 @@
 # acpi-cpufreq fails with ENODEV under qemu, and that the trace buffer and
 # dmesg counting helpers see exactly the finit_module calls that happen.
 set -eu
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 step "module tree"

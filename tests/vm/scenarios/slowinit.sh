@@ -10,7 +10,7 @@
 # started before the trace was cleared, so any exec is a `--oneshot`).
 # needs: broker
 set -eu
-# shellcheck source=tests/vm/lib.sh disable=SC1091
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}

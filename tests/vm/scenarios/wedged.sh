@@ -19,7 +19,7 @@
 # needs: broker
 # consts: LIVENESS_BOUND PROGRESS_INTERVAL
 set -eu
-# shellcheck source=tests/vm/lib.sh disable=SC1091
+# shellcheck source=tests/vm/lib.sh
 . /lib.sh
 
 N=${MB_BURST:-64}
