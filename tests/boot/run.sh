@@ -50,7 +50,8 @@ previous_deb() {
 		# compiles (minutes less in CI). A copy, not a shared directory: cargo does not copy a
 		# fresh binary to target/release again, so the old tree's would stay in ours.
 		mkdir -p "$dir/src/target"
-		for sub in release "$(rustc -vV | sed -n 's/^host: //p')"; do
+		# (client: the client profile's build scripts and proc macros, built for the host.)
+		for sub in release client "$(rustc -vV | sed -n 's/^host: //p')"; do
 			[ ! -d "$REPO_ROOT/target/$sub" ] || cp -a "$REPO_ROOT/target/$sub" "$dir/src/target/"
 		done
 		(cd "$dir/src" && export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only &&
