@@ -104,12 +104,8 @@ impl AccessPolicy {
 /// calls it first thing in `main`, before the async runtime and the resolver thread start).
 pub unsafe fn take_activated_socket(
 ) -> Result<Option<std::os::unix::net::UnixListener>, ListenError> {
-    let io_error = |source| ListenError::Io {
-        path: PathBuf::from("fd 3 (socket activation)"),
-        source,
-    };
     // SAFETY: the caller guarantees that no other thread reads or writes the environment.
-    let mut fds = unsafe { sd_notify::listen_fds_and_unset_env() }.map_err(io_error)?;
+    let mut fds = unsafe { sd_notify::listen_fds_and_unset_env() }.map_err(activation_error)?;
     std::env::remove_var("LISTEN_FDNAMES");
     // SAFETY: systemd hands us these descriptors as open listening sockets that we now own; the
     // crate checked LISTEN_PID against our pid, and the variables are gone, so nothing else in
@@ -126,10 +122,14 @@ pub fn adopt_activated_socket(
     listener
         .set_nonblocking(true)
         .and_then(|()| UnixListener::from_std(listener))
-        .map_err(|source| ListenError::Io {
-            path: PathBuf::from("fd 3 (socket activation)"),
-            source,
-        })
+        .map_err(activation_error)
+}
+
+fn activation_error(source: io::Error) -> ListenError {
+    ListenError::Io {
+        path: PathBuf::from("fd 3 (socket activation)"),
+        source,
+    }
 }
 
 /// Binds `path` with mode 0600. A stale socket file (nobody answers) is replaced; a live one is

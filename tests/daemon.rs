@@ -152,12 +152,14 @@ impl NotifySocket {
 
     /// The next notification, without the newline that ends each assignment.
     fn next(&self) -> String {
+        self.try_next().expect("notification within 30 s")
+    }
+
+    /// The next notification, or None after 30 s without one.
+    fn try_next(&self) -> Option<String> {
         let mut buf = [0u8; 512];
-        let n = self
-            .socket
-            .recv(&mut buf)
-            .expect("notification within 30 s");
-        notification_text(&buf[..n])
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(notification_text(&buf[..n]))
     }
 
     /// The next `STATUS=` line for which `wanted` holds (bounded by `next`'s timeout).
@@ -374,20 +376,14 @@ fn socket_activation_by_systemd() {
 fn notifies_systemd_ready_status_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("modbroker.sock");
-    let notify_path = dir.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let notify = NotifySocket::bind(dir.path());
     let mut cmd = daemon_command(&socket);
-    cmd.env("NOTIFY_SOCKET", &notify_path);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
     let daemon = Daemon::spawn(cmd, socket.clone());
     let mut messages = Vec::new();
-    let mut buf = [0u8; 512];
     // READY=1 comes first; a STATUS= line follows within the 2 s status period.
     while !messages.iter().any(|m: &String| m.starts_with("STATUS=")) {
-        let n = notify.recv(&mut buf).expect("notification within 30 s");
-        messages.push(notification_text(&buf[..n]));
+        messages.push(notify.next());
     }
     assert_eq!(messages[0], "READY=1");
     assert!(
@@ -396,11 +392,7 @@ fn notifies_systemd_ready_status_and_stopping() {
     );
     let (status, _) = daemon.terminate();
     assert!(status.success());
-    let stopping = std::iter::from_fn(|| {
-        let n = notify.recv(&mut buf).ok()?;
-        Some(notification_text(&buf[..n]))
-    })
-    .find(|m| m == "STOPPING=1");
+    let stopping = std::iter::from_fn(|| notify.try_next()).find(|m| m == "STOPPING=1");
     assert!(stopping.is_some(), "STOPPING=1 sent on SIGTERM");
 }
 
