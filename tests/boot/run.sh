@@ -145,6 +145,10 @@ summarise() {
 
 get() { sed -n "s/^$2=//p" "$1/summary" | head -n1; }
 
+# What rule-state.sh must say while the package is installed (its rule in /usr/lib, udev's
+# diverted under both names, nothing in /etc/udev) and after dpkg -r (udev's own rule back).
+RULE_STATE_INSTALLED="diversions=2 rule=broker distrib=yes etc_rule=no"
+RULE_STATE_REMOVED="diversions=0 rule=udev distrib=no etc_rule=no"
 # rule_state FILE: rule-state.sh's lines in FILE, on one line.
 rule_state() { grep -E '^(diversions|rule|distrib|etc_rule)=' "$1" | tr '\n' ' ' | sed 's/ $//'; }
 
@@ -195,7 +199,7 @@ judge_builtin() {
 		check "$case: no load calls from modbrokerd in the real root" sh -c "! grep '^root_by_comm=' '$dir/summary' | grep -q modbrokerd"
 	[ "$case" = bookworm-removed ] &&
 		check "$case: dpkg -r gave udev its own 80-drivers.rules back, no diversion left ($(rule_state "$dir/rule.state"))" \
-			[ "$(rule_state "$dir/rule.state")" = "diversions=0 rule=udev distrib=no etc_rule=no" ]
+			[ "$(rule_state "$dir/rule.state")" = "$RULE_STATE_REMOVED" ]
 	return 0
 }
 
@@ -207,7 +211,7 @@ judge_broker() {
 	# The upgrade case boots the previous release (its rule in /etc); it is checked after the upgrade.
 	[ "$case" = bookworm-upgrade ] ||
 		check "$case: the package's rule in /usr/lib/udev/rules.d, udev's diverted aside, nothing in /etc/udev ($(rule_state "$dir/rule.state"))" \
-			[ "$(rule_state "$dir/rule.state")" = "diversions=2 rule=broker distrib=yes etc_rule=no" ]
+			[ "$(rule_state "$dir/rule.state")" = "$RULE_STATE_INSTALLED" ]
 	check "$case: initramfs holds the client, the daemon and 80-drivers.rules" sh -c \
 		"grep -q 'usr/bin/modbroker\$' '$dir/initramfs.list' && grep -q 'usr/bin/modbrokerd\$' '$dir/initramfs.list' && grep -q '80-drivers.rules\$' '$dir/initramfs.list'"
 	for phase in initramfs root; do
@@ -279,7 +283,7 @@ judge_broker() {
 		check "$case: the socket stayed open through the upgrade (the daemon alone restarted)" \
 			grep -q '^upgrade: the socket stayed open' "$r/extra"
 		check "$case: after dpkg -i: the package's rule in /usr/lib/udev/rules.d, udev's diverted aside, nothing in /etc/udev ($(rule_state "$r/extra"))" \
-			[ "$(rule_state "$r/extra")" = "diversions=2 rule=broker distrib=yes etc_rule=no" ]
+			[ "$(rule_state "$r/extra")" = "$RULE_STATE_INSTALLED" ]
 		check "$case: an install line through the daemon wrote /run, /sys and /proc/sys (modbroker-install@.service)" \
 			grep -q '^install: ran outside the sandbox' "$r/extra"
 		check "$case: its stdout went to the runner's journal" grep -q '^install: stdout in the journal' "$r/extra"
