@@ -17,7 +17,7 @@
 //! and waits while they come, so a slow module init is waited for and a silent daemon is left
 //! after [`LIVENESS_BOUND`]; [`mark_unresponsive`] then tells the rest of the boot.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -168,9 +168,11 @@ pub fn call_while_alive(
 /// One request on one connection, and the lines that come back.
 struct Exchange {
     path: PathBuf,
-    reader: BufReader<io::Take<UnixStream>>,
-    /// Bytes of a line not yet complete (a read timed out in its middle).
-    partial: Vec<u8>,
+    stream: UnixStream,
+    /// Bytes read and not yet returned as a line (a line cut by a read timeout waits here).
+    pending: Vec<u8>,
+    /// Bytes read in all: at [`MAX_REPLY`] the reply counts as cut short.
+    received: u64,
     /// Why writing the request failed, if it did: a daemon that refuses us may answer and
     /// close before reading our request; its reply is still readable after our write fails,
     /// and it (not the write error) decides.
@@ -203,8 +205,9 @@ impl Exchange {
         let write_error = stream.write_all(request.encode().as_bytes()).err();
         Ok(Exchange {
             path: socket.to_path_buf(),
-            reader: BufReader::new(stream.take(MAX_REPLY)),
-            partial: Vec::new(),
+            stream,
+            pending: Vec::with_capacity(1024),
+            received: 0,
             write_error,
         })
     }
@@ -214,40 +217,53 @@ impl Exchange {
     fn next_line(&mut self, timeout: Option<Duration>) -> Result<Option<DaemonLine>, ClientError> {
         // A zero read timeout means "block forever" to the kernel, and std refuses it.
         let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
-        let stream = self.reader.get_ref().get_ref();
-        stream
+        self.stream
             .set_read_timeout(timeout)
             .map_err(|e| self.failed(e.to_string()))?;
-        match self.reader.read_until(b'\n', &mut self.partial) {
-            Ok(_) if self.partial.ends_with(b"\n") => {
-                let line = std::mem::take(&mut self.partial);
-                decode_daemon_line(&line)
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return decode_daemon_line(&line)
                     .map(Some)
-                    .map_err(|e| self.failed(format!("unreadable reply: {e}")))
+                    .map_err(|e| self.failed(format!("unreadable reply: {e}")));
             }
-            Ok(_) if self.partial.is_empty() => Err(ClientError::Unreachable {
-                path: self.path.clone(),
-                source: self.write_error.take().unwrap_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "daemon closed the connection without replying",
-                    )
-                }),
-            }),
-            Ok(_) => Err(self.failed("reply cut short".to_string())),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
+            let read = match self.stream.read(&mut chunk) {
+                Ok(_) if self.received >= MAX_REPLY => 0,
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(ClientError::Unreachable {
+                        path: self.path.clone(),
+                        source: e,
+                    })
+                }
+                Err(e) => return Err(self.failed(e.to_string())),
+            };
+            if read == 0 && self.pending.is_empty() {
+                return Err(ClientError::Unreachable {
+                    path: self.path.clone(),
+                    source: self.write_error.take().unwrap_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "daemon closed the connection without replying",
+                        )
+                    }),
+                });
             }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ClientError::Unreachable {
-                path: self.path.clone(),
-                source: e,
-            }),
-            Err(e) => Err(self.failed(e.to_string())),
+            if read == 0 {
+                return Err(self.failed("reply cut short".to_string()));
+            }
+            self.received += read as u64;
+            self.pending.extend_from_slice(&chunk[..read]);
         }
     }
 
@@ -440,6 +456,7 @@ mod tests {
     use super::*;
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixListener;
+    use std::io::{BufRead, BufReader};
 
     /// Runs `call` with `timeout` on its own thread and waits at most 20 s for it, so that a
     /// client that hangs fails the test instead of hanging it.

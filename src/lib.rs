@@ -54,3 +54,4 @@ pub mod server;
 pub mod service;
 pub mod target;
 pub mod testing;
+pub mod wire;

@@ -49,6 +49,7 @@ use modbroker::client::{self, ClientError};
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
 use modbroker::record::Requester;
 use modbroker::report;
+use modbroker::wire;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -701,35 +702,75 @@ fn exit_for(results: &[TargetResult], options: &LoadOptions) -> ExitCode {
     }
 }
 
-/// One stdout line per target (unless `quiet`); failures also get one stderr line.
+/// One stdout line per target (unless `quiet`); failures also get one stderr line. Both are
+/// put together without `core::fmt`, like the request (see `modbroker::wire`): udev's client
+/// prints them once per uevent.
 fn print_result(r: &TargetResult, quiet: bool) {
-    let merged = if r.merged { " (merged)" } else { "" };
+    use std::io::Write;
     if !quiet {
-        println!(
-            "{}: {} [{}]{merged} in {:.1} ms",
-            r.target,
-            r.outcome.as_str(),
-            r.modules.join(","),
-            r.elapsed_us as f64 / 1000.0
-        );
+        let mut line = String::with_capacity(128);
+        line.push_str(&r.target);
+        line.push_str(": ");
+        line.push_str(r.outcome.as_str());
+        line.push_str(" [");
+        line.push_str(&r.modules.join(","));
+        line.push(']');
+        if r.merged {
+            line.push_str(" (merged)");
+        }
+        line.push_str(" in ");
+        push_ms(&mut line, r.elapsed_us);
+        line.push_str(" ms\n");
+        let _ = std::io::stdout().write_all(line.as_bytes());
     }
     if r.outcome.is_success() {
         return;
     }
-    let detail = match &r.failure {
+    let mut line = String::with_capacity(128);
+    line.push_str("modbroker: ");
+    line.push_str(&r.target);
+    line.push_str(": ");
+    line.push_str(r.outcome.as_str());
+    line.push_str(": ");
+    match &r.failure {
         Some(f) => match (&f.errno_name, f.errno) {
             (Some(name), Some(errno)) => {
-                format!("module {}: {name} (errno {errno}): {}", f.module, f.message)
+                line.push_str("module ");
+                line.push_str(&f.module);
+                line.push_str(": ");
+                line.push_str(name);
+                line.push_str(" (errno ");
+                if errno < 0 {
+                    line.push('-');
+                }
+                wire::push_u64(&mut line, u64::from(errno.unsigned_abs()));
+                line.push_str("): ");
+                line.push_str(&f.message);
             }
-            _ if f.module.is_empty() => f.message.clone(),
-            _ => format!("module {}: {}", f.module, f.message),
+            _ if f.module.is_empty() => line.push_str(&f.message),
+            _ => {
+                line.push_str("module ");
+                line.push_str(&f.module);
+                line.push_str(": ");
+                line.push_str(&f.message);
+            }
         },
         None if r.outcome == OutcomeKind::Blacklisted => {
-            format!("blacklisted: {}", r.modules.join(", "))
+            line.push_str("blacklisted: ");
+            line.push_str(&r.modules.join(", "));
         }
-        None => String::new(),
-    };
-    eprintln!("modbroker: {}: {}: {detail}", r.target, r.outcome.as_str());
+        None => {}
+    }
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// `us` microseconds as milliseconds with one decimal, rounded half up (`12.3`).
+fn push_ms(line: &mut String, us: u64) {
+    let tenths = us / 100 + u64::from(us % 100 >= 50);
+    wire::push_u64(line, tenths / 10);
+    line.push('.');
+    wire::push_u64(line, tenths % 10);
 }
 
 fn print_resolved(reply: &Reply) -> ExitCode {
