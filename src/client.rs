@@ -221,9 +221,11 @@ impl Exchange {
             .set_read_timeout(timeout)
             .map_err(|e| self.failed(e.to_string()))?;
         let mut chunk = [0u8; 4096];
+        // How much of `pending` is known to hold no newline: each byte is looked at once.
+        let mut scanned = 0;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
+            if let Some(at) = self.pending[scanned..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=scanned + at).collect();
                 return decode_daemon_line(&line)
                     .map(Some)
                     .map_err(|e| self.failed(format!("unreadable reply: {e}")));
@@ -263,6 +265,7 @@ impl Exchange {
                 return Err(self.failed("reply cut short".to_string()));
             }
             self.received += read as u64;
+            scanned = self.pending.len();
             self.pending.extend_from_slice(&chunk[..read]);
         }
     }
@@ -454,9 +457,9 @@ pub fn show_depends(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixListener;
-    use std::io::{BufRead, BufReader};
 
     /// Runs `call` with `timeout` on its own thread and waits at most 20 s for it, so that a
     /// client that hangs fails the test instead of hanging it.
@@ -653,6 +656,48 @@ mod tests {
         assert!(dir.path().join("modbroker/unresponsive").is_file());
         // A second client's mark (the directory exists now) is no error.
         mark_unresponsive(&socket).unwrap();
+    }
+
+    /// A reply far longer than one read, written in small pieces after a progress line, is read
+    /// whole and in linear time (the reader looks for the newline only in what each read added).
+    #[test]
+    fn a_long_reply_in_many_pieces_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let results: Vec<TargetResult> = (0..40_000)
+            .map(|i| TargetResult {
+                target: format!("target{i}"),
+                outcome: crate::protocol::OutcomeKind::NoMatch,
+                modules: vec![],
+                failure: None,
+                merged: false,
+                elapsed_us: i,
+            })
+            .collect();
+        let reply = Reply::results(results);
+        let line = reply.encode();
+        assert!(line.len() > 3_000_000, "{}", line.len());
+        let daemon = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            BufReader::new(&stream)
+                .read_line(&mut String::new())
+                .unwrap();
+            let mut writer = &stream;
+            let progress = crate::protocol::Progress { elapsed_ms: 1 }.encode() + &line;
+            for piece in progress.as_bytes().chunks(1000) {
+                writer.write_all(piece).unwrap();
+            }
+        });
+        let started = Instant::now();
+        let read = call(&path, &Request::Status, Some(Duration::from_secs(60))).unwrap();
+        daemon.join().unwrap();
+        assert_eq!(read, reply);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
 //! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
 //! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
-//! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client) and
+//! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`]
+//! (the small JSON codec of udev's client path) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
 //! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
 //! (that record as `modbroker blame` and `modbroker plot` show it). [`testing`] holds the fake kernel used by tests.

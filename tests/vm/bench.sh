@@ -19,7 +19,9 @@
 # The client measured is the one installed: static-pie, from `make build`.
 # The old client, for side-by-side figures, is the client of commit
 # $MB_BENCH_OLD_REV (default 317eb22, the last one before the fast udev path:
-# dynamic, clap), built once into $MB_VM_WORK/bench/old-client-REV.
+# dynamic, clap), built once into $MB_VM_WORK/bench/old-client-REV as that
+# tree's `make build` builds it: static-pie with the `client` profile where the
+# tree has one (58f8cee: the last client with serde_json on udev's path).
 # Builds the release binaries (`make build`; mb-burst with --features bench-tools),
 # boots the VMs through run.sh, extracts the "MB-BENCH:" lines, writes CSVs
 # and the report to $MB_VM_WORK/bench/ (report.md holds every table plus the
@@ -49,13 +51,20 @@ old_client() {
 	rev=$(git -C "$REPO_ROOT" rev-parse --short "${MB_BENCH_OLD_REV:-317eb22}^{commit}") ||
 		die "MB_BENCH_OLD_REV=${MB_BENCH_OLD_REV:-317eb22} is not a commit of this repository"
 	dir=$out/old-client-$rev
-	if [ ! -x "$dir/target/release/modbroker" ]; then
+	if [ ! -x "$dir/bin/modbroker" ]; then
 		echo "== building the old client ($rev) in $dir" >&2
-		rm -rf "$dir/src" && mkdir -p "$dir/src"
+		rm -rf "$dir/src" && mkdir -p "$dir/src" "$dir/bin"
 		git -C "$REPO_ROOT" archive "$rev" | tar -x -C "$dir/src"
-		(cd "$dir/src" && CARGO_TARGET_DIR=$dir/target cargo build --release --locked --bin modbroker) >&2
+		if grep -q '^\[profile\.client\]' "$dir/src/Cargo.toml"; then
+			(cd "$dir/src" && CARGO_TARGET_DIR=$dir/target RUSTFLAGS="-C target-feature=+crt-static" \
+				cargo build --profile client --locked --no-default-features --bin modbroker --target "$triple") >&2
+			cp "$dir/target/$triple/client/modbroker" "$dir/bin/modbroker"
+		else
+			(cd "$dir/src" && CARGO_TARGET_DIR=$dir/target cargo build --release --locked --bin modbroker) >&2
+			cp "$dir/target/release/modbroker" "$dir/bin/modbroker"
+		fi
 	fi
-	echo "$dir/target/release/modbroker"
+	echo "$dir/bin/modbroker"
 }
 {
 	echo "# modbroker benchmarks"
@@ -152,7 +161,7 @@ case " $vm_parts " in *" startup "*)
 	{
 		echo "## client start-up: whole process, module already loaded"
 		echo
-		echo "${MB_BENCH_STARTUP_SMP:-2} vCPUs. Each command run back to back ${MB_BENCH_REPS:-300} times from busybox sh, two rounds (second in reverse order); ms per call = wall time / calls (includes the shell's fork + exec). New client: this tree's (static-pie, fast path); old client: commit ${MB_BENCH_OLD_REV:-317eb22} (dynamic, clap). Both ask the same daemon."
+		echo "${MB_BENCH_STARTUP_SMP:-2} vCPUs. Each command run back to back ${MB_BENCH_REPS:-300} times from busybox sh, two rounds (second in reverse order); ms per call = wall time / calls (includes the shell's fork + exec). New client: this tree's (static-pie, fast path); old client: commit ${MB_BENCH_OLD_REV:-317eb22}'s, built as that tree's \`make build\` builds it. Both ask the same daemon."
 		echo
 		echo "| command | round 1 ms/call | round 2 ms/call | failures |"
 		echo "| --- | ---: | ---: | ---: |"
@@ -224,7 +233,7 @@ case " $parts " in *" startup-host "*)
 	{
 		echo "## client start-up on the host (real CPU), builtin module"
 		echo
-		echo "\`modbroker load --udev unix\` (new client: this tree's, static-pie; old client: commit ${MB_BENCH_OLD_REV:-317eb22}, dynamic) against a daemon over the $KVER tree vs \`modprobe -S $KVER -q unix\`; unix is builtin in $KVER, so all answer from the indexes without a syscall. Instructions: one whole process under callgrind (the daemon's share is not counted); distinct: how many different instruction addresses ran, which is what qemu's TCG translates afresh on every exec of a position-independent binary (the VM figures' main cost, free of timing noise). Wall: hyperfine -N, $runs runs each after 50 warm-up runs, two rounds in opposite order; mean (median) ms per whole process."
+		echo "\`modbroker load --udev unix\` (new client: this tree's, static-pie; old client: commit ${MB_BENCH_OLD_REV:-317eb22}'s, built as that tree's \`make build\` builds it) against a daemon over the $KVER tree vs \`modprobe -S $KVER -q unix\`; unix is builtin in $KVER, so all answer from the indexes without a syscall. Instructions: one whole process under callgrind (the daemon's share is not counted); distinct: how many different instruction addresses ran, which is what qemu's TCG translates afresh on every exec of a position-independent binary (the VM figures' main cost, free of timing noise). Wall: hyperfine -N, $runs runs each after 50 warm-up runs, two rounds in opposite order; mean (median) ms per whole process."
 		echo
 		python3 - "$out/startup-host-1.json" "$out/startup-host-2.json" "$i_new" "$i_old" "$i_kp" "$i_true" <<'PY'
 import json, sys

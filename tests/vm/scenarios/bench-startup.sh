@@ -3,9 +3,9 @@
 # run-all.sh): cost of one whole client process asking for a module that is
 # already loaded (answered from sysfs), run back to back $MB_BENCH_REPS
 # (default 300) times each: udev's command line `modbroker load --udev e1000`
-# with this tree's client (static-pie, the fast path) and with the client of
-# before the fast path (/usr/bin/modbroker-old: dynamic, clap; tests/vm/bench.sh
-# builds it from MB_BENCH_OLD_REV), both against the same daemon; kmod's
+# with this tree's client (static-pie, the fast path) and with an older client
+# (/usr/bin/modbroker-old: tests/vm/bench.sh builds it from MB_BENCH_OLD_REV,
+# by default the last before the fast path), both against the same daemon; kmod's
 # `modprobe -q e1000` (/usr/bin/kmod called through a `modprobe` symlink),
 # busybox `modprobe -q e1000`, and `/bin/busybox true` (the floor: fork + exec
 # of a static binary from this shell). Both kmod and the old client come in
