@@ -2,10 +2,11 @@
 //!
 //! udev execs `modbroker load --udev` once per uevent, so every instruction of its start-up
 //! counts, and under an emulator (qemu's TCG, where each exec of a position-independent binary is
-//! translated afresh) every *distinct* instruction counts. serde_json's typed encoder and decoder
-//! alone run about 2,400 distinct instructions, half again what the rest of a minimal client
-//! runs (BENCHMARKS.md, section 5b). The load request and the daemon's progress and `load` replies
-//! are therefore written and read with these few functions, which run a few hundred.
+//! translated afresh) every *distinct* instruction counts. In a minimal static-pie client,
+//! serde_json's typed encoder and decoder for these lines added about 2,400 distinct
+//! instructions to the 4,600 of the rest (BENCHMARKS.md, section 5b). The load request and the
+//! daemon's progress and `load` replies are therefore written and read with these few
+//! functions, which run a few hundred.
 //!
 //! serde_json stays the reference. [`crate::protocol`] builds on this module, compares both in
 //! its tests, and hands every line that [`Reader`] does not take (an escaped string, a float, a
