@@ -206,11 +206,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Takes an array, each element by `item`, into a vector.
+    pub fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let mut items = Vec::new();
+        self.array(|r| item(r).map(|x| items.push(x)))?;
+        Some(items)
+    }
+
     /// Takes an array of strings.
     pub fn strings(&mut self) -> Option<Vec<String>> {
-        let mut items = Vec::new();
-        self.array(|r| r.str().map(|s| items.push(s.to_string())))?;
-        Some(items)
+        self.list(|r| r.str().map(str::to_string))
     }
 
     /// Takes any one value (of the kinds this reader takes), for a key it does not know.

@@ -96,7 +96,7 @@ pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
         match key {
             "v" => v = Some(u32::try_from(r.int()?).ok()?),
             "ok" => ok = Some(r.bool()?),
-            "results" => results = Some(optional(r, |r| list(r, target_result))?),
+            "results" => results = Some(optional(r, |r| r.list(target_result))?),
             "error" => error = Some(optional(r, error_body)?),
             "ignored" => ignored = Some(r.strings()?),
             "progress" => progress = Some(progress_body(r)?),
@@ -133,15 +133,6 @@ fn optional<'a, T>(
         return Some(None);
     }
     value(r).map(Some)
-}
-
-fn list<'a, T>(
-    r: &mut Reader<'a>,
-    mut item: impl FnMut(&mut Reader<'a>) -> Option<T>,
-) -> Option<Vec<T>> {
-    let mut items = Vec::new();
-    r.array(|r| item(r).map(|x| items.push(x)))?;
-    Some(items)
 }
 
 fn progress_body(r: &mut Reader) -> Option<Progress> {
