@@ -132,6 +132,10 @@ pub struct DaemonArgs {
     /// Where this instance writes its part of the boot's record (modbroker blame, plot)
     #[arg(long, value_name = "DIR", default_value = crate::record::RECORD_DIR)]
     pub record_dir: PathBuf,
+    /// Where the markers that spare udev a client exec go (see 80-drivers.rules); an empty
+    /// value makes none
+    #[arg(long, value_name = "DIR", default_value = crate::skip::SKIP_DIR)]
+    pub skip_dir: PathBuf,
     /// Check the configuration file (and its log_level) and exit: 0 if it is usable, 1 with the
     /// errors on stderr if not. Loads nothing, binds nothing
     #[arg(long, conflicts_with_all = ["oneshot", "show_depends"])]

@@ -22,7 +22,8 @@
 //! (the small JSON codec of udev's client path) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
 //! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
-//! (that record as `modbroker blame` and `modbroker plot` show it). [`testing`] holds the fake kernel used by tests.
+//! (that record as `modbroker blame` and `modbroker plot` show it), [`skip`] (the markers that
+//! spare udev a client exec for a uevent that would buy nothing). [`testing`] holds the fake kernel used by tests.
 //!
 //! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
 //! server and the broker so that the server knows only sockets and the broker only modules (the
@@ -53,6 +54,7 @@ pub mod report;
 pub mod resolver;
 pub mod server;
 pub mod service;
+pub mod skip;
 pub mod target;
 pub mod testing;
 pub mod wire;

@@ -19,6 +19,7 @@ use crate::protocol::{
     TargetResult,
 };
 use crate::record::Requester;
+use crate::skip::{self, SkipMarkers};
 use crate::target::{validate_params, validate_target};
 
 /// Something that turns a validated target into a plan (libkmod in the daemon, a table in tests).
@@ -49,6 +50,8 @@ pub struct Service {
     /// `wait: false` targets accepted and not yet done (still being resolved, or loading): a
     /// shutdown waits for them as for loads in flight.
     background: Arc<AtomicU64>,
+    /// Where udev learns which uevents need no client (the daemon's; none in tests).
+    skips: Option<Arc<SkipMarkers>>,
 }
 
 impl Service {
@@ -60,6 +63,29 @@ impl Service {
             resolver,
             broker,
             started: Instant::now(),
+            skips: None,
+        }
+    }
+
+    /// Leaves skip markers for udev (see [`crate::skip`]) in `markers`.
+    pub fn with_skip_markers(mut self, markers: Arc<SkipMarkers>) -> Self {
+        self.skips = Some(markers);
+        self
+    }
+
+    /// The resolver's reload count, for [`SkipMarkers::open`].
+    pub fn resolver_generation(&self) -> u64 {
+        self.resolver.reload_count()
+    }
+
+    /// After a forced reload (SIGHUP): failures remembered and skip markers made from the old
+    /// indexes and configuration no longer hold.
+    pub fn forget_after_reload(&self) {
+        let now = self.resolver.reload_count();
+        self.reloads_seen.store(now, Ordering::Release);
+        self.broker.forget_failures();
+        if let Some(skips) = &self.skips {
+            skips.invalidate(now);
         }
     }
 
@@ -70,6 +96,9 @@ impl Service {
         let now = self.resolver.reload_count();
         if self.reloads_seen.swap(now, Ordering::AcqRel) != now {
             self.broker.forget_failures();
+            if let Some(skips) = &self.skips {
+                skips.invalidate(now);
+            }
         }
     }
 
@@ -166,6 +195,8 @@ impl Service {
         if let Err(err) = validate_target(target) {
             return invalid(target, &err.to_string());
         }
+        // Read before resolving: a plan is never older than this count (skip markers).
+        let generation = self.resolver.reload_count();
         let plan = match self.resolver.resolve(target, how.blacklist).await {
             Ok(plan) => plan,
             Err(message) => return resolve_failed(target, message, started),
@@ -178,7 +209,27 @@ impl Service {
             }
             _ => Vec::new(),
         };
-        plan_result(target, &plan, &answers, started)
+        let result = plan_result(target, &plan, &answers, started);
+        self.leave_skip_marker(target, &how.requester, &plan, &result, generation);
+        result
+    }
+
+    /// A udev request that bought nothing: tell udev not to exec the client for the next one.
+    fn leave_skip_marker(
+        &self,
+        target: &str,
+        requester: &Requester,
+        plan: &Plan,
+        result: &TargetResult,
+        generation: u64,
+    ) {
+        let Some(skips) = &self.skips else { return };
+        let Some(key) = skip::marker_key(target, requester) else {
+            return;
+        };
+        if let Some(modules) = skip::modules_to_watch(plan, result) {
+            skips.note(key, &modules, generation);
+        }
     }
 
     /// Loads the modules one target matched one after another, in lookup order, each through

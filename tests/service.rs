@@ -138,3 +138,41 @@ async fn no_wait_refuses_invalid_targets_and_counts_background_loads() {
     }
     assert_eq!(kernel.calls("mb_ok"), 1);
 }
+
+/// A udev request that bought nothing leaves a skip marker that resolves while its modules are
+/// in; a failed one, or one not from udev, leaves none (see modbroker::skip).
+#[tokio::test]
+async fn a_udev_request_that_bought_nothing_leaves_a_skip_marker() {
+    use modbroker::skip::SkipMarkers;
+    use modbroker::testing::udev_request;
+    let kernel = FakeKernel::new();
+    kernel.set_live("mb_live_a");
+    kernel.fail("mb_broken_b", Errno::ENODEV);
+    let resolver = FixedResolver::new()
+        .with("pci:v1", Plan::Load(vec![node("mb_live_a", vec![])]))
+        .with("pci:v2", Plan::Load(vec![node("mb_broken_b", vec![])]))
+        .with("pci:v3", Plan::Load(vec![node("mb_live_a", vec![])]))
+        .with("acpi:NONE:", Plan::NoMatch);
+    let root = tempfile::tempdir().unwrap();
+    let sys_module = root.path().join("module");
+    std::fs::create_dir_all(sys_module.join("mb_live_a")).unwrap();
+    let dir = root.path().join("skip");
+    let markers = Arc::new(SkipMarkers::open(&dir, &sys_module, 0).unwrap());
+    let service = service(&kernel, resolver).with_skip_markers(markers);
+
+    for target in ["pci:v1", "pci:v2", "acpi:NONE:"] {
+        service
+            .handle(udev_request(target, "pci", "/devices/x"))
+            .await;
+    }
+    service.handle(load_request("pci:v3")).await;
+    assert!(dir.join("pci:v1").exists(), "already loaded: marker");
+    assert!(dir.join("acpi:NONE:").exists(), "no match: marker");
+    assert!(!dir.join("pci:v2").exists(), "failed: no marker");
+    assert!(!dir.join("pci:v3").exists(), "not from udev: no marker");
+    std::fs::remove_dir(sys_module.join("mb_live_a")).unwrap();
+    assert!(
+        !dir.join("pci:v1").exists(),
+        "its module went: the marker no longer resolves"
+    );
+}

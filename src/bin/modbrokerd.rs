@@ -39,6 +39,7 @@ use modbroker::record::{self, Phase, Recorder};
 use modbroker::resolver::{KmodResolver, ResolverHandle};
 use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
+use modbroker::skip::SkipMarkers;
 use modbroker::target::validate_target;
 use sd_notify::NotifyState;
 use tokio::net::UnixListener;
@@ -380,7 +381,10 @@ async fn serve(
     let broker = Broker::with_recorder(Arc::new(kernel), config.broker_settings(), recorder);
     let record_dir = args.record_dir.clone();
     tokio::spawn(keep_record_written(broker.clone(), record_dir.clone()));
-    let service = Service::new(Arc::new(KmodResolve(resolver.clone())), broker);
+    let service = with_skip_markers(
+        Service::new(Arc::new(KmodResolve(resolver.clone())), broker),
+        &args.skip_dir,
+    );
     let access = SharedAccess::from(access_policy(&config));
     let (listener, bound_path) = listen(&config, config_file(&args).0, activated)?;
     let socket_file = socket_file(&listener);
@@ -427,6 +431,21 @@ async fn serve(
         "modbrokerd stopped"
     );
     Ok(())
+}
+
+/// Markers in `dir` that spare udev a client exec (modbroker::skip); without them (an empty
+/// `dir`, or one that cannot be made) every uevent still execs the client, as before.
+fn with_skip_markers(service: Service, dir: &Path) -> Service {
+    if dir.as_os_str().is_empty() {
+        return service;
+    }
+    match SkipMarkers::open(dir, "/sys/module".as_ref(), service.resolver_generation()) {
+        Ok(markers) => service.with_skip_markers(Arc::new(markers)),
+        Err(err) => {
+            warn!(dir = %dir.display(), error = %err, "no skip markers");
+            service
+        }
+    }
 }
 
 /// How often the record file is brought up to date while anything changes.
@@ -589,9 +608,9 @@ impl Reloader {
             Ok(()) => info!("reloaded module indexes and modprobe.d"),
             Err(err) => warn!(error = %err, "module index reload failed"),
         }
-        // Whatever a remembered failure came from (a module file, modprobe.d, the indexes) may
-        // have changed: the next request for the module tries again.
-        self.service.broker().forget_failures();
+        // Whatever a remembered failure or a skip marker came from (a module file, modprobe.d,
+        // the indexes) may have changed: the next request for the module tries again.
+        self.service.forget_after_reload();
     }
 
     fn apply(&mut self, config: Config) {

@@ -278,6 +278,20 @@ judge_broker() {
 		check "$case: the config error is logged at priority err" grep -q '"PRIORITY":"3"' "$r/journal-modbroker.json"
 		check "$case: systemctl status shows the config error" grep -q '^StatusText=configuration error' "$r/units"
 		;;
+	*-broker)
+		check "$case: coldplug left skip markers that resolve ($(grep '^skip: coldplug left [0-9]' "$r/extra"))" \
+			grep -q '^skip: coldplug left resolving markers' "$r/extra"
+		check "$case: skip: pcspkr loaded, its marker resolves, \`udevadm test\` runs no client" \
+			grep -q '^skip: pcspkr loaded, its marker resolves' "$r/extra"
+		check "$case: skip: rmmod pcspkr, its marker dangles, udev runs the client again" \
+			grep -q '^skip: pcspkr unloaded, its marker dangles' "$r/extra"
+		check "$case: skip: a trigger loads pcspkr again, and its marker resolves again" \
+			grep -q '^skip: a trigger loaded pcspkr again' "$r/extra"
+		check "$case: skip: a modprobe.d change (modbroker-reload.path) makes the markers stop resolving" \
+			grep -q '^skip: a modprobe.d change made the markers stop resolving' "$r/extra"
+		;;
+	esac
+	case $case in
 	*-broker | *-upgrade)
 		check "$case: requests during an upgrade (dpkg -i while serving) all answered" grep -q '^upgrade: all answered' "$r/extra"
 		check "$case: the socket stayed open through the upgrade (the daemon alone restarted)" \

@@ -5,6 +5,39 @@
 # the broker case, the previous release in the upgrade case), whose postinst try-restarts
 # modbroker.service; the socket stays open, so each request must be answered, by the old daemon
 # or by the new one. Then where the package left 80-drivers.rules (rule-state.sh).
+# Skip markers (modbroker::skip), before the upgrade restarts the boot's daemon: what coldplug
+# left, and udev's rule reading them (`udevadm test` lists the programs an add would run).
+markers=0 resolving=0
+for m in /run/modbroker/skip/*; do
+	[ -L "$m" ] || continue
+	markers=$((markers + 1))
+	[ -e "$m" ] && resolving=$((resolving + 1))
+done
+echo "skip: coldplug left $markers markers, $resolving resolve"
+[ "$resolving" -gt 0 ] && echo "skip: coldplug left resolving markers"
+runs_client() { udevadm test --action=add /devices/platform/pcspkr 2>&1 | grep -q 'modbroker load'; }
+marker=/run/modbroker/skip/$(cat /sys/devices/platform/pcspkr/modalias 2>/dev/null)
+if grep -q '^pcspkr ' /proc/modules && [ -e "$marker" ] && ! runs_client; then
+	echo "skip: pcspkr loaded, its marker resolves, udev runs no client"
+fi
+rmmod pcspkr
+if [ ! -e "$marker" ] && runs_client; then
+	echo "skip: pcspkr unloaded, its marker dangles, udev runs the client"
+fi
+udevadm trigger --action=add --settle /sys/devices/platform/pcspkr
+if grep -q '^pcspkr ' /proc/modules && [ -e "$marker" ]; then
+	echo "skip: a trigger loaded pcspkr again and its marker resolves again"
+fi
+# A modprobe.d change: modbroker-reload.path reloads the daemon, and no marker resolves.
+touch /etc/modprobe.d/mbtest-skip.conf
+tries=0
+while [ -e "$marker" ] && [ "$tries" -lt 300 ]; do
+	sleep 0.1
+	tries=$((tries + 1))
+done
+[ ! -e "$marker" ] && echo "skip: a modprobe.d change made the markers stop resolving"
+rm -f /etc/modprobe.d/mbtest-skip.conf
+
 mod=$(cut -d' ' -f1 /proc/modules | head -n1)
 stop=/run/mbtest-upgrade.stop
 rm -f "$stop" /run/mbtest-upgrade.*
