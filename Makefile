@@ -123,8 +123,6 @@ install: build docs
 	install -m 0644 systemd/modbroker.socket $(DESTDIR)$(UNITDIR)/modbroker.socket
 	install -m 0644 systemd/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install.socket
 	sed 's|/usr/bin/|$(BINDIR)/|g' systemd/modbroker-install@.service > $(DESTDIR)$(UNITDIR)/modbroker-install@.service
-	install -m 0644 systemd/modbroker-reload.path $(DESTDIR)$(UNITDIR)/modbroker-reload.path
-	install -m 0644 systemd/modbroker-reload.service $(DESTDIR)$(UNITDIR)/modbroker-reload.service
 	sed 's|/usr/bin/|$(BINDIR)/|g' udev/80-drivers.rules > $(DESTDIR)$(UDEVRULESDIR)/80-drivers.rules
 	for f in hooks/modbroker scripts/init-top/modbroker scripts/init-bottom/modbroker; do \
 		install -d $(DESTDIR)$(INITRAMFSDIR)/$$(dirname $$f); \
@@ -150,11 +148,10 @@ install: build docs
 # running and dangling enablement links. Requests meanwhile load directly or through the builtin.
 LIVE_SYSTEMD = [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null
 uninstall:
-	if $(LIVE_SYSTEMD); then systemctl disable --now modbroker.socket modbroker-install.socket modbroker.service modbroker-reload.path || true; fi
+	if $(LIVE_SYSTEMD); then systemctl disable --now modbroker.socket modbroker-install.socket modbroker.service || true; fi
 	rm -f $(DESTDIR)$(BINDIR)/modbrokerd $(DESTDIR)$(BINDIR)/modbroker
 	rm -f $(DESTDIR)$(UNITDIR)/modbroker.service $(DESTDIR)$(UNITDIR)/modbroker.socket \
-		$(DESTDIR)$(UNITDIR)/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install@.service \
-		$(DESTDIR)$(UNITDIR)/modbroker-reload.path $(DESTDIR)$(UNITDIR)/modbroker-reload.service
+		$(DESTDIR)$(UNITDIR)/modbroker-install.socket $(DESTDIR)$(UNITDIR)/modbroker-install@.service
 	rm -f $(DESTDIR)$(UDEVRULESDIR)/80-drivers.rules
 	rm -f $(DESTDIR)$(INITRAMFSDIR)/hooks/modbroker $(DESTDIR)$(INITRAMFSDIR)/scripts/init-top/modbroker \
 		$(DESTDIR)$(INITRAMFSDIR)/scripts/init-bottom/modbroker

@@ -417,6 +417,18 @@ impl Broker {
         (same_node && fresh && !retry).then(|| remembered.failure.clone())
     }
 
+    /// When the failure remembered for `name` and `params` stops being answered from memory
+    /// (its window ends, as things stand now), if one is remembered.
+    pub fn failure_deadline(&self, name: &str, params: &str) -> Option<Instant> {
+        let map = self.lock();
+        let remembered = map
+            .failures
+            .get(name)?
+            .iter()
+            .find(|f| f.params == params)?;
+        Some(remembered.at + self.failure_window())
+    }
+
     /// Restarts the failure window of the remembered failures of `nodes` (for `params`) at
     /// `at`: the service calls this when a request that needs those modules arrives (with
     /// `only_fresh`: a failure already past its window stays expired) and when a request that

@@ -23,7 +23,8 @@
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
 //! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
 //! (that record as `modbroker blame` and `modbroker plot` show it), [`skip`] (the markers that
-//! spare udev a client exec for a uevent that would buy nothing). [`testing`] holds the fake kernel used by tests.
+//! spare udev a client exec for a uevent that would buy nothing), [`config_watch`] (new module
+//! indexes and modprobe.d noticed at once, so that no marker outlives them). [`testing`] holds the fake kernel used by tests.
 //!
 //! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
 //! server and the broker so that the server knows only sockets and the broker only modules (the
@@ -41,6 +42,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_watch;
 #[cfg(feature = "libkmod")]
 pub mod direct;
 pub mod install_runner;

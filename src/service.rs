@@ -210,25 +210,52 @@ impl Service {
             _ => Vec::new(),
         };
         let result = plan_result(target, &plan, &answers, started);
-        self.leave_skip_marker(target, &how.requester, &plan, &result, generation);
+        if params.is_empty() {
+            self.leave_skip_marker(target, &how.requester, &plan, &answers, generation);
+        }
         result
     }
 
-    /// A udev request that bought nothing: tell udev not to exec the client for the next one.
+    /// A udev request that bought nothing: udev need not exec the client for the next one while
+    /// things stay as they are (see [`crate::skip`]). A failed module counts only while its
+    /// failure is remembered for longer than [`skip::FAILURE_MARGIN`].
     fn leave_skip_marker(
         &self,
         target: &str,
         requester: &Requester,
         plan: &Plan,
-        result: &TargetResult,
+        answers: &[ModuleAnswer],
         generation: u64,
     ) {
         let Some(skips) = &self.skips else { return };
         let Some(key) = skip::marker_key(target, requester) else {
             return;
         };
-        if let Some(modules) = skip::modules_to_watch(plan, result) {
-            skips.note(key, &modules, generation);
+        let Some(watch) = skip::modules_to_watch(plan, answers) else {
+            return;
+        };
+        let soon = tokio::time::Instant::now() + skip::FAILURE_MARGIN;
+        let remembered = |module: &&str| {
+            self.broker
+                .failure_deadline(module, "")
+                .is_some_and(|end| end > soon)
+        };
+        if watch.failed.iter().all(remembered) {
+            skips.note(key, &watch, generation);
+        }
+    }
+
+    /// Keeps failed modules' skip-marker directories no longer than their failure windows; runs
+    /// for the daemon's life (the daemon spawns it).
+    pub async fn keep_skip_markers_swept(self) {
+        let Some(skips) = self.skips.clone() else {
+            return;
+        };
+        loop {
+            skips.failures_to_sweep().await;
+            tokio::time::sleep(skip::SWEEP_INTERVAL).await;
+            let now = tokio::time::Instant::now();
+            skips.sweep(now, |module| self.broker.failure_deadline(module, ""));
         }
     }
 

@@ -10,32 +10,42 @@
 //! key is the modalias itself, or `cpu` for the `cpu` subsystem: the kernel prints one modalias
 //! for every CPU device (the boot CPU's features, `drivers/base/cpu.c`), too long for a file name.
 //!
-//! A marker must never say more than udev's builtin would find, so it checks itself. It is a
-//! symbolic link to `/proc/PID/fd/N/A/../B/..`, where `N` is this daemon's `O_PATH` descriptor
-//! of `/sys/module`. That path resolves only while
+//! A marker must never say more than the daemon would answer, so it checks itself. It is a
+//! symbolic link to `/proc/PID/fd/N/failed-F/../sys/A/../B/..`, where `N` is this daemon's
+//! `O_PATH` descriptor of its state directory `SKIP_DIR/.state`, which holds `sys`, a link to
+//! `/sys/module`, and a directory `failed-F` for each module `F` whose failure the daemon
+//! remembers. That path resolves only while
 //! - this daemon runs and holds that descriptor: a daemon that exits, dies or is restarted (the
 //!   initramfs's, at the switch to the root) leaves only dangling markers;
 //! - every module `A`, `B`… that the modalias resolved to is in the kernel: one that is unloaded
 //!   breaks every marker naming it, and udev asks again, as the builtin would load it again;
+//! - every module `F` that failed is still answered from the failure window: its directory is
+//!   removed a little before the window ends ([`FAILURE_MARGIN`]), so the request that would
+//!   try the module again reaches the daemon;
 //! - the indexes and configuration the answer came from are still the daemon's: when the
-//!   resolver reloads (a new depmod or modprobe.d, noticed by the resolver, by SIGHUP or by
-//!   `modbroker-reload.path`), the descriptor is replaced by one with a higher number and the
+//!   resolver reloads (a new depmod or modprobe.d, noticed at once by [`crate::config_watch`],
+//!   or SIGHUP), the descriptor is replaced by one with a higher number and the
 //!   directory is emptied, so no marker made before resolves again.
 //!
 //! A marker is made only from the daemon's own resolution and the modules' state, never from what
 //! a peer claims, and the directory holds at most [`MAX_MARKERS`] of them.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::broker::ModuleAnswer;
+use crate::kernel::ModuleOutcome;
 use crate::plan::{LoadMethod, Plan};
-use crate::protocol::{OutcomeKind, TargetResult};
 use crate::record::Requester;
 use crate::target::looks_like_module_name;
 
@@ -52,6 +62,20 @@ const FIRST_FD: RawFd = 64;
 /// The longest file name a marker can have (`NAME_MAX`).
 const MAX_KEY_LEN: usize = 255;
 
+/// A failed module's directory goes this long before its failure window ends, so that a sweep
+/// a little late still never lets udev skip the request that would try the module again.
+pub const FAILURE_MARGIN: Duration = Duration::from_secs(3);
+
+/// How often failed modules' directories are checked against the broker's failure windows.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The state directory, in the marker directory (no modalias starts with a dot).
+const STATE_DIR: &str = ".state";
+
+/// The state directory's link to `/sys/module` (no module is named with a `-`, so no
+/// `failed-NAME` directory can take this name, nor this one theirs).
+const SYS_LINK: &str = "sys";
+
 /// The marker key of a udev request for `target`, if it can have one: a modalias (it has a `:`,
 /// which no module name has) that fits a file name, or `cpu` for a CPU device.
 pub fn marker_key<'a>(target: &'a str, requester: &Requester) -> Option<&'a str> {
@@ -65,37 +89,58 @@ pub fn marker_key<'a>(target: &'a str, requester: &Requester) -> Option<&'a str>
     (fits && target.contains(':') && !target.contains('/')).then_some(target)
 }
 
-/// The modules that must stay in the kernel for a request like this one to buy nothing again,
-/// or `None` if it bought (or may buy) something: it failed, or a module has no file.
-/// Built-in modules are always in; a no-match or an all-blacklisted answer needs no module.
-pub fn modules_to_watch<'p>(plan: &'p Plan, result: &TargetResult) -> Option<Vec<&'p str>> {
-    match (plan, result.outcome) {
-        (Plan::NoMatch, _) | (Plan::Blacklisted(_), _) => Some(Vec::new()),
-        (Plan::Load(nodes), OutcomeKind::Loaded | OutcomeKind::AlreadyLoaded)
-        | (Plan::Load(nodes), OutcomeKind::Builtin) => nodes
-            .iter()
-            .filter(|node| !matches!(node.method, LoadMethod::Builtin))
-            .map(|node| match node.method {
-                LoadMethod::Missing => None,
-                _ => Some(node.name.as_str()),
-            })
-            .collect(),
-        _ => None,
+/// What a marker must watch: modules that must stay in the kernel, and modules whose failure
+/// must still be remembered.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Watch<'p> {
+    /// In the kernel (`/sys/module/NAME`).
+    pub live: Vec<&'p str>,
+    /// Remembered as failed (the broker's failure window).
+    pub failed: Vec<&'p str>,
+}
+
+/// What a request with this plan and these answers (one per top module) must see unchanged to
+/// buy nothing again, or `None` if it may buy something: a module without a file, an answer
+/// that is not in yet. Built-in modules are always in; a no-match or an all-blacklisted answer
+/// needs nothing.
+pub fn modules_to_watch<'p>(plan: &'p Plan, answers: &[ModuleAnswer]) -> Option<Watch<'p>> {
+    let nodes = match plan {
+        Plan::NoMatch | Plan::Blacklisted(_) => return Some(Watch::default()),
+        Plan::Load(nodes) if nodes.len() == answers.len() => nodes,
+        Plan::Load(_) => return None,
+    };
+    let mut watch = Watch::default();
+    for (node, answer) in nodes.iter().zip(answers) {
+        match (&node.method, &answer.outcome) {
+            (LoadMethod::Missing, _) => return None,
+            (_, ModuleOutcome::Builtin) | (LoadMethod::Builtin, _) => {}
+            (_, ModuleOutcome::Loaded | ModuleOutcome::AlreadyLoaded) => {
+                watch.live.push(node.name.as_str());
+            }
+            (_, ModuleOutcome::Failed(_)) => watch.failed.push(node.name.as_str()),
+        }
     }
+    Some(watch)
 }
 
 /// The daemon's markers (see the module's documentation).
 #[derive(Debug)]
 pub struct SkipMarkers {
     dir: PathBuf,
-    sys_module: PathBuf,
+    /// `dir/.state`: the link to `/sys/module` and the failed modules' directories.
+    state_dir: PathBuf,
     state: Mutex<State>,
+    /// Wakes the sweep when a failed module's directory is made.
+    failures_made: Notify,
 }
 
 #[derive(Debug)]
 struct State {
-    /// The `/sys/module` descriptor markers resolve through; `None` once one cannot be opened.
+    /// The state directory's descriptor markers resolve through; `None` once one cannot be
+    /// opened.
     base: Option<OwnedFd>,
+    /// Failed modules with a directory.
+    failed: BTreeSet<String>,
     /// The resolver's reload count the descriptor stands for.
     generation: u64,
     /// Markers made since the directory was last emptied.
@@ -108,18 +153,23 @@ impl SkipMarkers {
     /// Markers in `dir` (created if missing, emptied) resolving through `sys_module`, for the
     /// resolver's current reload count `generation`.
     pub fn open(dir: &Path, sys_module: &Path, generation: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        let state_dir = dir.join(STATE_DIR);
+        fs::create_dir_all(&state_dir)?;
         empty(dir);
-        let base = open_base(sys_module, FIRST_FD)?;
+        empty(&state_dir);
+        symlink(sys_module, state_dir.join(SYS_LINK))?;
+        let base = open_base(&state_dir, FIRST_FD)?;
         Ok(SkipMarkers {
             dir: dir.to_path_buf(),
-            sys_module: sys_module.to_path_buf(),
+            state_dir,
             state: Mutex::new(State {
                 base: Some(base),
+                failed: BTreeSet::new(),
                 generation,
                 count: 0,
                 serial: 0,
             }),
+            failures_made: Notify::new(),
         })
     }
 
@@ -136,17 +186,24 @@ impl SkipMarkers {
         state.generation = generation;
         state.count = 0;
         empty(&self.dir);
-        match open_base(&self.sys_module, next) {
+        for module in std::mem::take(&mut state.failed) {
+            let _ = fs::remove_dir(self.failed_dir(&module));
+        }
+        match open_base(&self.state_dir, next) {
             Ok(fd) => state.base = Some(fd),
-            Err(err) => warn!(error = %err, "cannot open /sys/module again; no more skip markers"),
+            Err(err) => {
+                warn!(error = %err, "cannot open the state directory again; no more skip markers")
+            }
         }
     }
 
     /// After a request with marker key `key` bought nothing: leave a marker that resolves while
-    /// every module in `modules` is in the kernel. `generation` is the resolver's reload count
-    /// read before the request was resolved; an answer from older indexes leaves no marker.
-    pub fn note(&self, key: &str, modules: &[&str], generation: u64) {
-        if !modules.iter().all(|m| looks_like_module_name(m)) {
+    /// `watch` holds. `generation` is the resolver's reload count read before the request was
+    /// resolved; an answer from older indexes leaves no marker. The caller has checked that each
+    /// failed module's failure is remembered for longer than [`FAILURE_MARGIN`].
+    pub fn note(&self, key: &str, watch: &Watch<'_>, generation: u64) {
+        let names = watch.live.iter().chain(&watch.failed);
+        if !names.into_iter().all(|m| looks_like_module_name(m)) {
             return;
         }
         let mut state = self.lock();
@@ -160,7 +217,15 @@ impl SkipMarkers {
         if fs::metadata(&marker).is_ok() {
             return;
         }
-        let target = link_target(std::process::id(), base.as_raw_fd(), modules);
+        let target = link_target(std::process::id(), base.as_raw_fd(), watch);
+        for module in &watch.failed {
+            if state.failed.insert(module.to_string()) {
+                if let Err(err) = fs::create_dir(self.failed_dir(module)) {
+                    debug!(module, error = %err, "failed module's directory not made");
+                }
+                self.failures_made.notify_one();
+            }
+        }
         state.serial += 1;
         let temporary = self.dir.join(format!(".new.{}", state.serial));
         let made = symlink(&target, &temporary).and_then(|()| fs::rename(&temporary, &marker));
@@ -177,6 +242,34 @@ impl SkipMarkers {
         state.count += 1;
     }
 
+    /// Removes the directory of each failed module whose failure `deadline` says ends within
+    /// [`FAILURE_MARGIN`] of `now`, or is no longer remembered.
+    pub fn sweep(&self, now: Instant, deadline: impl Fn(&str) -> Option<Instant>) {
+        let mut state = self.lock();
+        state.failed.retain(|module| {
+            let keep = deadline(module).is_some_and(|end| end > now + FAILURE_MARGIN);
+            if !keep {
+                let _ = fs::remove_dir(self.failed_dir(module));
+            }
+            keep
+        });
+    }
+
+    /// Returns once a failed module has a directory (at once if one has).
+    pub async fn failures_to_sweep(&self) {
+        loop {
+            let notified = self.failures_made.notified();
+            if !self.lock().failed.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn failed_dir(&self, module: &str) -> PathBuf {
+        self.state_dir.join(format!("failed-{module}"))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -184,11 +277,20 @@ impl SkipMarkers {
     }
 }
 
-/// `/proc/PID/fd/FD/A/../B/..`: resolves to `/sys/module` while the descriptor is open and
-/// `A`, `B`… are in it.
-fn link_target(pid: u32, fd: RawFd, modules: &[&str]) -> String {
+/// `/proc/PID/fd/FD/failed-F/../sys/A/../B/..`: resolves while the state directory's
+/// descriptor is open, `failed-F` is in it, and `A`, `B`… are in `/sys/module`.
+fn link_target(pid: u32, fd: RawFd, watch: &Watch<'_>) -> String {
     let mut target = format!("/proc/{pid}/fd/{fd}");
-    for module in modules {
+    for module in &watch.failed {
+        target.push_str("/failed-");
+        target.push_str(module);
+        target.push_str("/..");
+    }
+    if !watch.live.is_empty() {
+        target.push('/');
+        target.push_str(SYS_LINK);
+    }
+    for module in &watch.live {
         target.push('/');
         target.push_str(module);
         target.push_str("/..");
@@ -196,12 +298,12 @@ fn link_target(pid: u32, fd: RawFd, modules: &[&str]) -> String {
     target
 }
 
-/// An `O_PATH` descriptor of `sys_module` numbered `min` or higher (close-on-exec).
-fn open_base(sys_module: &Path, min: RawFd) -> io::Result<OwnedFd> {
+/// An `O_PATH` descriptor of the directory `dir` numbered `min` or higher (close-on-exec).
+fn open_base(dir: &Path, min: RawFd) -> io::Result<OwnedFd> {
     let dir = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(sys_module)?;
+        .open(dir)?;
     // SAFETY: fcntl on a descriptor we own; the result, if valid, is a new descriptor we own.
     let fd = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
     if fd < 0 {
@@ -211,13 +313,21 @@ fn open_base(sys_module: &Path, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Removes every entry of `dir` (markers and temporaries); errors are ignored.
+/// Removes every file and empty directory in `dir` but the state directory (markers and
+/// temporaries, or the state directory's link and failed modules' directories); errors are
+/// ignored.
 fn empty(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let _ = fs::remove_file(entry.path());
+        if entry.file_name() == STATE_DIR {
+            continue;
+        }
+        let path = entry.path();
+        if fs::remove_file(&path).is_err() {
+            let _ = fs::remove_dir(&path);
+        }
     }
 }
 
@@ -225,12 +335,20 @@ fn empty(dir: &Path) {
 mod tests {
     use super::*;
     use crate::plan::ModuleNode;
+    use crate::protocol::Failure;
     use std::sync::Arc;
 
     fn udev(subsystem: &str) -> Requester {
         Requester::Udev {
             subsystem: Some(subsystem.into()),
             devpath: Some("/devices/x".into()),
+        }
+    }
+
+    fn live<'a>(modules: &[&'a str]) -> Watch<'a> {
+        Watch {
+            live: modules.to_vec(),
+            failed: Vec::new(),
         }
     }
 
@@ -277,12 +395,15 @@ mod tests {
         assert_eq!(marker_key(pci, &cli), None);
     }
 
+    // Tests share the process's descriptor table, so a number one test closes another may take
+    // again: each test's modules have names no other test's fixture has.
+
     #[test]
     fn a_marker_resolves_while_its_modules_are_in_and_the_daemon_holds_its_descriptor() {
         let f = fixture(&["kvm", "kvm_amd"]);
         let markers = SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap();
-        markers.note("cpu", &["kvm_amd", "kvm"], 0);
-        markers.note("acpi:ACPI0007:", &[], 0);
+        markers.note("cpu", &live(&["kvm_amd", "kvm"]), 0);
+        markers.note("acpi:ACPI0007:", &Watch::default(), 0);
         let cpu = f.dir.join("cpu");
         assert!(resolves(&cpu));
         assert!(resolves(&f.dir.join("acpi:ACPI0007:")));
@@ -291,8 +412,7 @@ mod tests {
         assert!(!resolves(&cpu));
         fs::create_dir(f.sys_module.join("kvm")).unwrap();
         assert!(resolves(&cpu));
-        // A daemon that goes away takes every marker with it. (Tests share one descriptor
-        // table, so another test may take the number again: `kvm_amd` is in no other fixture.)
+        // A daemon that goes away takes every marker with it.
         drop(markers);
         assert!(!resolves(&cpu));
     }
@@ -301,24 +421,26 @@ mod tests {
     fn no_marker_for_a_module_that_is_not_in_or_from_older_indexes() {
         let f = fixture(&["evdev"]);
         let markers = SkipMarkers::open(&f.dir, &f.sys_module, 3).unwrap();
-        markers.note("input:b0011v0001", &["evdev", "gone"], 3);
-        assert!(fs::symlink_metadata(f.dir.join("input:b0011v0001")).is_err());
-        markers.note("input:b0011v0001", &["evdev"], 2);
-        assert!(fs::symlink_metadata(f.dir.join("input:b0011v0001")).is_err());
-        markers.note("input:b0011v0001", &["../../etc"], 3);
-        assert!(fs::symlink_metadata(f.dir.join("input:b0011v0001")).is_err());
-        assert_eq!(
-            fs::read_dir(&f.dir).unwrap().count(),
-            0,
-            "no temporary is left"
-        );
+        let key = "input:b0011v0001";
+        markers.note(key, &live(&["evdev", "gone"]), 3);
+        assert!(fs::symlink_metadata(f.dir.join(key)).is_err());
+        markers.note(key, &live(&["evdev"]), 2);
+        assert!(fs::symlink_metadata(f.dir.join(key)).is_err());
+        markers.note(key, &live(&["../../etc"]), 3);
+        assert!(fs::symlink_metadata(f.dir.join(key)).is_err());
+        let left: Vec<_> = fs::read_dir(&f.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [".state"], "no temporary is left");
     }
 
     #[test]
     fn a_reload_kills_every_earlier_marker_for_good() {
         let f = fixture(&["psmouse"]);
         let markers = SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap();
-        markers.note("serio:ty01", &["psmouse"], 0);
+        markers.note("serio:ty01", &live(&["psmouse"]), 0);
         let first = fs::read_link(f.dir.join("serio:ty01")).unwrap();
         for generation in 1..4 {
             markers.invalidate(generation);
@@ -330,61 +452,116 @@ mod tests {
                 !resolves(&first),
                 "an old marker's target never resolves again"
             );
-            markers.note("serio:ty01", &["psmouse"], generation - 1);
+            markers.note("serio:ty01", &live(&["psmouse"]), generation - 1);
             assert!(
                 !resolves(&f.dir.join("serio:ty01")),
                 "an answer from before the reload"
             );
-            markers.note("serio:ty01", &["psmouse"], generation);
+            markers.note("serio:ty01", &live(&["psmouse"]), generation);
             assert!(resolves(&f.dir.join("serio:ty01")));
         }
     }
 
     #[test]
-    fn opening_empties_what_an_earlier_daemon_left() {
+    fn a_failure_marker_resolves_until_shortly_before_the_window_ends() {
+        let f = fixture(&["crc32c_intel"]);
+        let markers = SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap();
+        let watch = Watch {
+            live: vec!["crc32c_intel"],
+            failed: vec!["acpi_cpufreq"],
+        };
+        markers.note("cpu", &watch, 0);
+        let cpu = f.dir.join("cpu");
+        assert!(resolves(&cpu));
+        let now = Instant::now();
+        let ends = now + FAILURE_MARGIN + Duration::from_secs(10);
+        let window = |end: Instant| move |m: &str| (m == "acpi_cpufreq").then_some(end);
+        markers.sweep(now, window(ends));
+        assert!(resolves(&cpu), "well inside the window");
+        markers.sweep(ends - FAILURE_MARGIN, window(ends));
+        assert!(
+            !resolves(&cpu),
+            "within the margin of its end: udev asks again"
+        );
+        markers.note("cpu", &watch, 0);
+        assert!(resolves(&cpu), "failed again, remembered again");
+        markers.sweep(now, |_| None);
+        assert!(!resolves(&cpu), "forgotten (a reload, or pruned)");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_waits_for_a_failure() {
         let f = fixture(&[]);
-        fs::create_dir_all(&f.dir).unwrap();
-        symlink("/proc/1/fd/64", f.dir.join("pci:old")).unwrap();
-        let _markers = SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap();
-        assert_eq!(fs::read_dir(&f.dir).unwrap().count(), 0);
+        let markers = Arc::new(SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap());
+        let waiter = tokio::spawn({
+            let markers = markers.clone();
+            async move { markers.failures_to_sweep().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let watch = Watch {
+            live: vec![],
+            failed: vec!["mb_fail_sweep"],
+        };
+        markers.note("pci:v9", &watch, 0);
+        waiter.await.unwrap();
     }
 
     #[test]
-    fn what_must_stay_loaded() {
+    fn opening_empties_what_an_earlier_daemon_left() {
+        let f = fixture(&[]);
+        fs::create_dir_all(f.dir.join(".state/failed-old")).unwrap();
+        symlink("/proc/1/fd/64", f.dir.join("pci:old")).unwrap();
+        let _markers = SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap();
+        let left: Vec<_> = fs::read_dir(&f.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [".state"]);
+        let state: Vec<_> = fs::read_dir(f.dir.join(".state"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(state, ["sys"]);
+    }
+
+    #[test]
+    fn what_must_stay_as_it_is() {
         let node = |name: &str, method| {
             let mut node = ModuleNode::file(name, "/x.ko");
             node.method = method;
             Arc::new(node)
         };
+        let answer = |outcome| ModuleAnswer {
+            outcome,
+            merged: false,
+        };
+        let failed = || ModuleOutcome::Failed(Failure::without_errno("c", "no device"));
         let plan = Plan::Load(vec![
             node("a", LoadMethod::File("/a.ko".into())),
             node("b", LoadMethod::Builtin),
+            node("c", LoadMethod::File("/c.ko".into())),
         ]);
-        let result = |outcome| TargetResult {
-            target: "x:y".into(),
-            outcome,
-            modules: vec![],
-            failure: None,
-            merged: false,
-            elapsed_us: 0,
-        };
+        let answers = [
+            answer(ModuleOutcome::AlreadyLoaded),
+            answer(ModuleOutcome::Builtin),
+            answer(failed()),
+        ];
+        let watch = modules_to_watch(&plan, &answers).unwrap();
+        assert_eq!(watch.live, ["a"]);
+        assert_eq!(watch.failed, ["c"]);
         assert_eq!(
-            modules_to_watch(&plan, &result(OutcomeKind::AlreadyLoaded)),
-            Some(vec!["a"])
-        );
-        assert_eq!(modules_to_watch(&plan, &result(OutcomeKind::Failed)), None);
-        assert_eq!(
-            modules_to_watch(&plan, &result(OutcomeKind::TimedOut)),
-            None
+            modules_to_watch(&plan, &answers[..1]),
+            None,
+            "an answer missing"
         );
         let missing = Plan::Load(vec![node("m", LoadMethod::Missing)]);
+        assert_eq!(modules_to_watch(&missing, &[answer(failed())]), None);
         assert_eq!(
-            modules_to_watch(&missing, &result(OutcomeKind::Loaded)),
-            None
-        );
-        assert_eq!(
-            modules_to_watch(&Plan::NoMatch, &result(OutcomeKind::NoMatch)),
-            Some(vec![])
+            modules_to_watch(&Plan::NoMatch, &[]),
+            Some(Watch::default())
         );
     }
 }

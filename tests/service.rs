@@ -140,7 +140,8 @@ async fn no_wait_refuses_invalid_targets_and_counts_background_loads() {
 }
 
 /// A udev request that bought nothing leaves a skip marker that resolves while its modules are
-/// in; a failed one, or one not from udev, leaves none (see modbroker::skip).
+/// in, or its failure is remembered; one not from udev leaves none, and a reload kills them
+/// all (see modbroker::skip).
 #[tokio::test]
 async fn a_udev_request_that_bought_nothing_leaves_a_skip_marker() {
     use modbroker::skip::SkipMarkers;
@@ -168,11 +169,17 @@ async fn a_udev_request_that_bought_nothing_leaves_a_skip_marker() {
     service.handle(load_request("pci:v3")).await;
     assert!(dir.join("pci:v1").exists(), "already loaded: marker");
     assert!(dir.join("acpi:NONE:").exists(), "no match: marker");
-    assert!(!dir.join("pci:v2").exists(), "failed: no marker");
+    assert!(dir.join("pci:v2").exists(), "failed, remembered: marker");
     assert!(!dir.join("pci:v3").exists(), "not from udev: no marker");
     std::fs::remove_dir(sys_module.join("mb_live_a")).unwrap();
     assert!(
         !dir.join("pci:v1").exists(),
         "its module went: the marker no longer resolves"
     );
+    service.forget_after_reload();
+    assert!(
+        !dir.join("acpi:NONE:").exists(),
+        "a reload kills every marker"
+    );
+    assert!(!dir.join("pci:v2").exists(), "and every failure's");
 }

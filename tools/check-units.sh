@@ -14,14 +14,10 @@ make --no-print-directory install DESTDIR="$stage" PREFIX=/usr >/dev/null
 kill_bin=$(ls /bin/kill /usr/bin/kill 2>/dev/null | head -n1)
 [ -n "$kill_bin" ] || { echo "kill missing: install the Debian package 'procps'" >&2; exit 1; }
 install -D -m 0755 "$kill_bin" "$stage/bin/kill"
-# modbroker-reload.service calls /bin/systemctl.
-systemctl_bin=$(command -v systemctl) || { echo "systemctl missing: install the Debian package 'systemd'" >&2; exit 1; }
-install -D -m 0755 "$systemctl_bin" "$stage/bin/systemctl"
 # modbroker-install@.service is deliberately not sandboxed (install commands get root's full
 # rights, as modprobe's would), so only modbroker.service is held to the exposure bound.
 units=""
-for u in modbroker.socket modbroker.service modbroker-install.socket modbroker-install@.service \
-	modbroker-reload.path modbroker-reload.service; do
+for u in modbroker.socket modbroker.service modbroker-install.socket modbroker-install@.service; do
 	units="$units $stage/usr/lib/systemd/system/$u"
 done
 # shellcheck disable=SC2086
@@ -39,7 +35,7 @@ echo "check-units: security exposure at most 2.0: ok"
 # Ordering cycles: the units enabled as the package enables them, on top of this host's own units
 # (sysinit.target, systemd-udev-trigger.service...), and the targets they join started as PID 1
 # would start them. verify exits 0 even when it breaks a cycle, so its output is what tells.
-systemctl --root="$stage" enable modbroker.socket modbroker.service modbroker-reload.path >/dev/null 2>&1
+systemctl --root="$stage" enable modbroker.socket modbroker.service >/dev/null 2>&1
 cycles=$(SYSTEMD_UNIT_PATH="$PWD/$stage/etc/systemd/system:$PWD/$stage/usr/lib/systemd/system:" \
 	systemd-analyze verify sysinit.target sockets.target 2>&1 | grep -i 'ordering cycle' || true)
 if [ -n "$cycles" ]; then

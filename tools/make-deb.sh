@@ -89,8 +89,7 @@ scratch_check() {
 	run_logged "${dpkg[@]}" -i "$deb"
 	for f in usr/bin/modbrokerd usr/bin/modbroker lib/systemd/system/modbroker.socket \
 		lib/systemd/system/modbroker.service lib/systemd/system/modbroker-install.socket \
-		lib/systemd/system/modbroker-install@.service lib/systemd/system/modbroker-reload.path \
-		lib/systemd/system/modbroker-reload.service usr/lib/udev/rules.d/80-drivers.rules \
+		lib/systemd/system/modbroker-install@.service usr/lib/udev/rules.d/80-drivers.rules \
 		usr/share/initramfs-tools/hooks/modbroker usr/share/initramfs-tools/scripts/init-top/modbroker \
 		usr/share/initramfs-tools/scripts/init-bottom/modbroker \
 		usr/lib/dracut/modules.d/90modbroker/module-setup.sh \

@@ -31,6 +31,7 @@ use futures_util::future::BoxFuture;
 use modbroker::broker::Broker;
 use modbroker::cli::DaemonArgs as Args;
 use modbroker::config::{check_log_level, Config, ConfigError, DEFAULT_CONFIG_PATH};
+use modbroker::config_watch;
 use modbroker::direct::load_direct;
 use modbroker::install_runner;
 use modbroker::kernel::SysKernel;
@@ -385,6 +386,14 @@ async fn serve(
         Service::new(Arc::new(KmodResolve(resolver.clone())), broker),
         &args.skip_dir,
     );
+    tokio::spawn(service.clone().keep_skip_markers_swept());
+    tokio::spawn(config_watch::reload_on_change(
+        config_watch::watched_dirs(&module_dir),
+        {
+            let (resolver, service) = (resolver.clone(), service.clone());
+            move || reload_modules(resolver.clone(), service.clone())
+        },
+    ));
     let access = SharedAccess::from(access_policy(&config));
     let (listener, bound_path) = listen(&config, config_file(&args).0, activated)?;
     let socket_file = socket_file(&listener);
@@ -431,6 +440,16 @@ async fn serve(
         "modbrokerd stopped"
     );
     Ok(())
+}
+
+/// A module index or modprobe.d changed (modbroker::config_watch): read them again and forget
+/// what came from the old ones, as SIGHUP does for these two.
+async fn reload_modules(resolver: ResolverHandle, service: Service) {
+    match resolver.reload().await {
+        Ok(()) => info!("module indexes or modprobe.d changed; reloaded"),
+        Err(err) => warn!(error = %err, "module index reload failed"),
+    }
+    service.forget_after_reload();
 }
 
 /// Markers in `dir` that spare udev a client exec (modbroker::skip); without them (an empty
