@@ -597,10 +597,14 @@ impl Connection {
 
     /// Serves one decoded request from `stream`'s peer; a load that does not say who asks (udev,
     /// the kernel) is recorded as asked by the peer, looked up only then (udev's requests, the
-    /// bulk of a boot's, say it themselves).
+    /// bulk of a boot's, say it themselves). Only root may say: a udev origin leaves skip markers
+    /// (modbroker::skip), so another peer's claim is replaced by who it is.
     async fn answer(&self, request: Request, stream: &UnixStream) -> Reply {
         match request {
             Request::Load(mut load) => {
+                if load.origin.is_some() && !stream.peer_cred().is_ok_and(|c| c.uid() == 0) {
+                    load.origin = None;
+                }
                 load.origin.get_or_insert_with(|| peer_requester(stream));
                 self.service.handle(Request::Load(load)).await
             }
