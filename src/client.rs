@@ -29,8 +29,8 @@ use thiserror::Error;
 
 use crate::config::DEFAULT_SOCKET_PATH;
 use crate::protocol::{
-    decode_daemon_line, unresponsive_marker, DaemonLine, Reply, Request, TargetResult,
-    LIVENESS_BOUND,
+    decode_daemon_line, skip_serving_dir, unresponsive_marker, DaemonLine, Reply, Request,
+    TargetResult, LIVENESS_BOUND,
 };
 
 /// Largest reply line the client accepts (a `status` with many failures, or thousands of
@@ -347,7 +347,12 @@ pub fn mark_unresponsive(socket: &Path) -> io::Result<()> {
             _ => {}
         }
     }
-    std::fs::write(&marker, format!("{}\n", std::process::id()))
+    std::fs::write(&marker, format!("{}\n", std::process::id()))?;
+    // No skip marker naming a failed module resolves while the daemon is marked.
+    match std::fs::remove_dir(skip_serving_dir(socket)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Connects to `socket`. With `timeout`, the connect is bounded too: when the listen backlog is
@@ -656,6 +661,11 @@ mod tests {
         assert!(dir.path().join("modbroker/unresponsive").is_file());
         // A second client's mark (the directory exists now) is no error.
         mark_unresponsive(&socket).unwrap();
+        // It takes the skip markers' `serving` directory with it.
+        let serving = dir.path().join("modbroker/skip/.state/serving");
+        std::fs::create_dir_all(&serving).unwrap();
+        mark_unresponsive(&socket).unwrap();
+        assert!(!serving.exists());
     }
 
     /// A reply far longer than one read, written in small pieces after a progress line, is read

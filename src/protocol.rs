@@ -87,6 +87,14 @@ pub fn unresponsive_marker(socket: &Path) -> PathBuf {
     socket.with_extension("").join("unresponsive")
 }
 
+/// The directory every skip marker naming a failed module goes through (`crate::skip`): a
+/// client that marks the daemon unresponsive removes it, so that while the daemon is stopped
+/// udev asks again for a failed module (and the client loads it directly) instead of trusting
+/// a failure window no one is keeping. The daemon makes it again when it serves again.
+pub fn skip_serving_dir(socket: &Path) -> PathBuf {
+    socket.with_extension("").join("skip/.state/serving")
+}
+
 /// A line from the daemon on a connection: a progress line, or the reply.
 #[derive(Debug)]
 pub enum DaemonLine {

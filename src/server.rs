@@ -403,7 +403,10 @@ pub async fn run_with_limits(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = prune.tick() => service.broker().prune_failures(),
-            _ = alive.tick(), if marker.is_some() => clear_marker(marker.as_deref()),
+            _ = alive.tick(), if marker.is_some() => {
+                clear_marker(marker.as_deref());
+                service.skip_markers_serving();
+            }
             _ = idle_check.tick(), if idle_exit.is_some() => {
                 if !connections.is_empty() || service.has_work() {
                     last_busy = tokio::time::Instant::now();

@@ -245,6 +245,15 @@ impl Service {
         }
     }
 
+    /// The daemon serves (the server calls this every progress interval): the skip markers of
+    /// failed modules resolve again if a client had found the daemon unresponsive.
+    pub fn skip_markers_serving(&self) {
+        if let Some(skips) = &self.skips {
+            let now = tokio::time::Instant::now();
+            skips.serving(now, |module| self.broker.failure_deadline(module, ""));
+        }
+    }
+
     /// Keeps failed modules' skip-marker directories no longer than their failure windows; runs
     /// for the daemon's life (the daemon spawns it).
     pub async fn keep_skip_markers_swept(self) {

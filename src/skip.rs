@@ -11,17 +11,20 @@
 //! for every CPU device (the boot CPU's features, `drivers/base/cpu.c`), too long for a file name.
 //!
 //! A marker must never say more than the daemon would answer, so it checks itself. It is a
-//! symbolic link to `/proc/PID/fd/N/failed-F/../sys/A/../B/..`, where `N` is this daemon's
-//! `O_PATH` descriptor of its state directory `SKIP_DIR/.state`, which holds `sys`, a link to
-//! `/sys/module`, and a directory `failed-F` for each module `F` whose failure the daemon
-//! remembers. That path resolves only while
+//! symbolic link to `/proc/PID/fd/N/serving/../failed-F/../sys/A/../B/..`, where `N` is this
+//! daemon's `O_PATH` descriptor of its state directory `SKIP_DIR/.state`, which holds `sys`, a
+//! link to `/sys/module`, `serving`, and a directory `failed-F` for each module `F` whose
+//! failure the daemon remembers. That path resolves only while
 //! - this daemon runs and holds that descriptor: a daemon that exits, dies or is restarted (the
 //!   initramfs's, at the switch to the root) leaves only dangling markers;
 //! - every module `A`, `B`… that the modalias resolved to is in the kernel: one that is unloaded
 //!   breaks every marker naming it, and udev asks again, as the builtin would load it again;
 //! - every module `F` that failed is still answered from the failure window: its directory is
 //!   removed a little before the window ends ([`FAILURE_MARGIN`]), so the request that would
-//!   try the module again reaches the daemon;
+//!   try the module again reaches the daemon; and the daemon is not stopped: a client that
+//!   finds it unresponsive removes `serving` (a marker naming no failure does not go through
+//!   it: a loaded module is loaded whatever the daemon does), and the daemon makes it again
+//!   when it serves again ([`SkipMarkers::serving`]);
 //! - the indexes and configuration the answer came from are still the daemon's: when the
 //!   resolver reloads (a new depmod or modprobe.d, noticed at once by [`crate::config_watch`],
 //!   or SIGHUP), the descriptor is replaced by one with a higher number and the
@@ -71,6 +74,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The state directory, in the marker directory (no modalias starts with a dot).
 const STATE_DIR: &str = ".state";
+
+/// The state directory's "the daemon serves" directory (`protocol::skip_serving_dir`).
+const SERVING: &str = "serving";
 
 /// The state directory's link to `/sys/module` (no module is named with a `-`, so no
 /// `failed-NAME` directory can take this name, nor this one theirs).
@@ -158,6 +164,7 @@ impl SkipMarkers {
         empty(dir);
         empty(&state_dir);
         symlink(sys_module, state_dir.join(SYS_LINK))?;
+        fs::create_dir(state_dir.join(SERVING))?;
         let base = open_base(&state_dir, FIRST_FD)?;
         Ok(SkipMarkers {
             dir: dir.to_path_buf(),
@@ -255,6 +262,18 @@ impl SkipMarkers {
         });
     }
 
+    /// The daemon serves (called every few seconds while it does): failures past their window
+    /// go first ([`SkipMarkers::sweep`]), then `serving` is made again if a client that found
+    /// the daemon unresponsive removed it.
+    pub fn serving(&self, now: Instant, deadline: impl Fn(&str) -> Option<Instant>) {
+        self.sweep(now, deadline);
+        match fs::create_dir(self.state_dir.join(SERVING)) {
+            Ok(()) => debug!("serving again: skip markers of failed modules resolve again"),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => debug!(error = %err, "cannot make the skip markers' serving directory"),
+        }
+    }
+
     /// Returns once a failed module has a directory (at once if one has).
     pub async fn failures_to_sweep(&self) {
         loop {
@@ -277,10 +296,16 @@ impl SkipMarkers {
     }
 }
 
-/// `/proc/PID/fd/FD/failed-F/../sys/A/../B/..`: resolves while the state directory's
-/// descriptor is open, `failed-F` is in it, and `A`, `B`… are in `/sys/module`.
+/// `/proc/PID/fd/FD/serving/../failed-F/../sys/A/../B/..`: resolves while the state
+/// directory's descriptor is open, `serving` (if a module failed) and `failed-F` are in it, and
+/// `A`, `B`… are in `/sys/module`.
 fn link_target(pid: u32, fd: RawFd, watch: &Watch<'_>) -> String {
     let mut target = format!("/proc/{pid}/fd/{fd}");
+    if !watch.failed.is_empty() {
+        target.push('/');
+        target.push_str(SERVING);
+        target.push_str("/..");
+    }
     for module in &watch.failed {
         target.push_str("/failed-");
         target.push_str(module);
@@ -489,6 +514,40 @@ mod tests {
         assert!(!resolves(&cpu), "forgotten (a reload, or pruned)");
     }
 
+    #[test]
+    fn a_daemon_found_unresponsive_stops_its_failure_markers_until_it_serves_again() {
+        let f = fixture(&["ghash_clmulni_intel"]);
+        let markers = SkipMarkers::open(&f.dir, &f.sys_module, 0).unwrap();
+        let failed = Watch {
+            live: vec![],
+            failed: vec!["pcc_cpufreq"],
+        };
+        markers.note("acpi:ACPI0007:", &failed, 0);
+        markers.note("cpu", &live(&["ghash_clmulni_intel"]), 0);
+        let (acpi, cpu) = (f.dir.join("acpi:ACPI0007:"), f.dir.join("cpu"));
+        assert!(resolves(&acpi) && resolves(&cpu));
+        // What a client that found the daemon silent does (client::mark_unresponsive).
+        fs::remove_dir(f.dir.join(".state/serving")).unwrap();
+        assert!(!resolves(&acpi), "a failure no one keeps");
+        assert!(
+            resolves(&cpu),
+            "a loaded module is loaded whatever the daemon does"
+        );
+        let now = Instant::now();
+        let remembered = |_: &str| Some(now + Duration::from_secs(20));
+        markers.serving(now, remembered);
+        assert!(
+            resolves(&acpi),
+            "serving again, the failure still remembered"
+        );
+        fs::remove_dir(f.dir.join(".state/serving")).unwrap();
+        markers.serving(now, |_| None);
+        assert!(
+            !resolves(&acpi),
+            "back, but the failure is forgotten: swept first"
+        );
+    }
+
     #[tokio::test]
     async fn the_sweep_waits_for_a_failure() {
         let f = fixture(&[]);
@@ -519,12 +578,13 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, [".state"]);
-        let state: Vec<_> = fs::read_dir(f.dir.join(".state"))
+        let mut state: Vec<_> = fs::read_dir(f.dir.join(".state"))
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(state, ["sys"]);
+        state.sort();
+        assert_eq!(state, ["serving", "sys"]);
     }
 
     #[test]
