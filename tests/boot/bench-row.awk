@@ -25,7 +25,8 @@ END {
 	split(name, p, "-")
 	img = (p[1] == "bookworm") ? "Debian 12, initramfs-tools" : "Debian 13, dracut host-only"
 	for (i = 1; i <= n; i++) stalls += v[i, "guest_stalls"]
-	printf "| %s | %s | %s | %d | %s / %s | %s | %s | %s | %s | %d |\n", img, smp, p[2], n,
-		spread("initramfs_calls", "%d"), spread("root_calls", "%d"), spread("dup", "%d"),
+	printf "| %s | %s | %s | %d | %s / %s | %s / %s | %s | %s | %s | %s | %d |\n", img, smp, p[2], n,
+		spread("initramfs_calls", "%d"), spread("root_calls", "%d"),
+		spread("initramfs_client_runs", "%d"), spread("root_client_runs", "%d"), spread("dup", "%d"),
 		spread("initramfs_last_end", "%.1f"), spread("root_last_end", "%.1f"), spread("multi_user_s", "%.1f"), stalls
 }

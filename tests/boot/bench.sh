@@ -5,7 +5,7 @@
 # broker) by run.sh, which also judges it; a pair that fails a check fails the bench.
 #   tests/boot/bench.sh [SMP...]    writes build/boot/bench.md and build/boot/bench/SMP/*.summary
 # The table gives, per image, vCPU count and boot, the median and min-max over the pairs of:
-# load calls, the last load call's end in each phase, and multi-user.target reached (all from
+# load calls, udev's execs of the client, the last load call's end in each phase, and multi-user.target reached (all from
 # the kernel's start, seconds of the guest's monotonic clock), and the guest's soft lockups and
 # RCU stalls summed over the pairs (an emulator artefact that delays every load; see summarise).
 set -uo pipefail
@@ -33,8 +33,8 @@ for smp in "${smps[@]}"; do
 done
 # One row per image, vCPU count and boot: "median (min-max)" of each figure over its pairs.
 {
-	echo "| image | vCPUs | boot | pairs | load calls initramfs / root | EEXIST + EBUSY | last load ended, initramfs (s) | last load ended, root (s) | multi-user reached (s) | guest stalls |"
-	echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| image | vCPUs | boot | pairs | load calls initramfs / root | client execs initramfs / root | EEXIST + EBUSY | last load ended, initramfs (s) | last load ended, root (s) | multi-user reached (s) | guest stalls |"
+	echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for dir in "$out"/*/; do
 		smp=$(basename "$dir")
 		for name in bookworm-stock bookworm-broker trixie-stock trixie-broker; do

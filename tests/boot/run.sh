@@ -129,6 +129,11 @@ summarise() {
 			}' "$r/trace" | awk -f "$ANALYZE" | sed "s/^/${phase}_/"
 		done
 		echo "boundary=$boundary"
+		# udev's execs of the client, per phase (skip markers spare the rest).
+		awk -v b="$boundary" '/sched_process_exec: filename=\/usr\/bin\/modbroker / {
+				for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = $i + 0; break }
+				if (t < b + 0) n0++; else n1++
+			} END { printf "initramfs_client_runs=%d\nroot_client_runs=%d\n", n0, n1 }' "$r/trace-modbroker"
 		# The emulator's own stalls (a vCPU soft-locked under TCG stalls RCU, and every module
 		# load's grace period with it): counted, so a slow boot can be told from a slow broker.
 		echo "guest_stalls=$(grep -c -e 'watchdog: BUG: soft lockup' -e 'rcu: INFO: rcu_preempt detected stalls' "$dir/console.log")"
