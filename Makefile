@@ -42,7 +42,7 @@ CARGO      ?= cargo
 # real boots of `make boot-test` check the same properties on real systems and keep CI < 30 min.
 VM_TESTS   ?= selftest broker faults autoload compressed compressed@6.12 slowinit wedged
 # Seconds each fuzz target runs in `make fuzz` (and so in `make test`).
-FUZZ_SECONDS ?= 60
+FUZZ_SECONDS ?= 30
 
 # The client as installed: static-pie, built without the libkmod feature (Cargo.toml, [features];
 # README, "Why the client is static") for this machine's target with the `client` profile, so in
