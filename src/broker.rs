@@ -222,7 +222,7 @@ impl Broker {
         self.inner.failure_window_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The counters, for the server to count requests and for `status`.
+    /// The counters, for the service to count requests and for `status`.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }
@@ -458,7 +458,8 @@ impl Broker {
         }
     }
 
-    /// Awaits `load` of `name`; then `parent`'s task (if any) is no longer waiting on anything.
+    /// Awaits `load`, one that `parent` depends on; then `parent`'s task (if any) is no longer
+    /// waiting on anything.
     async fn await_as_child(&self, parent: &Option<String>, load: SharedLoad) -> ModuleOutcome {
         let outcome = load.await;
         mark_waiting(&mut self.lock(), parent.as_deref(), None);

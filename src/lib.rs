@@ -26,7 +26,8 @@
 //! spare udev a client exec for a uevent that would buy nothing), [`config_watch`] (new module
 //! indexes and modprobe.d noticed at once, so that no marker outlives them). [`testing`] holds the fake kernel used by tests.
 //!
-//! Differences from the starting picture in ARCHITECTURE.md: `service` was added between the
+//! Differences from the team's starting picture (a server → protocol → target → resolver →
+//! broker → kernel line; the picture above is the one the code follows): `service` was added between the
 //! server and the broker so that the server knows only sockets and the broker only modules (the
 //! per-target bookkeeping — validation, resolution, folding several modules into one result —
 //! needed a home of its own); `plan` holds the resolver's output types so the broker depends on

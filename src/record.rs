@@ -110,7 +110,7 @@ pub struct DaemonRecord {
     pub modules_dropped: u64,
 }
 
-/// A daemon instance's counters (see `protocol::Status`).
+/// A daemon instance's counters (see `protocol::StatusReport`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     /// Request lines served (every kind).
