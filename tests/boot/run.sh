@@ -318,7 +318,9 @@ judge_broker() {
 	else
 		# tracing-journald's field names: REQUESTS, MERGED (in no fixed order).
 		local entry
-		entry=$(grep '"MESSAGE":"modbrokerd stopped"' "$r/journal-modbroker.json" | head -n1)
+		# grep -m1, not grep | head: head's early exit can kill grep with SIGPIPE, and under
+		# pipefail and set -e that ended the whole run silently (a 16-vCPU Debian 13 pair).
+		entry=$(grep -m1 '"MESSAGE":"modbrokerd stopped"' "$r/journal-modbroker.json" || true)
 		stopped="$(echo "$entry" | sed -n 's/.*"REQUESTS":"\([0-9]*\)".*/\1/p') $(echo "$entry" | sed -n 's/.*"MERGED":"\([0-9]*\)".*/\1/p')"
 	fi
 	check "$case: the initramfs's daemon answered requests and merged some, then stopped (requests merged: ${stopped:-none})" \
