@@ -4,7 +4,8 @@
 # An image is Debian (bookworm or trixie) made with debootstrap --variant=minbase, systemd as
 # PID 1, Debian's kernel, and one initramfs generator (initramfs-tools or dracut) installed with
 # apt inside the chroot. The base tree is cached under build/boot/DIST-GEN/base and rebuilt when
-# this file or tests/boot/guest/ changes. Each boot copies the base, changes the copy as a user
+# its recipe (base_tree, in_chroot: see base_stamp) changes; tests/boot/guest/'s files go into
+# each boot's copy, not the base. Each boot copies the base, changes the copy as a user
 # would (dpkg -i, an edited config file, the generator's rebuild), makes an ext4 image of it with
 # mkfs.ext4 -d, and boots it under qemu TCG with the kernel and initramfs from the image's /boot,
 # root=/dev/vda on virtio. The guest's mbtest-report.service writes its findings to
