@@ -70,6 +70,8 @@ lint:
 	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 	$(CARGO) clippy --locked --no-default-features --lib --bin modbroker -- -D warnings
 	tools/shellcheck.sh
+	python3 tools/check-layers.py --self-test
+	python3 tools/check-layers.py
 
 unit-test:
 	$(CARGO) test --locked

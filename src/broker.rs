@@ -49,10 +49,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::kernel::{attempt_load, settled_outcome, Kernel, ModuleOutcome};
+use crate::kernel::{attempt_load, settled_outcome, Kernel};
+use crate::model::{Failure, FailureCount, InFlight, Method, ModuleOutcome, Requester};
 use crate::plan::{LoadMethod, ModuleNode};
-use crate::protocol::{Failure, FailureCount, InFlight};
-use crate::record::{Answered, LoadRecord, LoadTimer, Method, Phase, Recorder, Requester, Totals};
+use crate::record::{Answered, LoadRecord, LoadTimer, Phase, Recorder, Totals};
 
 /// Tunables of the merge.
 #[derive(Debug, Clone)]

@@ -19,7 +19,8 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::broker::ModuleAnswer;
 use tracing::debug;
 
-use crate::kernel::{attempt_load, settled_outcome, Kernel, ModuleOutcome, ModuleState};
+use crate::kernel::{attempt_load, settled_outcome, Kernel, ModuleState};
+use crate::model::ModuleOutcome;
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{OutcomeKind, TargetResult};
 use crate::resolver::KmodResolver;

@@ -32,23 +32,27 @@
 //!
 //! Without the runner's socket (an initramfs without systemd, where the daemon is not
 //! sandboxed, or the unit not installed) the daemon runs the command itself, as before
-//! ([`crate::kernel::run_install_command`]).
+//! ([`run_install_command`]). [`Installer`] is that choice, handed to the kernel layer
+//! (`kernel::SysKernel`) as its [`InstallCommands`]: the kernel layer asks, this file runs.
 //!
 //! The runner's side ([`serve`], [`command_for`]) reads the configuration with libkmod, so it is built
 //! only with the `libkmod` feature; the daemon's side ([`run_through`]) is always there.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 #[cfg(feature = "libkmod")]
-use tracing::{info, warn};
+use tracing::info;
+use tracing::{debug, warn};
 
-use crate::kernel::InstallFailure;
+use crate::kernel::{join_options, InstallCommands};
+use crate::model::InstallFailure;
 #[cfg(feature = "libkmod")]
 use crate::{
-    kernel::{join_options, run_install_command},
     resolver::InstallLine,
     target::{canonical_name, looks_like_module_name, validate_params},
 };
@@ -115,6 +119,98 @@ pub fn run_through(
             error.unwrap_or_else(|| "install command failed".to_string()),
         )),
     }))
+}
+
+/// How the kernel layer's install commands run: through the runner at `runner` when it listens
+/// there, otherwise (and without a runner) in this process.
+#[derive(Debug, Clone, Default)]
+pub struct Installer {
+    runner: Option<PathBuf>,
+}
+
+impl Installer {
+    /// Runs every install command in this process (`--oneshot`, the client's direct loads, an
+    /// initramfs without systemd).
+    pub fn in_process() -> Self {
+        Installer { runner: None }
+    }
+
+    /// Asks the runner listening at `socket` (the daemon does); when nothing listens there,
+    /// runs the command in this process.
+    pub fn through_runner(socket: PathBuf) -> Self {
+        Installer {
+            runner: Some(socket),
+        }
+    }
+}
+
+impl InstallCommands for Installer {
+    fn run(
+        &self,
+        name: &str,
+        command: &str,
+        configured: &str,
+        params: &str,
+    ) -> Result<(), InstallFailure> {
+        if let Some(socket) = &self.runner {
+            // The runner reads the command and the configured options itself.
+            let request = InstallRequest {
+                module: name.to_string(),
+                params: params.split_whitespace().map(str::to_string).collect(),
+            };
+            match run_through(socket, &request) {
+                Ok(outcome) => return outcome,
+                // No runner installed (an initramfs without systemd, where we are not
+                // sandboxed): as before.
+                Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
+                    debug!(module = name, "{e}; running the install command here")
+                }
+                Err(e) => warn!(
+                    module = name,
+                    "{e}; running the install command inside the daemon's sandbox"
+                ),
+            }
+        }
+        run_install_command(name, command, &join_options(configured, params))
+    }
+}
+
+/// Runs an install command as modprobe does: `$CMDLINE_OPTS` replaced by the options, the module
+/// name in `$MODPROBE_MODULE`, through `/bin/sh -c`. Options only ever contain validated
+/// parameters (see `target`) and admin-written modprobe.d text, so no request can inject shell.
+///
+/// The command's stdout is our stderr, never our stdout. Under `modbrokerd --oneshot` our
+/// stdout is the pipe the client reads its one JSON result from: an `install` line that prints
+/// (`echo`, `modprobe -v`, a script's chatter) would corrupt that result and turn a module that
+/// loaded into a failure, reported to udev or to the kernel. In the daemon, stderr is the log
+/// (the journal under systemd), which is where such output belongs. Redirecting at the spawn
+/// covers both, and everything the command starts inherits it.
+pub fn run_install_command(name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
+    let command = command.replace("$CMDLINE_OPTS", options);
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .env("MODPROBE_MODULE", name)
+        .stdin(Stdio::null())
+        .stdout(stdout_to_stderr())
+        .status()
+        .map_err(|e| InstallFailure(format!("cannot run install command {command:?}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(InstallFailure(format!(
+            "install command {command:?} failed ({status})"
+        )))
+    }
+}
+
+/// A duplicate of our stderr, to be a child's stdout; `/dev/null` if stderr cannot be
+/// duplicated (Rust's runtime opens `/dev/null` for a closed fd 2 at start-up, so it is open).
+fn stdout_to_stderr() -> Stdio {
+    io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 /// Sends the request line and reads the reply line. Waits as long as the command runs, as
@@ -221,6 +317,7 @@ mod tests {
     use crate::kernel::{Kernel, SysKernel};
     use std::fs;
     use std::os::unix::net::UnixListener;
+    use std::sync::Arc;
 
     /// A configuration directory with `conf` as its one file, and an empty module directory.
     struct Fixture {
@@ -272,6 +369,23 @@ mod tests {
             module: module.into(),
             params: params.iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn install_commands_run_through_sh_with_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let command = format!(
+            "echo \"$MODPROBE_MODULE $CMDLINE_OPTS\" > {}",
+            out.display()
+        );
+        run_install_command("mb_ok", &command, "value=3 debug=1").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "mb_ok value=3 debug=1\n"
+        );
+        let refused = run_install_command("mb_ok", "/bin/false", "").unwrap_err();
+        assert!(refused.0.contains("failed"), "{}", refused.0);
     }
 
     #[test]
@@ -392,7 +506,7 @@ mod tests {
         )
         .unwrap();
         let (socket, thread) = fx.runner();
-        let kernel = SysKernel::default().with_install_runner(socket.clone());
+        let kernel = SysKernel::new(Arc::new(Installer::through_runner(socket.clone())));
         kernel.run_install("mb_ok", "/bin/false", "", "").unwrap();
         thread.join().unwrap();
         assert!(

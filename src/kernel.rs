@@ -1,8 +1,9 @@
 //! The kernel side: the one place that makes module syscalls and reads module state from sysfs.
 //!
 //! [`Kernel`] is the small trait the broker and the direct (daemon-less) loader call; [`SysKernel`]
-//! is the real implementation (`finit_module` through nix, `/sys/module/NAME/initstate`, install
-//! commands through `/bin/sh`), and `testing::FakeKernel` stands in for it in tests. The
+//! is the real implementation (`finit_module` through nix, `/sys/module/NAME/initstate`; install
+//! commands through the [`InstallCommands`] it is given, which `install_runner` provides), and
+//! `testing::FakeKernel` stands in for it in tests. The
 //! functions at the bottom turn one module's load attempt into a cloneable [`ModuleOutcome`],
 //! including the `EEXIST` rule: only a module whose sysfs state is `live` counts as loaded.
 //!
@@ -11,21 +12,17 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::kmod::{finit_module, init_module, ModuleInitFlags};
-use tracing::{debug, warn};
 
-use crate::install_runner::{self, InstallRequest};
+use crate::model::{Failure, InstallFailure, Method, ModuleOutcome};
 use crate::module_file::{
     decompress, kernel_compression, Compression, MODULE_INIT_COMPRESSED_FILE,
 };
 use crate::plan::{LoadMethod, ModuleNode};
-use crate::protocol::Failure;
-use crate::record::Method;
 
 /// What `/sys/module/NAME` says about a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +39,20 @@ pub enum ModuleState {
     Absent,
 }
 
-/// Why an install command failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstallFailure(pub String);
+/// Runs modprobe.d `install` commands for [`SysKernel`]. The kernel layer only asks; where and
+/// how a command runs (the runner outside the daemon's sandbox, or this process) is decided by
+/// the implementation, `install_runner::Installer`.
+pub trait InstallCommands: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs the `install` command `command` for module `name`, with the module's `configured`
+    /// options and the request's validated `params` (see [`Kernel::run_install`]).
+    fn run(
+        &self,
+        name: &str,
+        command: &str,
+        configured: &str,
+        params: &str,
+    ) -> Result<(), InstallFailure>;
+}
 
 /// The kernel operations the broker needs. Implementations must be callable from many threads.
 pub trait Kernel: Send + Sync + 'static {
@@ -74,32 +82,24 @@ pub struct SysKernel {
     sys_module: PathBuf,
     /// The format the kernel decompresses itself (`/sys/module/compression`), read once.
     kernel_compression: Option<String>,
-    /// The install-command runner's socket, if install commands go through it.
-    install_runner: Option<PathBuf>,
-}
-
-impl Default for SysKernel {
-    fn default() -> Self {
-        SysKernel::with_sysfs(PathBuf::from("/sys/module"))
-    }
+    /// What runs install commands.
+    install: Arc<dyn InstallCommands>,
 }
 
 impl SysKernel {
+    /// The kernel at `/sys/module`, running install commands through `install`.
+    pub fn new(install: Arc<dyn InstallCommands>) -> Self {
+        SysKernel::with_sysfs(PathBuf::from("/sys/module"), install)
+    }
+
     /// A kernel whose `/sys/module` is at `sys_module` (tests point it at a fixture).
-    pub fn with_sysfs(sys_module: PathBuf) -> Self {
+    pub fn with_sysfs(sys_module: PathBuf, install: Arc<dyn InstallCommands>) -> Self {
         let kernel_compression = kernel_compression(&sys_module);
         SysKernel {
             sys_module,
             kernel_compression,
-            install_runner: None,
+            install,
         }
-    }
-
-    /// Runs install commands through the runner listening at `socket` (the daemon does: see
-    /// [`crate::install_runner`]); when nothing listens there, runs them itself.
-    pub fn with_install_runner(mut self, socket: PathBuf) -> Self {
-        self.install_runner = Some(socket);
-        self
     }
 
     /// `finit_module` on the file, with `flags`.
@@ -168,26 +168,7 @@ impl Kernel for SysKernel {
         configured: &str,
         params: &str,
     ) -> Result<(), InstallFailure> {
-        if let Some(socket) = &self.install_runner {
-            // The runner reads the command and the configured options itself.
-            let request = InstallRequest {
-                module: name.to_string(),
-                params: params.split_whitespace().map(str::to_string).collect(),
-            };
-            match install_runner::run_through(socket, &request) {
-                Ok(outcome) => return outcome,
-                // No runner installed (an initramfs without systemd, where we are not
-                // sandboxed): as before.
-                Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
-                    debug!(module = name, "{e}; running the install command here")
-                }
-                Err(e) => warn!(
-                    module = name,
-                    "{e}; running the install command inside the daemon's sandbox"
-                ),
-            }
-        }
-        run_install_command(name, command, &join_options(configured, params))
+        self.install.run(name, command, configured, params)
     }
 }
 
@@ -205,65 +186,6 @@ fn io_errno(err: &io::Error) -> Errno {
     err.raw_os_error()
         .map(Errno::from_raw)
         .unwrap_or(Errno::EIO)
-}
-
-/// Runs an install command as modprobe does: `$CMDLINE_OPTS` replaced by the options, the module
-/// name in `$MODPROBE_MODULE`, through `/bin/sh -c`. Options only ever contain validated
-/// parameters (see `target`) and admin-written modprobe.d text, so no request can inject shell.
-///
-/// The command's stdout is our stderr, never our stdout. Under `modbrokerd --oneshot` our
-/// stdout is the pipe the client reads its one JSON result from: an `install` line that prints
-/// (`echo`, `modprobe -v`, a script's chatter) would corrupt that result and turn a module that
-/// loaded into a failure, reported to udev or to the kernel. In the daemon, stderr is the log
-/// (the journal under systemd), which is where such output belongs. Redirecting at the spawn
-/// covers both, and everything the command starts inherits it.
-pub fn run_install_command(name: &str, command: &str, options: &str) -> Result<(), InstallFailure> {
-    let command = command.replace("$CMDLINE_OPTS", options);
-    let status = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&command)
-        .env("MODPROBE_MODULE", name)
-        .stdin(Stdio::null())
-        .stdout(stdout_to_stderr())
-        .status()
-        .map_err(|e| InstallFailure(format!("cannot run install command {command:?}: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(InstallFailure(format!(
-            "install command {command:?} failed ({status})"
-        )))
-    }
-}
-
-/// A duplicate of our stderr, to be a child's stdout; `/dev/null` if stderr cannot be
-/// duplicated (Rust's runtime opens `/dev/null` for a closed fd 2 at start-up, so it is open).
-fn stdout_to_stderr() -> Stdio {
-    io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_or_else(|_| Stdio::null(), Stdio::from)
-}
-
-/// The result of bringing one module into the kernel. Cloneable: one load's outcome is handed to
-/// every request that waited on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModuleOutcome {
-    /// Inserted now (or its install command succeeded).
-    Loaded,
-    /// Already live.
-    AlreadyLoaded,
-    /// Built in.
-    Builtin,
-    /// Failed; the failure names the module (a dependency's failure names the dependency).
-    Failed(Failure),
-}
-
-impl ModuleOutcome {
-    /// True unless failed.
-    pub fn is_ok(&self) -> bool {
-        !matches!(self, ModuleOutcome::Failed(_))
-    }
 }
 
 /// A failure from a syscall errno for `module`.
@@ -496,27 +418,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn install_commands_run_through_sh_with_options() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        let command = format!(
-            "echo \"$MODPROBE_MODULE $CMDLINE_OPTS\" > {}",
-            out.display()
-        );
-        run_install_command("mb_ok", &command, "value=3 debug=1").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&out).unwrap(),
-            "mb_ok value=3 debug=1\n"
-        );
-        let refused = run_install_command("mb_ok", "/bin/false", "").unwrap_err();
-        assert!(refused.0.contains("failed"), "{}", refused.0);
+    /// Install commands are `install_runner`'s (tested there).
+    #[derive(Debug)]
+    struct NoInstall;
+
+    impl InstallCommands for NoInstall {
+        fn run(&self, _: &str, _: &str, _: &str, _: &str) -> Result<(), InstallFailure> {
+            unreachable!("no install command in these tests")
+        }
     }
 
     #[test]
     fn sysfs_states() {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = SysKernel::with_sysfs(dir.path().to_path_buf());
+        let kernel = SysKernel::with_sysfs(dir.path().to_path_buf(), Arc::new(NoInstall));
         std::fs::create_dir_all(dir.path().join("loaded")).unwrap();
         std::fs::write(dir.path().join("loaded/initstate"), "live\n").unwrap();
         std::fs::create_dir_all(dir.path().join("coming")).unwrap();

@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::record::Requester;
+use crate::model::{Failure, FailureCount, InFlight, Requester};
 
 mod lean;
 
@@ -228,7 +228,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, ProtocolError> {
 }
 
 /// Decodes one request line (without its newline), and names the fields it carried that this
-/// daemon does not know and ignores (at most [`MAX_IGNORED`], each cut to 64 characters).
+/// daemon does not know and ignores (at most 16, each cut to 64 characters).
 pub fn decode_request_noting_unknown(line: &[u8]) -> Result<(Request, Vec<String>), ProtocolError> {
     if line.len() > MAX_FRAME {
         return Err(ProtocolError::FrameTooLarge);
@@ -416,34 +416,6 @@ impl OutcomeKind {
     }
 }
 
-/// Why a load failed: which module (the target's own, or a dependency) and the kernel's errno.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The module whose load failed (may be a dependency of the requested one).
-    pub module: String,
-    /// The errno, when the failure was a syscall's (absent for a failed install command).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub errno: Option<i32>,
-    /// Symbolic errno (`ENODEV`), when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub errno_name: Option<String>,
-    /// Human-readable description.
-    pub message: String,
-}
-
-impl Failure {
-    /// A failure that is not a syscall's errno (install command, resolution, timeout, internal),
-    /// for `module` (empty when no single module is to blame).
-    pub fn without_errno(module: &str, message: impl Into<String>) -> Self {
-        Failure {
-            module: module.to_string(),
-            errno: None,
-            errno_name: None,
-            message: message.into(),
-        }
-    }
-}
-
 /// One target's reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetResult {
@@ -494,28 +466,6 @@ pub struct ResolveResult {
     /// For `invalid`/`error`, why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-}
-
-/// A load in flight, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    /// Module name.
-    pub module: String,
-    /// Milliseconds since the load started.
-    pub age_ms: u64,
-    /// Requests waiting on it (the one that started it included).
-    pub waiters: u64,
-}
-
-/// Failures counted by module and errno, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureCount {
-    /// Module name.
-    pub module: String,
-    /// Symbolic errno or `install-command`.
-    pub error: String,
-    /// Load attempts that failed this way.
-    pub count: u64,
 }
 
 /// The `status` reply.

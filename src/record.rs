@@ -27,7 +27,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::kernel::ModuleOutcome;
+use crate::model::{Method, ModuleOutcome, Requester};
 
 /// Where the instance files live.
 pub const RECORD_DIR: &str = "/run/modbroker/record";
@@ -167,50 +167,6 @@ pub struct RequestCounts {
     pub already_loaded: u64,
     /// Of all of them, asked by another module's load (a dependency or a softdep).
     pub as_dependency: u64,
-}
-
-/// Who asked for a module.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Requester {
-    /// `modbroker load --udev` run by udev for a uevent.
-    Udev {
-        /// The uevent's `SUBSYSTEM`.
-        subsystem: Option<String>,
-        /// The uevent's `DEVPATH`.
-        devpath: Option<String>,
-    },
-    /// The kernel's `request_module()`, through the autoload helper.
-    Kernel,
-    /// The CLI (`modbroker load`, `modbroker modprobe`): the peer's uid and command name.
-    Cli {
-        /// Peer uid.
-        uid: u32,
-        /// Peer's `/proc/PID/comm`, if it could be read.
-        comm: Option<String>,
-    },
-    /// Another module's load (a dependency or softdep).
-    Dependency {
-        /// The module whose load asked.
-        of: String,
-    },
-}
-
-/// How a module file was handed to the kernel, or what ran instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// `finit_module` on the file.
-    Finit,
-    /// `finit_module` with `MODULE_INIT_COMPRESSED_FILE`: the kernel decompressed it.
-    FinitCompressed,
-    /// `init_module` after decompressing in user space.
-    InitModule,
-    /// A modprobe.d `install` command.
-    Install,
-    /// No call: the module was settled (live or built in) when its turn came, or a dependency
-    /// failed first.
-    None,
 }
 
 /// The outcome of one load.

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Method, Requester};
 use crate::record::{
-    DaemonRecord, LoadRecord, Method, Outcome, Phase, RequestCounts, Requester, Totals,
-    FORMAT_VERSION,
+    DaemonRecord, LoadRecord, Outcome, Phase, RequestCounts, Totals, FORMAT_VERSION,
 };
 
 /// The version of the blame JSON layout (`docs/blame-json.md`).

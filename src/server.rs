@@ -26,11 +26,11 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::model::Requester;
 use crate::protocol::{
     decode_request_noting_unknown, unresponsive_marker, Progress, ProtocolError, Reply, Request,
     MAX_FRAME, PROGRESS_INTERVAL,
 };
-use crate::record::Requester;
 use crate::service::Service;
 
 /// Initial read buffer per connection.

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join_all, BoxFuture};
 
 use crate::broker::{Broker, ModuleAnswer};
-use crate::kernel::ModuleOutcome;
+use crate::model::{Failure, ModuleOutcome, Requester};
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{
-    Failure, LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
+    LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
     TargetResult,
 };
-use crate::record::Requester;
 use crate::skip::{self, SkipMarkers};
 use crate::target::{validate_params, validate_target};
 

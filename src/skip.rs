@@ -47,9 +47,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::broker::ModuleAnswer;
-use crate::kernel::ModuleOutcome;
+use crate::model::{ModuleOutcome, Requester};
 use crate::plan::{LoadMethod, Plan};
-use crate::record::Requester;
 use crate::target::looks_like_module_name;
 
 /// Where the daemon keeps its markers; `80-drivers.rules` tests this path.
@@ -359,8 +358,8 @@ fn empty(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Failure;
     use crate::plan::ModuleNode;
-    use crate::protocol::Failure;
     use std::sync::Arc;
 
     fn udev(subsystem: &str) -> Requester {

@@ -13,10 +13,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use nix::errno::Errno;
 
-use crate::kernel::{join_options, InstallFailure, Kernel, ModuleState};
+use crate::kernel::{join_options, Kernel, ModuleState};
+use crate::model::InstallFailure;
+use crate::model::Requester;
 use crate::plan::{BlacklistScope, ModuleNode, Plan};
 use crate::protocol::{LoadRequest, Request};
-use crate::record::Requester;
 use crate::service::Resolve;
 
 #[derive(Default)]

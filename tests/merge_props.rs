@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modbroker::broker::{Broker, BrokerSettings, ModuleAnswer};
-use modbroker::kernel::ModuleOutcome;
+use modbroker::model::{ModuleOutcome, Requester};
 use modbroker::plan::ModuleNode;
-use modbroker::record::{Outcome, Requester};
+use modbroker::record::Outcome;
 use modbroker::testing::{node, FakeKernel};
 use nix::errno::Errno;
 use proptest::prelude::*;

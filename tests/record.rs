@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::model::{Method, Requester};
 use modbroker::protocol::{decode_request, Request};
 use modbroker::record::{
-    self, DaemonRecord, Method, ModuleRecord, Outcome, Phase, Recorder, Requester, MAX_ARRIVALS,
-    MAX_INSTANCES, MAX_MODULES,
+    self, DaemonRecord, ModuleRecord, Outcome, Phase, Recorder, MAX_ARRIVALS, MAX_INSTANCES,
+    MAX_MODULES,
 };
 use modbroker::service::Service;
 use modbroker::testing::{calls_started, node, udev_request, FakeKernel, FixedResolver};

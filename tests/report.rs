@@ -6,11 +6,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::model::{Method, Requester};
 use modbroker::protocol::Request;
 use modbroker::record::{self, Recorder};
 use modbroker::record::{
-    DaemonRecord, LoadRecord, Method, ModuleRecord, Outcome, Phase, RequestCounts, Requester,
-    Totals, FORMAT_VERSION, MAX_ARRIVALS,
+    DaemonRecord, LoadRecord, ModuleRecord, Outcome, Phase, RequestCounts, Totals, FORMAT_VERSION,
+    MAX_ARRIVALS,
 };
 use modbroker::report::{self, Blame, ReportError};
 use modbroker::service::Service;

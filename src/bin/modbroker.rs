@@ -46,8 +46,8 @@ use std::time::Duration;
 use clap::Parser;
 use modbroker::cli::{Cli, Command};
 use modbroker::client::{self, ClientError};
+use modbroker::model::Requester;
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
-use modbroker::record::Requester;
 use modbroker::report;
 use modbroker::wire;
 
@@ -974,7 +974,7 @@ mod tests {
             modules: vec!["m".to_string()],
             merged: false,
             elapsed_us: 0,
-            failure: errno.map(|errno| modbroker::protocol::Failure {
+            failure: errno.map(|errno| modbroker::model::Failure {
                 module: "m".to_string(),
                 errno: Some(errno),
                 errno_name: None,

@@ -33,7 +33,7 @@ use modbroker::cli::DaemonArgs as Args;
 use modbroker::config::{check_log_level, Config, ConfigError, DEFAULT_CONFIG_PATH};
 use modbroker::config_watch;
 use modbroker::direct::load_direct;
-use modbroker::install_runner;
+use modbroker::install_runner::{self, Installer};
 use modbroker::kernel::SysKernel;
 use modbroker::plan::{BlacklistScope, Plan};
 use modbroker::record::{self, Phase, Recorder};
@@ -235,7 +235,7 @@ fn check_config(args: &Args) -> ExitCode {
 /// the stdout of any `install` command the load runs (`kernel::run_install_command`).
 fn oneshot(config: &Config, args: &[String], blacklist: BlacklistScope) -> anyhow::Result<()> {
     let (target, params) = args.split_first().context("--oneshot needs a TARGET")?;
-    let kernel = SysKernel::default();
+    let kernel = SysKernel::new(Arc::new(Installer::in_process()));
     let result = load_direct(&kernel, &config.module_dir(), target, params, blacklist);
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
@@ -377,7 +377,9 @@ async fn serve(
         .with_context(|| format!("cannot open the module tree {}", module_dir.display()))?;
     // Install commands go to the unsandboxed runner when its socket is there (see
     // modbroker::install_runner); in an initramfs without systemd they run here.
-    let kernel = SysKernel::default().with_install_runner(install_runner::DEFAULT_SOCKET.into());
+    let kernel = SysKernel::new(Arc::new(Installer::through_runner(
+        install_runner::DEFAULT_SOCKET.into(),
+    )));
     let recorder = Arc::new(Recorder::new(Phase::detect()));
     let broker = Broker::with_recorder(Arc::new(kernel), config.broker_settings(), recorder);
     let record_dir = args.record_dir.clone();

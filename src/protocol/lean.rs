@@ -2,9 +2,9 @@
 //! [`crate::wire`] instead of serde_json: these are the lines of udev's client, exec'd once per
 //! uevent. The parent module's tests hold both codecs to the same bytes and the same values.
 
-use super::{DaemonLine, ErrorBody, Failure, LoadRequest, OutcomeKind, Progress, Reply};
+use super::{DaemonLine, ErrorBody, LoadRequest, OutcomeKind, Progress, Reply};
 use super::{TargetResult, PROTOCOL_VERSION};
-use crate::record::Requester;
+use crate::model::{Failure, Requester};
 use crate::wire::{push_str, push_u64, Reader};
 
 /// The request line (with its newline) that `Request::Load(load).encode()` sends: the keys in
