@@ -52,7 +52,8 @@ use tracing::{debug, info, warn};
 use crate::kernel::{attempt_load, settled_outcome, Kernel};
 use crate::model::{Failure, FailureCount, InFlight, Method, ModuleOutcome, Requester};
 use crate::plan::{LoadMethod, ModuleNode};
-use crate::record::{Answered, LoadRecord, LoadTimer, Phase, Recorder, Totals};
+use crate::record::{LoadRecord, Phase, Totals};
+use crate::recorder::{Answered, LoadTimer, Recorder};
 
 /// Tunables of the merge.
 #[derive(Debug, Clone)]

@@ -23,7 +23,8 @@
 //! [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`] (the small
 //! JSON codec of udev's client path), [`direct`] (loading without the daemon),
 //! [`install_runner`] (modprobe.d `install` commands run outside the daemon's sandbox),
-//! [`record`] (the boot's record of module loading), [`report`] (that record as `modbroker
+//! [`record`] (the format of the boot's record of module loading), [`recorder`] (the live
+//! record the broker reports to, and its writer), [`report`] (that record as `modbroker
 //! blame` and `modbroker plot` show it), [`skip`] (the markers that spare udev a client exec for
 //! a uevent that would buy nothing), [`config_watch`] (new module indexes and modprobe.d noticed
 //! at once, so that no marker outlives them). [`testing`] holds the fake kernel used by tests.
@@ -52,6 +53,7 @@ pub mod module_file;
 pub mod plan;
 pub mod protocol;
 pub mod record;
+pub mod recorder;
 pub mod report;
 #[cfg(feature = "libkmod")]
 pub mod resolver;

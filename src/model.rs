@@ -128,3 +128,16 @@ pub struct FailureCount {
     /// Load attempts that failed this way.
     pub count: u64,
 }
+
+impl Requester {
+    /// This process, for loads asked in-process (tests, benchmarks).
+    pub fn this_process() -> Requester {
+        Requester::Cli {
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
+            comm: std::fs::read_to_string("/proc/self/comm")
+                .ok()
+                .map(|c| c.trim_end().to_string()),
+        }
+    }
+}

@@ -10,9 +10,9 @@ use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::model::{Method, Requester};
 use modbroker::protocol::{decode_request, Request};
 use modbroker::record::{
-    self, DaemonRecord, ModuleRecord, Outcome, Phase, Recorder, MAX_ARRIVALS, MAX_INSTANCES,
-    MAX_MODULES,
+    self, DaemonRecord, ModuleRecord, Outcome, Phase, MAX_ARRIVALS, MAX_INSTANCES, MAX_MODULES,
 };
+use modbroker::recorder::{self, Recorder};
 use modbroker::service::Service;
 use modbroker::testing::{calls_started, node, udev_request, FakeKernel, FixedResolver};
 use nix::errno::Errno;
@@ -199,11 +199,11 @@ fn instance_files_are_written_and_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let initramfs = Recorder::new(Phase::Initramfs);
     let snap = initramfs.snapshot(Default::default(), true);
-    record::write_record(dir.path(), &initramfs.file_name(), &snap).unwrap();
+    recorder::write_record(dir.path(), &initramfs.file_name(), &snap).unwrap();
     for i in 0..MAX_INSTANCES + 5 {
         let mut root = Recorder::new(Phase::Root).snapshot(Default::default(), false);
         root.started_us = 1_000_000 + i as u64;
-        record::write_record(
+        recorder::write_record(
             dir.path(),
             &format!("{:016}-1.json", root.started_us),
             &root,

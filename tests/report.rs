@@ -8,11 +8,11 @@ use std::sync::Arc;
 use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::model::{Method, Requester};
 use modbroker::protocol::Request;
-use modbroker::record::{self, Recorder};
 use modbroker::record::{
     DaemonRecord, LoadRecord, ModuleRecord, Outcome, Phase, RequestCounts, Totals, FORMAT_VERSION,
     MAX_ARRIVALS,
 };
+use modbroker::recorder::{self, Recorder};
 use modbroker::report::{self, Blame, ReportError};
 use modbroker::service::Service;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
@@ -651,7 +651,7 @@ async fn the_daemons_files_are_what_blame_and_plot_read() {
         }
         let broker = service.broker();
         let record = broker.recorder().snapshot(broker.counters().totals(), true);
-        record::write_record(dir.path(), &broker.recorder().file_name(), &record).unwrap();
+        recorder::write_record(dir.path(), &broker.recorder().file_name(), &record).unwrap();
         written.push(record);
     }
 

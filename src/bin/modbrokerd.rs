@@ -36,7 +36,8 @@ use modbroker::direct::load_direct;
 use modbroker::install_runner::{self, Installer};
 use modbroker::kernel::SysKernel;
 use modbroker::plan::{BlacklistScope, Plan};
-use modbroker::record::{self, Phase, Recorder};
+use modbroker::record::Phase;
+use modbroker::recorder::{self, Recorder};
 use modbroker::resolver::{KmodResolver, ResolverHandle};
 use modbroker::server::{self, AccessPolicy, SharedAccess, SocketFile, SocketPerms};
 use modbroker::service::{Resolve, Service};
@@ -497,7 +498,7 @@ async fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
     let snapshot = recorder.snapshot(broker.counters().totals(), stopped);
     let (dir, name) = (dir.to_path_buf(), recorder.file_name());
     let written = tokio::task::spawn_blocking(move || {
-        record::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))
+        recorder::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))
     })
     .await;
     match written {
