@@ -50,10 +50,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::kernel::{attempt_load, settled_outcome, Kernel};
-use crate::model::{Failure, FailureCount, InFlight, Method, ModuleOutcome, Requester};
+use crate::model::{Failure, InFlight, Method, ModuleOutcome, Requester};
 use crate::plan::{LoadMethod, ModuleNode};
-use crate::record::{LoadRecord, Phase, Totals};
-use crate::recorder::{Answered, LoadTimer, Recorder};
+use crate::record::{LoadRecord, Phase};
+use crate::recorder::{Answered, Event, LoadTimer, Recorder};
 
 /// Tunables of the merge.
 #[derive(Debug, Clone)]
@@ -122,39 +122,6 @@ struct MergeMap {
     /// loaded with (a request with other parameters must not be answered with a failure that
     /// was not its own, nor erase one that was).
     failures: HashMap<String, Vec<RememberedFailure>>,
-    failure_counts: HashMap<(String, String), u64>,
-}
-
-/// Counters for `status`.
-#[derive(Default)]
-pub struct Counters {
-    /// Request lines served.
-    pub requests: AtomicU64,
-    /// Load targets received.
-    pub targets: AtomicU64,
-    /// Module requests that shared a load or a remembered failure.
-    pub merged: AtomicU64,
-    /// Module requests answered from sysfs or builtin.
-    pub already_loaded: AtomicU64,
-    /// Load syscalls and install commands made.
-    pub load_calls: AtomicU64,
-    /// Of those, failed.
-    pub failed_loads: AtomicU64,
-}
-
-impl Counters {
-    /// One reading of every counter, as the record keeps them.
-    pub fn totals(&self) -> Totals {
-        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        Totals {
-            requests: get(&self.requests),
-            targets: get(&self.targets),
-            merged: get(&self.merged),
-            already_loaded: get(&self.already_loaded),
-            load_calls: get(&self.load_calls),
-            failed_loads: get(&self.failed_loads),
-        }
-    }
 }
 
 struct Inner {
@@ -164,7 +131,7 @@ struct Inner {
     map: Mutex<MergeMap>,
     permits: Semaphore,
     permit_patience: Duration,
-    counters: Counters,
+    /// Where every event goes, once: the record behind `blame` and the counters behind `status`.
     recorder: Arc<Recorder>,
 }
 
@@ -205,7 +172,6 @@ impl Broker {
                 map: Mutex::new(MergeMap::default()),
                 permits,
                 permit_patience: settings.permit_patience,
-                counters: Counters::default(),
                 recorder,
             }),
         }
@@ -223,14 +189,14 @@ impl Broker {
         self.inner.failure_window_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The counters, for the service to count requests and for `status`.
-    pub fn counters(&self) -> &Counters {
-        &self.inner.counters
-    }
-
-    /// The record of requests and loads.
+    /// The record of requests and loads, and the counters behind `status`.
     pub fn recorder(&self) -> &Arc<Recorder> {
         &self.inner.recorder
+    }
+
+    /// Reports `how` a request for `module` was answered.
+    fn answered(&self, module: &str, how: Answered) {
+        self.inner.recorder.report(Event::Answered { module, how });
     }
 
     fn lock(&self) -> MutexGuard<'_, MergeMap> {
@@ -252,7 +218,10 @@ impl Broker {
         arrived: Instant,
         requester: &Requester,
     ) -> ModuleAnswer {
-        self.inner.recorder.request(&node.name, requester);
+        self.inner.recorder.report(Event::Requested {
+            module: &node.name,
+            by: requester,
+        });
         self.load_as(node, params, retry, arrived, None).await
     }
 
@@ -266,7 +235,10 @@ impl Broker {
         let requester = Requester::Dependency {
             of: parent.to_string(),
         };
-        self.inner.recorder.request(&node.name, &requester);
+        self.inner.recorder.report(Event::Requested {
+            module: &node.name,
+            by: &requester,
+        });
         let now = Instant::now();
         self.load_as(node, String::new(), retry, now, Some(parent.to_string()))
     }
@@ -312,13 +284,7 @@ impl Broker {
         }
         // The module's state before any remembered failure: one loaded since it failed is loaded.
         if let Some(outcome) = settled_outcome(self.inner.kernel.as_ref(), node) {
-            self.inner
-                .counters
-                .already_loaded
-                .fetch_add(1, Ordering::Relaxed);
-            self.inner
-                .recorder
-                .answered(&node.name, Answered::AlreadyLoaded);
+            self.answered(&node.name, Answered::AlreadyLoaded);
             self.lock().failures.remove(&node.name);
             return Step::Done(ModuleAnswer {
                 outcome,
@@ -331,10 +297,7 @@ impl Broker {
             return step;
         }
         if let Some(failure) = self.remembered_failure(&map, node, params, retry, arrived) {
-            self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
-            self.inner
-                .recorder
-                .answered(&node.name, Answered::FailureWindow);
+            self.answered(&node.name, Answered::FailureWindow);
             return Step::Done(ModuleAnswer {
                 outcome: ModuleOutcome::Failed(failure),
                 merged: true,
@@ -354,7 +317,7 @@ impl Broker {
                 load: load.clone(),
             },
         );
-        self.inner.recorder.answered(&node.name, Answered::Direct);
+        self.answered(&node.name, Answered::Direct);
         Step::Await {
             load,
             merged: false,
@@ -372,7 +335,7 @@ impl Broker {
         if let Some(parent) = parent {
             if waits_on(map, &node.name, parent) {
                 debug!(module = %node.name, %parent, "dependency cycle: not waiting");
-                self.inner.recorder.answered(&node.name, Answered::Merged);
+                self.answered(&node.name, Answered::Merged);
                 return Some(Step::Done(ModuleAnswer {
                     outcome: ModuleOutcome::AlreadyLoaded,
                     merged: true,
@@ -391,8 +354,7 @@ impl Broker {
         if !same_load {
             return Some(Step::AwaitThenRetry(load));
         }
-        self.inner.counters.merged.fetch_add(1, Ordering::Relaxed);
-        self.inner.recorder.answered(&node.name, Answered::Merged);
+        self.answered(&node.name, Answered::Merged);
         Some(Step::Await { load, merged: true })
     }
 
@@ -547,9 +509,8 @@ impl Broker {
             LoadMethod::Builtin | LoadMethod::Missing => Method::None,
         });
         self.inner
-            .counters
-            .load_calls
-            .fetch_add(1, Ordering::Relaxed);
+            .recorder
+            .report(Event::CallStarted { module: &node.name });
         let node = node.clone();
         let outcome =
             tokio::task::spawn_blocking(move || attempt_load(kernel.as_ref(), &node, &params))
@@ -608,7 +569,15 @@ impl Broker {
         let answered = flight.as_ref().map_or(1, |f| f.answered);
         let waiters = flight.map_or(0, |f| f.waiters);
         let load = timer.finish(outcome, answered);
-        self.inner.recorder.load_ended(name, load.clone());
+        let failure = match outcome {
+            ModuleOutcome::Failed(failure) => Some(failure),
+            _ => None,
+        };
+        self.inner.recorder.report(Event::LoadEnded {
+            module: name,
+            load: load.clone(),
+            failure,
+        });
         let ModuleOutcome::Failed(failure) = outcome else {
             map.failures.remove(name);
             return load;
@@ -616,9 +585,10 @@ impl Broker {
         // A dependency's failure is counted, logged and remembered under the dependency's own
         // load: a later request for this module checks the dependency's state again.
         let own = failure.module == name;
-        // Counted with the load calls: a module without a file made none.
+        // Logged with the load calls (as the recorder counts it): a module without a file made
+        // none.
         if own && load.call_start_us.is_some() {
-            self.count_failure(&mut map, failure, waiters);
+            log_failure(failure, waiters);
         }
         let remembered = map.failures.entry(name.to_string()).or_default();
         remembered.retain(|f| f.params != params);
@@ -631,23 +601,6 @@ impl Broker {
             });
         }
         load
-    }
-
-    /// Counts and logs a failure of a module's own load call.
-    fn count_failure(&self, map: &mut MergeMap, failure: &Failure, waiters: u64) {
-        let counters = &self.inner.counters;
-        counters.failed_loads.fetch_add(1, Ordering::Relaxed);
-        let error = failure
-            .errno_name
-            .clone()
-            .unwrap_or_else(|| "install-command".into());
-        let module = failure.module.as_str();
-        *map.failure_counts
-            .entry((module.to_string(), error.clone()))
-            .or_default() += 1;
-        let remembered = is_lasting(failure);
-        let message = &failure.message;
-        warn!(module, %error, %message, waiters, remembered, "load failed");
     }
 
     /// Forgets every remembered failure: the configuration, module indexes or module files they
@@ -679,22 +632,6 @@ impl Broker {
         list
     }
 
-    /// Failures counted by module and error.
-    pub fn failure_counts(&self) -> Vec<FailureCount> {
-        let map = self.lock();
-        let mut list: Vec<FailureCount> = map
-            .failure_counts
-            .iter()
-            .map(|((module, error), count)| FailureCount {
-                module: module.clone(),
-                error: error.clone(),
-                count: *count,
-            })
-            .collect();
-        list.sort_by(|a, b| (&a.module, &a.error).cmp(&(&b.module, &b.error)));
-        list
-    }
-
     /// Forgets expired remembered failures (the server calls this now and then so the map does
     /// not grow with every module that ever failed).
     pub fn prune_failures(&self) {
@@ -709,6 +646,15 @@ impl Broker {
     pub fn in_flight_count(&self) -> usize {
         self.lock().in_flight.len()
     }
+}
+
+/// Logs a failure of a module's own load call (the recorder counts it).
+fn log_failure(failure: &Failure, waiters: u64) {
+    let error = failure.errno_name.as_deref().unwrap_or("install-command");
+    let module = failure.module.as_str();
+    let remembered = is_lasting(failure);
+    let message = &failure.message;
+    warn!(module, %error, %message, waiters, remembered, "load failed");
 }
 
 /// Records what the load task of `parent` (if any) is waiting on, for [`waits_on`].

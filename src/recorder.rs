@@ -1,18 +1,23 @@
-//! The live record of one daemon instance: [`Recorder`] takes what the broker reports (a
-//! request arrived, how it was answered, a load call started, a load ended), keeps it within
-//! `record`'s limits, and makes the [`DaemonRecord`] that [`write_record`] writes (atomically,
-//! pruning old instances) for `modbroker blame` and `modbroker plot`.
+//! The live record of one daemon instance: [`Recorder`] takes what the broker and the service
+//! report, one [`Event`] per thing that happened (a request line served, a request for a module
+//! arrived, how it was answered, a load call started, a load ended), keeps it within `record`'s
+//! limits, and makes the [`DaemonRecord`] that [`write_record`] writes (atomically, pruning old
+//! instances) for `modbroker blame` and `modbroker plot`.
+//!
+//! The counters behind `status` ([`Recorder::totals`], [`Recorder::failure_counts`]) are fed by
+//! the same events, in the same call, so the record and `status` cannot disagree.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tracing::info;
 
-use crate::model::{Method, ModuleOutcome, Requester};
+use crate::model::{Failure, FailureCount, Method, ModuleOutcome, Requester};
 use crate::record::{
     now_us, DaemonRecord, LoadRecord, ModuleRecord, Outcome, Phase, RequestCounts, Totals,
     FORMAT_VERSION, MAX_ARRIVALS, MAX_DEPENDENTS, MAX_INSTANCES, MAX_LOADS, MAX_MODULES, MAX_TEXT,
@@ -56,14 +61,83 @@ pub enum Answered {
     AlreadyLoaded,
 }
 
-/// The in-memory record of this daemon instance; the broker feeds it, [`Recorder::snapshot`]
-/// reads it. Every method takes one short lock.
+/// One thing that happened, reported once (see [`Recorder::report`]).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A request line was served (any kind).
+    Line,
+    /// A load request brought this many targets.
+    Targets(u64),
+    /// A request for `module` arrived from `by` (a client's, or a dependency's).
+    Requested {
+        /// The module.
+        module: &'a str,
+        /// Who asked.
+        by: &'a Requester,
+    },
+    /// The request for `module` that arrived last was answered `how`.
+    Answered {
+        /// The module.
+        module: &'a str,
+        /// How.
+        how: Answered,
+    },
+    /// A load call (syscall or install command) for `module` starts.
+    CallStarted {
+        /// The module.
+        module: &'a str,
+    },
+    /// A load of `module` ended; `failure` when it failed.
+    LoadEnded {
+        /// The module.
+        module: &'a str,
+        /// The load, as the record keeps it.
+        load: LoadRecord,
+        /// Why it failed (a dependency's failure names the dependency).
+        failure: Option<&'a Failure>,
+    },
+}
+
+/// The in-memory record of this daemon instance and its counters; the broker and the service
+/// feed both through [`Recorder::report`], [`Recorder::snapshot`] and [`Recorder::totals`] read
+/// them. Every event takes at most one short lock.
 #[derive(Debug)]
 pub struct Recorder {
     pid: u32,
     phase: Phase,
     started_us: u64,
+    counts: Counts,
     state: Mutex<State>,
+}
+
+/// The counters behind `status` and the record's `totals`: atomics, so a request line's count
+/// takes no lock.
+#[derive(Debug, Default)]
+struct Counts {
+    requests: AtomicU64,
+    targets: AtomicU64,
+    merged: AtomicU64,
+    already_loaded: AtomicU64,
+    load_calls: AtomicU64,
+    failed_loads: AtomicU64,
+}
+
+impl Counts {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn totals(&self) -> Totals {
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        Totals {
+            requests: get(&self.requests),
+            targets: get(&self.targets),
+            merged: get(&self.merged),
+            already_loaded: get(&self.already_loaded),
+            load_calls: get(&self.load_calls),
+            failed_loads: get(&self.failed_loads),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +145,8 @@ struct State {
     modules: Vec<ModuleRecord>,
     index: HashMap<String, usize>,
     modules_dropped: u64,
+    /// Failed load calls by module and error (symbolic errno or `install-command`).
+    failure_counts: HashMap<(String, String), u64>,
     /// Bumped at every change, so the writer knows whether a write is due.
     generation: u64,
 }
@@ -115,6 +191,7 @@ impl Recorder {
             pid: std::process::id(),
             phase,
             started_us: now_us(),
+            counts: Counts::default(),
             state: Mutex::default(),
         }
     }
@@ -129,8 +206,54 @@ impl Recorder {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records `event` and counts it: the one way anything gets into the record or the
+    /// counters.
+    pub fn report(&self, event: Event<'_>) {
+        let counts = &self.counts;
+        match event {
+            Event::Line => Counts::add(&counts.requests, 1),
+            Event::Targets(n) => Counts::add(&counts.targets, n),
+            Event::Requested { module, by } => self.requested(module, by),
+            Event::Answered { module, how } => {
+                match how {
+                    Answered::Merged | Answered::FailureWindow => Counts::add(&counts.merged, 1),
+                    Answered::AlreadyLoaded => Counts::add(&counts.already_loaded, 1),
+                    Answered::Direct => {}
+                }
+                self.answered(module, how)
+            }
+            Event::CallStarted { .. } => Counts::add(&counts.load_calls, 1),
+            Event::LoadEnded {
+                module,
+                load,
+                failure,
+            } => self.load_ended(module, load, failure),
+        }
+    }
+
+    /// The counters: the record's `totals`, and what `status` shows.
+    pub fn totals(&self) -> Totals {
+        self.counts.totals()
+    }
+
+    /// Failed load calls counted by module and error, sorted.
+    pub fn failure_counts(&self) -> Vec<FailureCount> {
+        let state = self.lock();
+        let mut list: Vec<FailureCount> = state
+            .failure_counts
+            .iter()
+            .map(|((module, error), count)| FailureCount {
+                module: module.clone(),
+                error: error.clone(),
+                count: *count,
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.module, &a.error).cmp(&(&b.module, &b.error)));
+        list
+    }
+
     /// A request for `module` arrived from `requester`.
-    pub fn request(&self, module: &str, requester: &Requester) {
+    fn requested(&self, module: &str, requester: &Requester) {
         let now = now_us();
         let mut state = self.lock();
         let Some(record) = state.module(module, requester, now) else {
@@ -150,7 +273,7 @@ impl Recorder {
     }
 
     /// The request for `module` that arrived last was answered `how`.
-    pub fn answered(&self, module: &str, how: Answered) {
+    fn answered(&self, module: &str, how: Answered) {
         let mut state = self.lock();
         let Some(record) = state.existing(module) else {
             return;
@@ -164,9 +287,21 @@ impl Recorder {
         }
     }
 
-    /// A load of `module` ended: keeps it (within [`MAX_LOADS`]).
-    pub fn load_ended(&self, module: &str, load: LoadRecord) {
+    /// A load of `module` ended: keeps it (within [`MAX_LOADS`]) and counts a failed call of its
+    /// own (a dependency's failure is counted under the dependency's load; a load that made no
+    /// call, e.g. of a module without a file, counts no failed call).
+    fn load_ended(&self, module: &str, load: LoadRecord, failure: Option<&Failure>) {
         let mut state = self.lock();
+        if let Some(failure) = failure.filter(|f| f.module == module) {
+            if load.call_start_us.is_some() {
+                Counts::add(&self.counts.failed_loads, 1);
+                let error = failure.errno_name.as_deref().unwrap_or("install-command");
+                *state
+                    .failure_counts
+                    .entry((module.to_string(), error.to_string()))
+                    .or_default() += 1;
+            }
+        }
         let Some(record) = state.existing(module) else {
             return;
         };
@@ -202,9 +337,8 @@ impl Recorder {
         self.lock().generation
     }
 
-    /// The record as it stands, with `totals` (the broker's counters) and, once the daemon
-    /// stops, `stopped`.
-    pub fn snapshot(&self, totals: Totals, stopped: bool) -> DaemonRecord {
+    /// The record as it stands, with its counters and, once the daemon stops, `stopped`.
+    pub fn snapshot(&self, stopped: bool) -> DaemonRecord {
         let now = now_us();
         let state = self.lock();
         DaemonRecord {
@@ -215,7 +349,7 @@ impl Recorder {
             started_us: self.started_us,
             updated_us: now,
             stopped_us: stopped.then_some(now),
-            totals,
+            totals: self.totals(),
             modules: state.modules.clone(),
             modules_dropped: state.modules_dropped,
         }
@@ -234,7 +368,7 @@ impl Recorder {
 }
 
 /// A load task's own account of its load, filled in as it goes and handed to
-/// [`Recorder::load_ended`] at its end.
+/// the recorder (`Event::LoadEnded`) at its end.
 #[derive(Debug, Clone)]
 pub struct LoadTimer {
     queued_us: u64,

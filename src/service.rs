@@ -18,6 +18,7 @@ use crate::protocol::{
     LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
     TargetResult,
 };
+use crate::recorder::Event;
 use crate::skip::{self, SkipMarkers};
 use crate::target::{validate_params, validate_target};
 
@@ -119,10 +120,7 @@ impl Service {
 
     /// Serves one request.
     pub async fn handle(&self, request: Request) -> Reply {
-        self.broker
-            .counters()
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.broker.recorder().report(Event::Line);
         match request {
             Request::Load(load) => Reply::results(self.load(load).await),
             Request::Resolve(targets) => {
@@ -133,10 +131,8 @@ impl Service {
     }
 
     async fn load(&self, request: LoadRequest) -> Vec<TargetResult> {
-        let counters = self.broker.counters();
-        counters
-            .targets
-            .fetch_add(request.targets.len() as u64, Ordering::Relaxed);
+        let targets = request.targets.len() as u64;
+        self.broker.recorder().report(Event::Targets(targets));
         let params = match validate_params(&request.params) {
             Ok(params) => params,
             Err(err) => {
@@ -320,7 +316,8 @@ impl Service {
     }
 
     fn status(&self) -> StatusReport {
-        let t = self.broker.counters().totals();
+        let recorder = self.broker.recorder();
+        let t = recorder.totals();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -330,7 +327,7 @@ impl Service {
             already_loaded: t.already_loaded,
             load_calls: t.load_calls,
             failed_loads: t.failed_loads,
-            failures: self.broker.failure_counts(),
+            failures: recorder.failure_counts(),
             in_flight: self.broker.in_flight(),
         }
     }

@@ -145,8 +145,8 @@ type Answers = Vec<Result<Result<ModuleAnswer, JoinError>, Elapsed>>;
 /// (cancelled requests included): merged answers (joins and remembered failures), sysfs answers,
 /// load calls and failed calls, and each load's timestamps in order.
 fn check_record(broker: &Broker, kernel: &FakeKernel) -> Result<(), TestCaseError> {
-    let totals = broker.counters().totals();
-    let record = broker.recorder().snapshot(totals.clone(), false);
+    let totals = broker.recorder().totals();
+    let record = broker.recorder().snapshot(false);
     let modules = &record.modules;
     let sum =
         |f: &dyn Fn(&modbroker::record::ModuleRecord) -> u64| modules.iter().map(f).sum::<u64>();

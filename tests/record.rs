@@ -12,7 +12,7 @@ use modbroker::protocol::{decode_request, Request};
 use modbroker::record::{
     self, DaemonRecord, ModuleRecord, Outcome, Phase, MAX_ARRIVALS, MAX_INSTANCES, MAX_MODULES,
 };
-use modbroker::recorder::{self, Recorder};
+use modbroker::recorder::{self, Event, Recorder};
 use modbroker::service::Service;
 use modbroker::testing::{calls_started, node, udev_request, FakeKernel, FixedResolver};
 use nix::errno::Errno;
@@ -29,9 +29,7 @@ fn udev(target: &str, devpath: &str) -> Request {
 
 fn snapshot(service: &Service) -> DaemonRecord {
     let broker = service.broker();
-    broker
-        .recorder()
-        .snapshot(broker.counters().totals(), false)
+    broker.recorder().snapshot(false)
 }
 
 fn module<'a>(record: &'a DaemonRecord, name: &str) -> &'a ModuleRecord {
@@ -172,9 +170,12 @@ fn the_record_is_bounded_under_a_flood() {
     let recorder = Recorder::new(Phase::Root);
     let cli = Requester::this_process();
     for i in 0..100_000u64 {
-        recorder.request(&format!("mod_{}", i % 5_000), &cli);
+        recorder.report(Event::Requested {
+            module: &format!("mod_{}", i % 5_000),
+            by: &cli,
+        });
     }
-    let record = recorder.snapshot(Default::default(), false);
+    let record = recorder.snapshot(false);
     assert_eq!(record.modules.len(), MAX_MODULES);
     // The first 4,096 names were seen 20 times each; the others' requests were dropped.
     assert_eq!(record.modules_dropped, (5_000 - MAX_MODULES as u64) * 20);
@@ -198,10 +199,10 @@ fn the_record_is_bounded_under_a_flood() {
 fn instance_files_are_written_and_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let initramfs = Recorder::new(Phase::Initramfs);
-    let snap = initramfs.snapshot(Default::default(), true);
+    let snap = initramfs.snapshot(true);
     recorder::write_record(dir.path(), &initramfs.file_name(), &snap).unwrap();
     for i in 0..MAX_INSTANCES + 5 {
-        let mut root = Recorder::new(Phase::Root).snapshot(Default::default(), false);
+        let mut root = Recorder::new(Phase::Root).snapshot(false);
         root.started_us = 1_000_000 + i as u64;
         recorder::write_record(
             dir.path(),

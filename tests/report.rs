@@ -650,7 +650,7 @@ async fn the_daemons_files_are_what_blame_and_plot_read() {
                 .await;
         }
         let broker = service.broker();
-        let record = broker.recorder().snapshot(broker.counters().totals(), true);
+        let record = broker.recorder().snapshot(true);
         recorder::write_record(dir.path(), &broker.recorder().file_name(), &record).unwrap();
         written.push(record);
     }

@@ -656,9 +656,7 @@ fn the_record_names_the_cli_peer_and_keeps_udevs_origin() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     let broker = server.service.broker();
-    let record = broker
-        .recorder()
-        .snapshot(broker.counters().totals(), false);
+    let record = broker.recorder().snapshot(false);
     let first = |name: &str| {
         let m = record.modules.iter().find(|m| m.module == name).unwrap();
         m.first_requester.clone()

@@ -100,7 +100,7 @@ async fn a_module_without_a_file_fails_with_enoent_and_no_call() {
     assert_eq!(failure.module, "mb_not_in_tree");
     assert_eq!(failure.errno_name.as_deref(), Some("ENOENT"));
     assert_eq!(kernel.total_calls(), 0);
-    let totals = service.broker().counters().totals();
+    let totals = service.broker().recorder().totals();
     assert_eq!((totals.load_calls, totals.failed_loads), (0, 0));
 }
 

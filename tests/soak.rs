@@ -572,14 +572,14 @@ fn check_replies(soak: &Soak, seed: u64) {
 /// The broker drained, counted every load call, and never ran two loads of one name at once.
 fn check_broker(soak: &Soak, broker: &Broker, kernel: &FakeKernel) {
     assert_eq!(broker.in_flight_count(), 0, "in-flight map drained");
-    let counters = broker.counters();
-    let served = counters.requests.load(Ordering::Relaxed);
+    let totals = broker.recorder().totals();
+    let served = totals.requests;
     let replies = soak.replies.load(Ordering::Relaxed);
     assert!(
         (replies..=soak.requests).contains(&served),
         "{served} requests served for {replies} replies"
     );
-    let load_calls = counters.load_calls.load(Ordering::Relaxed);
+    let load_calls = totals.load_calls;
     assert_eq!(
         load_calls,
         kernel.total_calls() as u64,

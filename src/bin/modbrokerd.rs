@@ -303,7 +303,7 @@ fn stderr_is_journal() -> bool {
 
 /// The `STATUS=` line: the configuration error note (if any), then the counters.
 fn status_line(service: &Service, config_note: &str) -> String {
-    let t = service.broker().counters().totals();
+    let t = service.broker().recorder().totals();
     format!(
         "{config_note}{} requests, {} merged, {} loads, {} failed, {} in flight",
         t.requests,
@@ -433,7 +433,7 @@ async fn serve(
         let _ = std::fs::remove_file(path);
     }
     // The totals outlive the process in the log: an initramfs daemon's are all that is left of it.
-    let t = service.broker().counters().totals();
+    let t = service.broker().recorder().totals();
     write_record(service.broker(), &record_dir, true).await;
     info!(
         requests = t.requests,
@@ -480,7 +480,7 @@ async fn keep_record_written(broker: Broker, dir: PathBuf) {
     let mut written = None;
     loop {
         tokio::time::sleep(RECORD_INTERVAL).await;
-        let now = (broker.recorder().generation(), broker.counters().totals());
+        let now = (broker.recorder().generation(), broker.recorder().totals());
         if written.as_ref() != Some(&now) {
             write_record(&broker, &dir, false).await;
             written = Some(now);
@@ -495,7 +495,7 @@ async fn keep_record_written(broker: Broker, dir: PathBuf) {
 async fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
     static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let recorder = broker.recorder();
-    let snapshot = recorder.snapshot(broker.counters().totals(), stopped);
+    let snapshot = recorder.snapshot(stopped);
     let (dir, name) = (dir.to_path_buf(), recorder.file_name());
     let written = tokio::task::spawn_blocking(move || {
         recorder::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))
