@@ -48,8 +48,8 @@ use tracing::{info, warn};
 use crate::kernel::InstallFailure;
 #[cfg(feature = "libkmod")]
 use crate::{
+    install_config::InstallLine,
     kernel::{join_options, run_install_command},
-    resolver::InstallLine,
     target::{canonical_name, looks_like_module_name, validate_params},
 };
 

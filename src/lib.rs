@@ -16,8 +16,9 @@
 //!
 //! One module per concern, each opening with a doc comment saying what it is for:
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
-//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
-//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
+//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`libkmod`]
+//! (the libkmod FFI wrappers), [`install_config`] (a module's `install` line and options),
+//! [`broker`] (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`]
 //! (the small JSON codec of udev's client path) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
@@ -33,8 +34,9 @@
 //! needed a home of its own); `plan` holds the resolver's output types so the broker depends on
 //! plain data, not on libkmod; `direct` is the fallback loader shared by the client.
 //!
-//! Feature `libkmod` (default): the modules that call libkmod ([`resolver`], and [`direct`], the
-//! fallback loader, which resolves with it) and the install runner's configuration check. The
+//! Feature `libkmod` (default): the modules that call libkmod ([`libkmod`], its wrappers, and the
+//! modules that use them: [`resolver`], [`install_config`], and [`direct`], the fallback loader,
+//! which resolves with it) and the install runner's configuration check. The
 //! client binary is built without it (static-pie, see the Makefile's `build`): it never calls
 //! libkmod, and anything that needs it runs `modbrokerd`.
 #![warn(missing_docs)]
@@ -46,8 +48,12 @@ pub mod config;
 pub mod config_watch;
 #[cfg(feature = "libkmod")]
 pub mod direct;
+#[cfg(feature = "libkmod")]
+pub mod install_config;
 pub mod install_runner;
 pub mod kernel;
+#[cfg(feature = "libkmod")]
+pub mod libkmod;
 pub mod module_file;
 pub mod plan;
 pub mod protocol;
