@@ -23,7 +23,8 @@
 //! (the small JSON codec of udev's client path) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
 //! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
-//! (that record as `modbroker blame` and `modbroker plot` show it), [`skip`] (the markers that
+//! (that record read back), [`blame`] and [`plot`] (what `modbroker blame` and `modbroker plot`
+//! show of it), [`skip`] (the markers that
 //! spare udev a client exec for a uevent that would buy nothing), [`config_watch`] (new module
 //! indexes and modprobe.d noticed at once, so that no marker outlives them). [`testing`] holds the fake kernel used by tests.
 //!
@@ -41,6 +42,7 @@
 //! libkmod, and anything that needs it runs `modbrokerd`.
 #![warn(missing_docs)]
 
+pub mod blame;
 pub mod broker;
 pub mod cli;
 pub mod client;
@@ -56,6 +58,7 @@ pub mod kernel;
 pub mod libkmod;
 pub mod module_file;
 pub mod plan;
+pub mod plot;
 pub mod protocol;
 pub mod record;
 pub mod report;
