@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::libkmod::{ContextSpec, ResolverError};
+use crate::kmod::{ContextSpec, ResolverError};
 
 /// A module's `install` line as modprobe would run it: libkmod's first `install` line whose
 /// pattern matches the name, and the module's own options (modprobe.d and the kernel command

@@ -16,7 +16,7 @@
 //!
 //! One module per concern, each opening with a doc comment saying what it is for:
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
-//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`libkmod`]
+//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`kmod`]
 //! (the libkmod FFI wrappers), [`install_config`] (a module's `install` line and options),
 //! [`broker`] (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
 //! [`server`] (sockets, credentials, shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`]
@@ -35,7 +35,7 @@
 //! needed a home of its own); `plan` holds the resolver's output types so the broker depends on
 //! plain data, not on libkmod; `direct` is the fallback loader shared by the client.
 //!
-//! Feature `libkmod` (default): the modules that call libkmod ([`libkmod`], its wrappers, and the
+//! Feature `libkmod` (default): the modules that call libkmod ([`kmod`], its wrappers, and the
 //! modules that use them: [`resolver`], [`install_config`], and [`direct`], the fallback loader,
 //! which resolves with it) and the install runner's configuration check. The
 //! client binary is built without it (static-pie, see the Makefile's `build`): it never calls
@@ -55,7 +55,7 @@ pub mod install_config;
 pub mod install_runner;
 pub mod kernel;
 #[cfg(feature = "libkmod")]
-pub mod libkmod;
+pub mod kmod;
 pub mod module_file;
 pub mod plan;
 pub mod plot;

@@ -12,7 +12,7 @@
 //! A libkmod context is not thread-safe, so [`KmodResolver`] is not `Send`. [`ResolverHandle`]
 //! runs one on a dedicated thread and serves async callers over a channel.
 //!
-//! The libkmod calls themselves are wrapped in [`crate::libkmod`]; the `install` lines the
+//! The libkmod calls themselves are wrapped in [`crate::kmod`]; the `install` lines the
 //! install runner reads are in [`crate::install_config`].
 
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::libkmod::{ContextSpec, Ctx, ModList, Module, ResolverError};
+use crate::kmod::{ContextSpec, Ctx, ModList, Module, ResolverError};
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 
 /// How often, at most, libkmod is asked whether its indexes or configuration changed.

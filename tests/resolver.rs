@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modbroker::libkmod::ResolverError;
+use modbroker::kmod::ResolverError;
 use modbroker::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use modbroker::resolver::{KmodResolver, ResolverHandle};
 use modbroker::target::validate_target;
