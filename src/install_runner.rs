@@ -53,7 +53,7 @@ use crate::kernel::{join_options, InstallCommands};
 use crate::model::InstallFailure;
 #[cfg(feature = "libkmod")]
 use crate::{
-    resolver::InstallLine,
+    install_config::InstallLine,
     target::{canonical_name, looks_like_module_name, validate_params},
 };
 

@@ -17,28 +17,32 @@
 //! One module per concern, each opening with a doc comment saying what it is for:
 //! [`model`] (the types every layer shares: outcome, failure, method, requester),
 //! [`protocol`] (wire types and limits), [`target`] (validation, canonical names), [`plan`] (what
-//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
-//! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed
-//! modules), [`service`] (request to reply), [`server`] (sockets, credentials, shutdown),
-//! [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`] (the small
-//! JSON codec of udev's client path), [`direct`] (loading without the daemon),
+//! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`kmod`]
+//! (the libkmod FFI wrappers), [`install_config`] (a module's `install` line and options),
+//! [`broker`] (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`]
+//! (compressed modules), [`service`] (request to reply), [`server`] (sockets, credentials,
+//! shutdown), [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`]
+//! (the small JSON codec of udev's client path), [`direct`] (loading without the daemon),
 //! [`install_runner`] (modprobe.d `install` commands run outside the daemon's sandbox),
 //! [`record`] (the format of the boot's record of module loading), [`recorder`] (the live
-//! record the broker reports to, and its writer), [`report`] (that record as `modbroker
-//! blame` and `modbroker plot` show it), [`skip`] (the markers that spare udev a client exec for
-//! a uevent that would buy nothing), [`config_watch`] (new module indexes and modprobe.d noticed
-//! at once, so that no marker outlives them). [`testing`] holds the fake kernel used by tests.
+//! record the broker reports to, and its writer), [`report`] (that record read back),
+//! [`blame`] and [`plot`] (what `modbroker blame` and `modbroker plot` show of it), [`skip`]
+//! (the markers that spare udev a client exec for a uevent that would buy nothing),
+//! [`config_watch`] (new module indexes and modprobe.d noticed at once, so that no marker
+//! outlives them). [`testing`] holds the fake kernel used by tests.
 //!
 //! Imports point down only, in the layer order of `docs/architecture.md`, which also says where
 //! the code departs from the team's starting picture and why; `make lint` checks the order
 //! (`tools/check-layers.py`).
 //!
-//! Feature `libkmod` (default): the modules that call libkmod ([`resolver`], and [`direct`], the
-//! fallback loader, which resolves with it) and the install runner's configuration check. The
+//! Feature `libkmod` (default): the modules that call libkmod ([`kmod`], its wrappers, and the
+//! modules that use them: [`resolver`], [`install_config`], and [`direct`], the fallback loader,
+//! which resolves with it) and the install runner's configuration check. The
 //! client binary is built without it (static-pie, see the Makefile's `build`): it never calls
 //! libkmod, and anything that needs it runs `modbrokerd`.
 #![warn(missing_docs)]
 
+pub mod blame;
 pub mod broker;
 pub mod cli;
 pub mod client;
@@ -46,11 +50,16 @@ pub mod config;
 pub mod config_watch;
 #[cfg(feature = "libkmod")]
 pub mod direct;
+#[cfg(feature = "libkmod")]
+pub mod install_config;
 pub mod install_runner;
 pub mod kernel;
+#[cfg(feature = "libkmod")]
+pub mod kmod;
 pub mod model;
 pub mod module_file;
 pub mod plan;
+pub mod plot;
 pub mod protocol;
 pub mod record;
 pub mod recorder;

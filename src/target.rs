@@ -11,7 +11,7 @@
 //! (every `dmi:` modalias carries the BIOS date, `bd01/15/2019`, and vendor strings such as
 //! `cvrN/A`; `drivers/firmware/dmi-id.c` keeps every byte above space and below 127 except `:`),
 //! but never in a module name. A target only ever reaches libkmod's lookup
-//! (`kmod_module_new_from_lookup`, see `resolver`), which searches the module indexes and
+//! (`kmod_module_new_from_lookup`, see `kmod`), which searches the module indexes and
 //! modprobe.d and never opens a path built from the target.
 
 use thiserror::Error;

@@ -5,15 +5,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use modbroker::blame::{blame_text, Blame};
 use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::model::{Method, Requester};
+use modbroker::plot::plot_svg;
 use modbroker::protocol::Request;
 use modbroker::record::{
     DaemonRecord, LoadRecord, ModuleRecord, Outcome, Phase, RequestCounts, Totals, FORMAT_VERSION,
     MAX_ARRIVALS,
 };
 use modbroker::recorder::{self, Recorder};
-use modbroker::report::{self, Blame, ReportError};
+use modbroker::report::{self, ReportError};
 use modbroker::service::Service;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;
@@ -274,7 +276,7 @@ fn blame_lists_longest_load_first_then_longest_wait() {
         .max_by_key(|m| m.loads.iter().map(LoadRecord::call_us).sum::<u64>())
         .unwrap();
     assert_eq!(blame.modules[0].module, longest.module);
-    let text = report::blame_text(&blame);
+    let text = blame_text(&blame);
     let first_line = text
         .lines()
         .find(|l| l.contains("FIRST REQUESTER"))
@@ -344,7 +346,7 @@ fn failures_are_counted_by_errno_name() {
         .unwrap();
     assert_eq!(line.outcome, Some(Outcome::Failed));
     assert_eq!((line.load_calls, line.loads), (0, 1));
-    let text = report::blame_text(&blame);
+    let text = blame_text(&blame);
     assert!(
         text.contains(&format!("ENODEV {}", expected["ENODEV"])),
         "{text}"
@@ -352,7 +354,7 @@ fn failures_are_counted_by_errno_name() {
     assert!(text.contains("errno 5 1, other 1"), "{text}");
     assert!(text.contains("failed ENODEV"), "{text}");
     // The plot's labels: the errno, or "failed" for a failed call without one.
-    let svg = report::plot_svg(&report::read_dir(dir.path()).unwrap());
+    let svg = plot_svg(&report::read_dir(dir.path()).unwrap());
     assert!(
         svg.contains(&format!(">{dependency_failed} failed ENODEV<")),
         "{svg}"
@@ -394,7 +396,7 @@ fn blame_json_round_trips_and_is_what_the_cli_prints() {
     let out = modbroker(&["blame", "--dir", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text, report::blame_text(&blame));
+    assert_eq!(text, blame_text(&blame));
     assert!(
         text.contains("initramfs:") && text.contains("root:"),
         "{text}"
@@ -417,14 +419,14 @@ fn dropped_detail_is_mentioned() {
         m.arrivals_dropped = 0;
     }
     let dir = write_dir(&records);
-    let text = report::blame_text(&Blame::new(&report::read_dir(dir.path()).unwrap()));
+    let text = blame_text(&Blame::new(&report::read_dir(dir.path()).unwrap()));
     assert!(!text.contains("detail dropped"), "{text}");
     records[0].modules_dropped = 7;
     records[1].modules[2].arrivals_dropped = 3;
     let dir = write_dir(&records);
     let blame = Blame::new(&report::read_dir(dir.path()).unwrap());
     assert_eq!(blame.phases[&Phase::Root].arrivals_dropped, 3);
-    let text = report::blame_text(&blame);
+    let text = blame_text(&blame);
     assert!(
         text.contains(
             "detail dropped at the record's limits: 7 requests for unrecorded modules, 3 request arrival times, 0 loads"
@@ -518,7 +520,7 @@ fn plot_is_deterministic() {
         let path = second.path().join(format!("{i}.json"));
         std::fs::write(path, serde_json::to_vec(r).unwrap()).unwrap();
     }
-    let plot = |dir: &Path| report::plot_svg(&report::read_dir(dir).unwrap());
+    let plot = |dir: &Path| plot_svg(&report::read_dir(dir).unwrap());
     let a = plot(first.path());
     assert_eq!(a, plot(first.path()));
     assert_eq!(a, plot(second.path()));
@@ -688,7 +690,7 @@ async fn the_daemons_files_are_what_blame_and_plot_read() {
         Some("failed")
     );
 
-    let svg = report::plot_svg(&boot);
+    let svg = plot_svg(&boot);
     assert_eq!(svg.matches(r#"<g class="row""#).count(), 4);
     let svg_path = dir.path().join("plot.svg");
     std::fs::write(&svg_path, &svg).unwrap();
@@ -697,7 +699,7 @@ async fn the_daemons_files_are_what_blame_and_plot_read() {
 
 /// Blame's text line for `module`.
 fn line_text(blame: &Blame, module: &str) -> String {
-    let text = report::blame_text(blame);
+    let text = blame_text(blame);
     let line = text
         .lines()
         .find(|l| l.split_whitespace().any(|word| word == module));
@@ -723,9 +725,9 @@ fn a_record_without_modules_is_reported_and_plotted() {
         (blame.boot.first_request_us, blame.boot.span_us),
         (None, None)
     );
-    let text = report::blame_text(&blame);
+    let text = blame_text(&blame);
     assert!(text.ends_with("\nNo module was asked for.\n"), "{text}");
-    let svg = report::plot_svg(&record);
+    let svg = plot_svg(&record);
     assert_eq!(svg.matches(r#"<g class="row""#).count(), 0);
     let svg_path = dir.path().join("plot.svg");
     std::fs::write(&svg_path, &svg).unwrap();
@@ -752,8 +754,8 @@ fn extreme_values_do_not_panic() {
     let blame = Blame::new(&record);
     assert_eq!(blame.boot.totals.requests, u64::MAX);
     assert_eq!(blame.boot.modules_dropped, u64::MAX);
-    report::blame_text(&blame);
-    let svg = report::plot_svg(&record);
+    blame_text(&blame);
+    let svg = plot_svg(&record);
     let svg_path = dir.path().join("plot.svg");
     std::fs::write(&svg_path, &svg).unwrap();
     rsvg_convert(&svg_path, &dir.path().join("plot.png"));
@@ -800,7 +802,7 @@ fn labels_go_right_of_the_load_unless_a_later_mark_is_in_the_way() {
     }
     records.remove(0);
     let record = report::read_dir(write_dir(&records).path()).unwrap();
-    let svg = report::plot_svg(&record);
+    let svg = plot_svg(&record);
     let (label, ticks) = row_label_and_ticks(&svg, 0);
     assert!(ticks[0] < label && label < ticks[1], "{label} {ticks:?}");
     let (label, ticks) = row_label_and_ticks(&svg, 1);

@@ -8,8 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use modbroker::kmod::ResolverError;
 use modbroker::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
-use modbroker::resolver::{KmodResolver, ResolverError, ResolverHandle};
+use modbroker::resolver::{KmodResolver, ResolverHandle};
 use modbroker::target::validate_target;
 
 /// A real e1000e alias line (`alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e`), made concrete.

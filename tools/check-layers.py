@@ -44,7 +44,7 @@ LAYERS = [
     # loading without a daemon
     "direct",
     # configuration, the client, reports and the command lines
-    "config", "client", "blame", "plot", "report", "cli", "client_cli", "daemon",
+    "config", "client", "report", "blame", "plot", "cli", "client_cli", "daemon",
     # test support, above everything it fakes
     "testing",
 ]

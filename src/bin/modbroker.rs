@@ -44,9 +44,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use modbroker::blame::{blame_text, Blame};
 use modbroker::cli::{Cli, Command};
 use modbroker::client::{self, ClientError};
 use modbroker::model::Requester;
+use modbroker::plot::plot_svg;
 use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
 use modbroker::report;
 use modbroker::wire;
@@ -189,14 +191,14 @@ fn run() -> ExitCode {
             Err(code) => code,
         },
         Command::Blame { json, dir } => report(&dir, |record| {
-            let blame = report::Blame::new(record);
+            let blame = Blame::new(record);
             if json {
                 serde_json::to_string_pretty(&blame).unwrap_or_default() + "\n"
             } else {
-                report::blame_text(&blame)
+                blame_text(&blame)
             }
         }),
-        Command::Plot { dir } => report(&dir, report::plot_svg),
+        Command::Plot { dir } => report(&dir, plot_svg),
     }
 }
 
