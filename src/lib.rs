@@ -19,7 +19,8 @@
 //! the resolver hands the broker), [`resolver`] (libkmod on its own thread, cached), [`broker`]
 //! (the merge), [`kernel`] (syscalls and sysfs behind a trait), [`module_file`] (compressed modules), [`service`] (request to reply),
 //! [`server`] (sockets, credentials, shutdown), [`daemon`] (`modbrokerd`'s wiring: configuration
-//! layers, reload, background loops, its modes), [`config`], [`cli`] (both command lines), [`client`] (blocking client), [`wire`]
+//! layers, reload, background loops, its modes), [`config`], [`cli`] (both command lines),
+//! [`client`] (blocking client), [`client_cli`] (what the client's commands do), [`wire`]
 //! (the small JSON codec of udev's client path) and
 //! [`direct`] (loading without the daemon), [`install_runner`] (modprobe.d `install` commands run
 //! outside the daemon's sandbox), [`record`] (the boot's record of module loading), [`report`]
@@ -36,14 +37,14 @@
 //!
 //! Feature `libkmod` (default): the modules that call libkmod ([`resolver`], and [`direct`], the
 //! fallback loader, which resolves with it, and [`daemon`], which runs the resolver) and the
-//! install runner's configuration check. The
-//! client binary is built without it (static-pie, see the Makefile's `build`): it never calls
-//! libkmod, and anything that needs it runs `modbrokerd`.
+//! install runner's configuration check. The client binary is built without it (static-pie, see
+//! the Makefile's `build`): it never calls libkmod, and anything that needs it runs `modbrokerd`.
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod client_cli;
 pub mod config;
 pub mod config_watch;
 #[cfg(feature = "libkmod")]
