@@ -1,9 +1,9 @@
 //! The command lines run once per uevent or autoload, read by hand before clap is touched:
 //! `load --udev [TARGET]` (udev's rules) and `modprobe ARGS...` (the kernel's helper). Building
-//! clap's parser was a third of a client exec under TCG (README, "Why the client is static"), so
-//! this path allocates and checks no more than it must, and takes only what clap would read the
-//! same way (the tests check that against clap). Also the modprobe command line itself, which
-//! both paths read the same way.
+//! clap's parser was a third of a client exec under TCG (README, "Why the client is static").
+//! This path takes only what clap would read the same way (the tests check that against clap)
+//! and leaves everything else to clap. Also here: the modprobe command line's own reading, which
+//! the fast path, clap's `modprobe` command and a call through the name `modprobe` all share.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

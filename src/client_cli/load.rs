@@ -1,7 +1,7 @@
 //! `load` and the kernel's autoload helper (`modprobe`): the request to the daemon, the wait for
 //! it (bounded, or while it is alive), the direct load when no daemon answers, and the exit
-//! status each caller gets ([`Mode`]). See the [module docs](super) for what each waits and
-//! reports.
+//! status each caller gets ([`Mode`]). See [the client's docs](super) for how long
+//! each waits and what it reports.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
