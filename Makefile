@@ -70,6 +70,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 	$(CARGO) clippy --locked --no-default-features --lib --bin modbroker -- -D warnings
 	tools/shellcheck.sh
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --lib
 	python3 tools/check-layers.py --self-test
 	python3 tools/check-layers.py
 
