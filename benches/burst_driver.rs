@@ -80,17 +80,7 @@ fn describe_reply(line: &str) -> (String, Option<u64>) {
 
 fn broker_call(socket: &str, target: &str) -> Call {
     let mut stream = UnixStream::connect(socket).expect("connect to modbrokerd");
-    let line = Request::Load(LoadRequest {
-        targets: vec![target.to_string()],
-        params: vec![],
-        wait: true,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    })
-    .encode();
+    let line = Request::Load(LoadRequest::new(vec![target.to_string()])).encode();
     Box::new(move || {
         if let Err(e) = stream.write_all(line.as_bytes()) {
             return (format!("write-error-{:?}", e.kind()), None);

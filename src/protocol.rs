@@ -68,6 +68,66 @@ pub struct LoadRequest {
     pub progress: bool,
 }
 
+impl LoadRequest {
+    /// A load of `targets` with every other field as a request line without it decodes: no
+    /// params, wait for the reply, no retry, no timeout, no `blacklist_names`, no origin, no
+    /// progress lines. The setters below change one field each.
+    pub fn new(targets: Vec<String>) -> Self {
+        LoadRequest {
+            targets,
+            params: Vec::new(),
+            wait: default_wait(),
+            retry: false,
+            timeout_ms: None,
+            blacklist_names: false,
+            origin: None,
+            progress: false,
+        }
+    }
+
+    /// With these `NAME=VALUE` module parameters.
+    pub fn params(mut self, params: Vec<String>) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Waiting for the loads (`true`) or replying `queued` at once (`false`).
+    pub fn wait(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Bypassing the failure window, or not.
+    pub fn retry(mut self, retry: bool) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Giving up waiting after this many milliseconds (`None`: no limit).
+    pub fn timeout_ms(mut self, timeout_ms: Option<u64>) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    /// Refusing a blacklisted module asked for by its own name too, or not.
+    pub fn blacklist_names(mut self, blacklist_names: bool) -> Self {
+        self.blacklist_names = blacklist_names;
+        self
+    }
+
+    /// On behalf of this requester (`None`: the daemon records the peer).
+    pub fn origin(mut self, origin: Option<Requester>) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Asking for progress lines while the reply is pending, or not.
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+}
+
 /// How often the daemon writes a progress line on a connection whose pending `load` asked for
 /// it (`"progress": true`).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
@@ -275,16 +335,16 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
     if let Some(origin) = &wire.origin {
         check_origin(origin)?;
     }
-    Ok(Request::Load(LoadRequest {
-        targets: wire.targets,
-        params: wire.params,
-        wait: wire.wait,
-        retry: wire.retry,
-        timeout_ms: wire.timeout_ms,
-        blacklist_names: wire.blacklist_names,
-        origin: wire.origin,
-        progress: wire.progress,
-    }))
+    Ok(Request::Load(
+        LoadRequest::new(wire.targets)
+            .params(wire.params)
+            .wait(wire.wait)
+            .retry(wire.retry)
+            .timeout_ms(wire.timeout_ms)
+            .blacklist_names(wire.blacklist_names)
+            .origin(wire.origin)
+            .progress(wire.progress),
+    ))
 }
 
 /// Clients may say `udev` or `kernel`; the daemon itself fills in a CLI peer and dependencies.
@@ -646,7 +706,14 @@ mod tests {
             timeout_ms in proptest::option::of(any::<u64>()),
             origin in proptest::option::of(requester()),
         ) -> LoadRequest {
-            LoadRequest { targets, params, wait, retry, timeout_ms, blacklist_names, origin, progress }
+            LoadRequest::new(targets)
+                .params(params)
+                .wait(wait)
+                .retry(retry)
+                .timeout_ms(timeout_ms)
+                .blacklist_names(blacklist_names)
+                .origin(origin)
+                .progress(progress)
         }
     }
 
@@ -745,19 +812,13 @@ mod tests {
     /// the wire format does not change.
     #[test]
     fn recorded_lines_still_read_and_write_the_same() {
-        let load = LoadRequest {
-            targets: vec!["pci:v00008086d00001E31sv*".into()],
-            params: vec![],
-            wait: true,
-            retry: false,
-            timeout_ms: None,
-            blacklist_names: true,
-            origin: Some(Requester::Udev {
+        let load = LoadRequest::new(vec!["pci:v00008086d00001E31sv*".into()])
+            .blacklist_names(true)
+            .origin(Some(Requester::Udev {
                 subsystem: Some("pci".into()),
                 devpath: Some("/devices/pci0000:00/0000:00:14.0".into()),
-            }),
-            progress: true,
-        };
+            }))
+            .progress(true);
         assert_eq!(
             Request::Load(load).encode(),
             concat!(
@@ -789,16 +850,15 @@ mod tests {
 
     #[test]
     fn load_round_trips() {
-        let req = Request::Load(LoadRequest {
-            targets: vec!["e1000".into()],
-            params: vec!["debug=1".into()],
-            wait: false,
-            retry: true,
-            timeout_ms: Some(500),
-            blacklist_names: true,
-            origin: None,
-            progress: true,
-        });
+        let req = Request::Load(
+            LoadRequest::new(vec!["e1000".into()])
+                .params(vec!["debug=1".into()])
+                .wait(false)
+                .retry(true)
+                .timeout_ms(Some(500))
+                .blacklist_names(true)
+                .progress(true),
+        );
         let line = req.encode();
         assert!(line.ends_with('\n'));
         assert_eq!(decode_request(line.trim_end().as_bytes()), Ok(req));
@@ -814,10 +874,7 @@ mod tests {
         };
         assert!(!load.progress);
         assert!(!Request::Load(load.clone()).encode().contains("progress"));
-        let asking = Request::Load(LoadRequest {
-            progress: true,
-            ..load
-        });
+        let asking = Request::Load(load.progress(true));
         assert!(asking.encode().contains(r#""progress":true"#));
     }
 
@@ -858,12 +915,7 @@ mod tests {
         assert!(!Request::Load(load.clone())
             .encode()
             .contains("blacklist_names"));
-        let udev = Request::Load(LoadRequest {
-            blacklist_names: true,
-            origin: None,
-            progress: false,
-            ..load
-        });
+        let udev = Request::Load(load.blacklist_names(true).origin(None).progress(false));
         assert!(udev.encode().contains(r#""blacklist_names":true"#));
     }
 

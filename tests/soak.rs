@@ -239,16 +239,9 @@ fn pick_request(rng: &mut Rng) -> (Vec<usize>, LoadRequest) {
             false => rng.below(POOL as u64) as usize,
         })
         .collect();
-    let request = LoadRequest {
-        targets: picks.iter().map(|&i| name_of(i)).collect(),
-        params: Vec::new(),
-        wait: !rng.one_in(100),
-        retry: rng.one_in(50),
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    };
+    let request = LoadRequest::new(picks.iter().map(|&i| name_of(i)).collect())
+        .wait(!rng.one_in(100))
+        .retry(rng.one_in(50));
     (picks, request)
 }
 

@@ -102,16 +102,16 @@ pub fn load(
             socket.display()
         ));
     }
-    let request = Request::Load(LoadRequest {
-        targets: targets.to_vec(),
-        params: params.to_vec(),
-        wait: options.wait,
-        retry: options.retry,
-        timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
-        blacklist_names: options.blacklist_names,
-        origin: origin(options.mode),
-        progress: options.liveness,
-    });
+    let request = Request::Load(
+        LoadRequest::new(targets.to_vec())
+            .params(params.to_vec())
+            .wait(options.wait)
+            .retry(options.retry)
+            .timeout_ms(options.timeout.map(|t| t.as_millis() as u64))
+            .blacklist_names(options.blacklist_names)
+            .origin(origin(options.mode))
+            .progress(options.liveness),
+    );
     let asked = std::time::Instant::now();
     let answer = if options.liveness {
         client::call_while_alive(socket, &request, &client::Liveness::default())
