@@ -176,7 +176,7 @@ fn real_daemon(rows: &mut Vec<[String; 4]>) {
     let plan = reply
         .ok()
         .and_then(|r| r.resolved)
-        .and_then(|r| r.first().map(|r| r.plan.clone()))
+        .and_then(|r| r.first().map(|r| r.plan.to_string()))
         .unwrap_or_else(|| "no reply".into());
     std::thread::sleep(Duration::from_millis(300));
     rows.push([

@@ -498,13 +498,103 @@ pub struct TargetResult {
     pub elapsed_us: u64,
 }
 
+/// How `resolve` says a module would go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedMethod {
+    /// From its module file (`detail` names it).
+    File,
+    /// Built into the kernel: nothing to load.
+    Builtin,
+    /// By the modprobe.d `install` command in `detail`.
+    Install,
+    /// Neither a file in `modules.dep` nor built in: loading it would fail with `ENOENT`.
+    Missing,
+}
+
+impl ResolvedMethod {
+    /// Every method.
+    pub const ALL: [ResolvedMethod; 4] = [
+        ResolvedMethod::File,
+        ResolvedMethod::Builtin,
+        ResolvedMethod::Install,
+        ResolvedMethod::Missing,
+    ];
+
+    /// The wire name (`file`, ...), as `resolve` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedMethod::File => "file",
+            ResolvedMethod::Builtin => "builtin",
+            ResolvedMethod::Install => "install",
+            ResolvedMethod::Missing => "missing",
+        }
+    }
+}
+
+impl std::fmt::Display for ResolvedMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `resolve` found for one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanKind {
+    /// The target resolves to modules that would be loaded (`modules`, in order).
+    Load,
+    /// No module matches the target.
+    NoMatch,
+    /// Every matching module is blacklisted.
+    Blacklisted,
+    /// The target itself was refused (`message` says why).
+    Invalid,
+    /// The daemon could not resolve it (`message` says why).
+    Error,
+}
+
+impl PlanKind {
+    /// Every plan kind.
+    pub const ALL: [PlanKind; 5] = [
+        PlanKind::Load,
+        PlanKind::NoMatch,
+        PlanKind::Blacklisted,
+        PlanKind::Invalid,
+        PlanKind::Error,
+    ];
+
+    /// True when the target could not be resolved at all (`invalid`, `error`): `resolve` then
+    /// exits non-zero.
+    pub fn is_failure(self) -> bool {
+        matches!(self, PlanKind::Invalid | PlanKind::Error)
+    }
+
+    /// The wire name (`no-match`, ...), as `resolve` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanKind::Load => "load",
+            PlanKind::NoMatch => "no-match",
+            PlanKind::Blacklisted => "blacklisted",
+            PlanKind::Invalid => "invalid",
+            PlanKind::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for PlanKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One module as `resolve` shows it, in load order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedModule {
     /// Canonical name.
     pub name: String,
-    /// `file`, `builtin` or `install`.
-    pub method: String,
+    /// How it would go in.
+    pub method: ResolvedMethod,
     /// Module file, or the install command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -518,8 +608,8 @@ pub struct ResolvedModule {
 pub struct ResolveResult {
     /// The target as requested.
     pub target: String,
-    /// `load`, `no-match`, `blacklisted`, `invalid` or `error`.
-    pub plan: String,
+    /// What the target resolves to.
+    pub plan: PlanKind,
     /// Every module that would be loaded, in order (dependencies and softdeps included).
     #[serde(default)]
     pub modules: Vec<ResolvedModule>,
@@ -893,6 +983,24 @@ mod tests {
             other => panic!("expected a reply, got {other:?}"),
         }
         assert!(decode_daemon_line(br#"{"v":1}"#).is_err());
+    }
+
+    /// The names `resolve` prints are the ones on the wire.
+    #[test]
+    fn printed_names_are_the_wire_names() {
+        let wire = |value: serde_json::Value| value.as_str().unwrap().to_string();
+        for plan in PlanKind::ALL {
+            assert_eq!(wire(serde_json::to_value(plan).unwrap()), plan.as_str());
+        }
+        for method in ResolvedMethod::ALL {
+            assert_eq!(wire(serde_json::to_value(method).unwrap()), method.as_str());
+        }
+        for outcome in OutcomeKind::ALL {
+            assert_eq!(
+                wire(serde_json::to_value(outcome).unwrap()),
+                outcome.as_str()
+            );
+        }
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn print_resolved(reply: &Reply) -> ExitCode {
         if let Some(message) = &r.message {
             println!("  {message}");
         }
-        ok &= r.plan != "invalid" && r.plan != "error";
+        ok &= !r.plan.is_failure();
         for m in &r.modules {
             let detail = m.detail.as_deref().unwrap_or("");
             println!("  {} {} {detail} {}", m.method, m.name, m.options);
