@@ -61,10 +61,11 @@ fn describe_reply(line: &str) -> (String, Option<u64>) {
     let Ok(reply) = serde_json::from_str::<Reply>(line) else {
         return ("unreadable-reply".into(), None);
     };
-    if let Some(err) = reply.error {
+    if let Some(err) = reply.error_body() {
         return (format!("error-{}", err.kind), None);
     }
-    let first = reply.results.as_ref().and_then(|r| r.first());
+    let results = reply.into_results();
+    let first = results.as_ref().and_then(|r| r.first());
     let told = match first {
         Some(r) if r.outcome == OutcomeKind::Failed => r
             .failure

@@ -652,76 +652,109 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// One reply line. Exactly one of `results`, `resolved`, `status` or `error` is present.
+/// One reply line: the version, whether the request was served, its one body, and the request
+/// fields that were ignored. On the wire the body is one key beside `v` and `ok` (`results`,
+/// `resolved`, `status` or `error`): `{"v":1,"ok":true,"results":[...]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// Protocol version.
     pub v: u32,
-    /// False when `error` is set.
+    /// False when the body is an error.
     pub ok: bool,
-    /// `load`: one entry per target, in request order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub results: Option<Vec<TargetResult>>,
-    /// `resolve`: one entry per target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved: Option<Vec<ResolveResult>>,
-    /// `status`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<StatusReport>,
-    /// The request could not be served at all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorBody>,
+    /// What the reply carries: exactly one body.
+    #[serde(flatten)]
+    pub body: ReplyBody,
     /// Request fields this daemon does not know and ignored (see `docs/protocol.md`,
     /// "Versioning").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
 }
 
+/// A reply's body, named on the wire by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyBody {
+    /// `load`: one entry per target, in request order.
+    Results(Vec<TargetResult>),
+    /// `resolve`: one entry per target.
+    Resolved(Vec<ResolveResult>),
+    /// `status`.
+    Status(StatusReport),
+    /// The request could not be served at all.
+    Error(ErrorBody),
+}
+
 impl Reply {
-    fn empty(ok: bool) -> Self {
+    /// A reply carrying `body`; `ok` unless the body is an error.
+    pub fn new(body: ReplyBody) -> Self {
         Reply {
             v: PROTOCOL_VERSION,
-            ok,
-            results: None,
-            resolved: None,
-            status: None,
-            error: None,
+            ok: !matches!(body, ReplyBody::Error(_)),
+            body,
             ignored: Vec::new(),
         }
     }
 
     /// A `load` reply.
     pub fn results(results: Vec<TargetResult>) -> Self {
-        Reply {
-            results: Some(results),
-            ..Reply::empty(true)
-        }
+        Reply::new(ReplyBody::Results(results))
     }
 
     /// A `resolve` reply.
     pub fn resolved(resolved: Vec<ResolveResult>) -> Self {
-        Reply {
-            resolved: Some(resolved),
-            ..Reply::empty(true)
-        }
+        Reply::new(ReplyBody::Resolved(resolved))
     }
 
     /// A `status` reply.
     pub fn status(status: StatusReport) -> Self {
-        Reply {
-            status: Some(status),
-            ..Reply::empty(true)
-        }
+        Reply::new(ReplyBody::Status(status))
     }
 
     /// An error reply.
     pub fn error(err: &ProtocolError) -> Self {
-        Reply {
-            error: Some(ErrorBody {
-                kind: err.kind().to_string(),
-                message: err.to_string(),
-            }),
-            ..Reply::empty(false)
+        Reply::new(ReplyBody::Error(ErrorBody {
+            kind: err.kind().to_string(),
+            message: err.to_string(),
+        }))
+    }
+
+    /// The `load` results, if that is the body.
+    pub fn into_results(self) -> Option<Vec<TargetResult>> {
+        match self.body {
+            ReplyBody::Results(results) => Some(results),
+            _ => None,
+        }
+    }
+
+    /// The `load` results, if that is the body, borrowed.
+    pub fn load_results(&self) -> Option<&[TargetResult]> {
+        match &self.body {
+            ReplyBody::Results(results) => Some(results),
+            _ => None,
+        }
+    }
+
+    /// The `status` report, if that is the body.
+    pub fn into_status(self) -> Option<StatusReport> {
+        match self.body {
+            ReplyBody::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The `status` report, if that is the body, borrowed.
+    pub fn status_report(&self) -> Option<&StatusReport> {
+        match &self.body {
+            ReplyBody::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The error, if that is the body.
+    pub fn error_body(&self) -> Option<&ErrorBody> {
+        match &self.body {
+            ReplyBody::Error(error) => Some(error),
+            _ => None,
         }
     }
 
@@ -833,12 +866,15 @@ mod tests {
 
     prop_compose! {
         fn load_reply()(
-            results in proptest::option::of(proptest::collection::vec(target_result(), 0..4)),
+            results in proptest::collection::vec(target_result(), 0..4),
             error in proptest::option::of((text(), text())),
             ignored in proptest::collection::vec(text(), 0..3),
         ) -> Reply {
-            let error = error.map(|(kind, message)| ErrorBody { kind, message });
-            Reply { ok: error.is_none(), results, error, ignored, ..Reply::empty(true) }
+            let body = match error {
+                Some((kind, message)) => ReplyBody::Error(ErrorBody { kind, message }),
+                None => ReplyBody::Results(results),
+            };
+            Reply { ignored, ..Reply::new(body) }
         }
     }
 

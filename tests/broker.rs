@@ -36,7 +36,7 @@ async fn load(service: &Service, target: &str) -> TargetResult {
 
 async fn one_result(service: &Service, request: Request) -> TargetResult {
     let reply = service.handle(request).await;
-    let mut results = reply.results.expect("load reply has results");
+    let mut results = reply.into_results().expect("load reply has results");
     assert_eq!(results.len(), 1, "one result per target");
     results.remove(0)
 }
@@ -531,7 +531,12 @@ async fn invalid_targets_and_params_get_their_own_result() {
             "a\u{7}b".into(),
         ])))
         .await;
-    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    let outcomes: Vec<OutcomeKind> = reply
+        .load_results()
+        .unwrap()
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
     assert_eq!(
         outcomes,
         [

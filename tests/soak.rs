@@ -271,8 +271,7 @@ fn consistent(i: usize, result: &TargetResult) -> bool {
 /// Checks one reply against its request; counts outcomes.
 fn check_reply(soak: &Soak, picks: &[usize], wait: bool, reply: &Reply) -> Result<(), String> {
     let results = reply
-        .results
-        .as_ref()
+        .load_results()
         .filter(|_| reply.ok)
         .ok_or_else(|| format!("not a load reply: {reply:?}"))?;
     if results.len() != picks.len() {

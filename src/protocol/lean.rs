@@ -2,7 +2,7 @@
 //! [`crate::wire`] instead of serde_json: these are the lines of udev's client, exec'd once per
 //! uevent. The parent module's tests hold both codecs to the same bytes and the same values.
 
-use super::{DaemonLine, ErrorBody, LoadRequest, OutcomeKind, Progress, Reply};
+use super::{DaemonLine, ErrorBody, LoadRequest, OutcomeKind, Progress, Reply, ReplyBody};
 use super::{TargetResult, PROTOCOL_VERSION};
 use crate::model::{Failure, Requester};
 use crate::wire::{push_str, push_u64, Reader};
@@ -87,17 +87,20 @@ fn push_origin(line: &mut String, origin: &Requester) {
 }
 
 /// A progress line or a `load` reply, as serde_json would decode it; `None` for anything else
-/// (another reply, or a line [`Reader`] does not take), which the caller gives to serde_json.
+/// (another reply, a reply with no body or two, or a line [`Reader`] does not take), which the
+/// caller gives to serde_json.
 pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
     let mut reader = Reader::new(line);
-    let (mut v, mut ok, mut results, mut error, mut ignored) = (None, None, None, None, None);
+    let (mut v, mut ok, mut bodies, mut ignored) = (None, None, Vec::new(), None);
     let mut progress = None;
     reader.object(|r, key| {
         match key {
             "v" => v = Some(u32::try_from(r.int()?).ok()?),
             "ok" => ok = Some(r.bool()?),
-            "results" => results = Some(optional(r, |r| r.list(target_result))?),
-            "error" => error = Some(optional(r, error_body)?),
+            "results" => bodies.push(optional(r, |r| {
+                r.list(target_result).map(ReplyBody::Results)
+            })?),
+            "error" => bodies.push(optional(r, |r| error_body(r).map(ReplyBody::Error))?),
             "ignored" => ignored = Some(r.strings()?),
             "progress" => progress = Some(progress_body(r)?),
             // Other replies' bodies: serde_json reads those.
@@ -116,12 +119,16 @@ pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
     Some(DaemonLine::Reply(Box::new(Reply {
         v: v?,
         ok: ok?,
-        results: results.flatten(),
-        resolved: None,
-        status: None,
-        error: error.flatten(),
+        body: only_body(bodies)?,
         ignored: ignored.unwrap_or_default(),
     })))
+}
+
+/// The one body of a reply. serde_json reads a body key holding `null` as an error, and takes
+/// the first of two body keys: lines with either are left to it.
+fn only_body(bodies: Vec<Option<ReplyBody>>) -> Option<ReplyBody> {
+    let [body] = <[Option<ReplyBody>; 1]>::try_from(bodies).ok()?;
+    body
 }
 
 /// `null` as `None`, else `value`.
