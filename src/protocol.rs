@@ -29,6 +29,26 @@ pub const MAX_TARGETS: usize = 4096;
 /// Longest parser message echoed back in a `malformed` error, in bytes.
 const MAX_ERROR_DETAIL: usize = 200;
 
+/// A request's operation, as `op` names it on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// `load`: [`Request::Load`].
+    Load,
+    /// `resolve`: [`Request::Resolve`].
+    Resolve,
+    /// `status`: [`Request::Status`].
+    Status,
+}
+
+impl Operation {
+    /// The operation `op` names, by the serde names above; `None` for any other text.
+    fn named(op: &str) -> Option<Operation> {
+        use serde::de::value::{Error, StrDeserializer};
+        Operation::deserialize(StrDeserializer::<Error>::new(op)).ok()
+    }
+}
+
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -171,13 +191,30 @@ pub struct Progress {
     pub elapsed_ms: u64,
 }
 
+/// A progress line as the daemon writes it: `progress`, then `v` (the order the wire format
+/// has kept since the line was a serde_json map, whose keys are sorted).
+#[derive(Serialize)]
+struct ProgressLine<'a> {
+    progress: &'a Progress,
+    v: u32,
+}
+
 impl Progress {
     /// The progress line (with its newline).
     pub fn encode(&self) -> String {
-        let mut line = serde_json::json!({"v": PROTOCOL_VERSION, "progress": self}).to_string();
-        line.push('\n');
-        line
+        json_line(&ProgressLine {
+            progress: self,
+            v: PROTOCOL_VERSION,
+        })
     }
+}
+
+/// `value` as one JSON line with its newline. The wire types serialize infallibly: plain
+/// structs and enums, string keys only, no hand-written `Serialize` that can fail.
+fn json_line(value: &impl Serialize) -> String {
+    let mut line = serde_json::to_string(value).expect("wire types serialize");
+    line.push('\n');
+    line
 }
 
 /// Decodes one line from the daemon. Progress lines and `load` replies are read by
@@ -313,14 +350,14 @@ pub fn decode_request_noting_unknown(line: &[u8]) -> Result<(Request, Vec<String
         .take(MAX_IGNORED)
         .map(|name| name.chars().take(MAX_IGNORED_NAME).collect())
         .collect();
-    let request = match wire.op.as_str() {
-        "load" => decode_load(wire),
-        "resolve" => {
+    let request = match Operation::named(&wire.op) {
+        Some(Operation::Load) => decode_load(wire),
+        Some(Operation::Resolve) => {
             check_targets(&wire.targets)?;
             Ok(Request::Resolve(wire.targets))
         }
-        "status" => Ok(Request::Status),
-        other => Err(ProtocolError::UnknownOp(other.chars().take(64).collect())),
+        Some(Operation::Status) => Ok(Request::Status),
+        None => Err(ProtocolError::UnknownOp(wire.op.chars().take(64).collect())),
     }?;
     Ok((request, ignored))
 }
@@ -395,19 +432,37 @@ impl Request {
     /// without them still reaches a daemon older than the fields (daemons before the
     /// compatibility rule refuse unknown fields).
     pub fn encode(&self) -> String {
-        let value = match self {
+        match self {
             // The line udev's client sends once per uevent: written by hand (see crate::wire),
             // byte for byte what serde_json writes for the same fields (a test compares).
-            Request::Load(load) => return lean::load_line(load),
-            Request::Resolve(targets) => serde_json::json!({
-                "v": PROTOCOL_VERSION, "op": "resolve", "targets": targets,
+            Request::Load(load) => lean::load_line(load),
+            Request::Resolve(targets) => json_line(&ResolveLine {
+                op: Operation::Resolve,
+                targets,
+                v: PROTOCOL_VERSION,
             }),
-            Request::Status => serde_json::json!({"v": PROTOCOL_VERSION, "op": "status"}),
-        };
-        let mut line = value.to_string();
-        line.push('\n');
-        line
+            Request::Status => json_line(&StatusLine {
+                op: Operation::Status,
+                v: PROTOCOL_VERSION,
+            }),
+        }
     }
+}
+
+/// A `resolve` request line as the client writes it. The fields of this and [`StatusLine`] are
+/// in the order the wire format has kept since these lines were serde_json maps (sorted keys).
+#[derive(Serialize)]
+struct ResolveLine<'a> {
+    op: Operation,
+    targets: &'a [String],
+    v: u32,
+}
+
+/// A `status` request line as the client writes it.
+#[derive(Serialize)]
+struct StatusLine {
+    op: Operation,
+    v: u32,
 }
 
 /// The outcome of one target.
@@ -773,28 +828,44 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The load line as serde_json wrote it before `lean::load_line` (a `json!` map): the
-    /// reference the hand-written line must equal byte for byte.
+    /// The load line as serde_json writes it: the reference the hand-written line must equal
+    /// byte for byte. The keys are sorted (the line was once a serde_json map), `origin`'s too
+    /// (read back as a `Value`, whose map sorts them; `Requester` itself puts `kind` first, as
+    /// the record keeps it), `blacklist_names` and `progress` sent only when true and `origin`
+    /// only when set (`Request::encode`).
+    #[derive(Serialize)]
+    struct SerdeLoadLine<'a> {
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        blacklist_names: bool,
+        op: Operation,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<serde_json::Value>,
+        params: &'a [String],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        progress: bool,
+        retry: bool,
+        targets: &'a [String],
+        timeout_ms: Option<u64>,
+        v: u32,
+        wait: bool,
+    }
+
     fn serde_load_line(load: &LoadRequest) -> String {
-        let mut value = serde_json::json!({
-            "v": PROTOCOL_VERSION,
-            "op": "load",
-            "targets": load.targets,
-            "params": load.params,
-            "wait": load.wait,
-            "retry": load.retry,
-            "timeout_ms": load.timeout_ms,
-        });
-        if load.blacklist_names {
-            value["blacklist_names"] = true.into();
-        }
-        if let Some(origin) = &load.origin {
-            value["origin"] = serde_json::to_value(origin).unwrap();
-        }
-        if load.progress {
-            value["progress"] = true.into();
-        }
-        value.to_string() + "\n"
+        json_line(&SerdeLoadLine {
+            blacklist_names: load.blacklist_names,
+            op: Operation::Load,
+            origin: load
+                .origin
+                .as_ref()
+                .map(|o| serde_json::to_value(o).unwrap()),
+            params: &load.params,
+            progress: load.progress,
+            retry: load.retry,
+            targets: &load.targets,
+            timeout_ms: load.timeout_ms,
+            v: PROTOCOL_VERSION,
+            wait: load.wait,
+        })
     }
 
     fn same(a: &DaemonLine, b: &DaemonLine) -> bool {
