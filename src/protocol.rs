@@ -306,16 +306,68 @@ pub enum ProtocolError {
 
 impl ProtocolError {
     /// The stable machine-readable kind, as sent in `error.kind`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ProtocolError::Malformed(_) => "malformed",
-            ProtocolError::FrameTooLarge => "frame-too-large",
-            ProtocolError::UnsupportedVersion(_) => "unsupported-version",
-            ProtocolError::UnknownOp(_) => "unknown-op",
-            ProtocolError::Invalid(_) => "invalid-request",
-            ProtocolError::PermissionDenied(_) => "permission-denied",
-            ProtocolError::Internal(_) => "internal",
+            ProtocolError::Malformed(_) => ErrorKind::Malformed,
+            ProtocolError::FrameTooLarge => ErrorKind::FrameTooLarge,
+            ProtocolError::UnsupportedVersion(_) => ErrorKind::UnsupportedVersion,
+            ProtocolError::UnknownOp(_) => ErrorKind::UnknownOp,
+            ProtocolError::Invalid(_) => ErrorKind::InvalidRequest,
+            ProtocolError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            ProtocolError::Internal(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The stable kind of an error reply (`error.kind`), one per [`ProtocolError`] variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// `malformed`: not JSON, or not the request shape.
+    Malformed,
+    /// `frame-too-large`: the line is longer than [`MAX_FRAME`].
+    FrameTooLarge,
+    /// `unsupported-version`: `v` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// `unknown-op`: `op` is not `load`, `resolve` or `status`.
+    UnknownOp,
+    /// `invalid-request`: well-formed but not servable.
+    InvalidRequest,
+    /// `permission-denied`: the peer may not use the broker.
+    PermissionDenied,
+    /// `internal`: the daemon could not serve the request.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Malformed,
+        ErrorKind::FrameTooLarge,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::UnknownOp,
+        ErrorKind::InvalidRequest,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Internal,
+    ];
+
+    /// The wire name (`frame-too-large`, ...), as the client prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::FrameTooLarge => "frame-too-large",
+            ErrorKind::UnsupportedVersion => "unsupported-version",
+            ErrorKind::UnknownOp => "unknown-op",
+            ErrorKind::InvalidRequest => "invalid-request",
+            ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -702,7 +754,7 @@ pub struct StatusReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable kind (see [`ProtocolError::kind`]).
-    pub kind: String,
+    pub kind: ErrorKind,
     /// Human-readable message.
     pub message: String,
 }
@@ -768,7 +820,7 @@ impl Reply {
     /// An error reply.
     pub fn error(err: &ProtocolError) -> Self {
         Reply::new(ReplyBody::Error(ErrorBody {
-            kind: err.kind().to_string(),
+            kind: err.kind(),
             message: err.to_string(),
         }))
     }
@@ -938,7 +990,7 @@ mod tests {
     prop_compose! {
         fn load_reply()(
             results in proptest::collection::vec(target_result(), 0..4),
-            error in proptest::option::of((text(), text())),
+            error in proptest::option::of((proptest::sample::select(ErrorKind::ALL.to_vec()), text())),
             ignored in proptest::collection::vec(text(), 0..3),
         ) -> Reply {
             let body = match error {
@@ -1102,6 +1154,9 @@ mod tests {
         for method in ResolvedMethod::ALL {
             assert_eq!(wire(serde_json::to_value(method).unwrap()), method.as_str());
         }
+        for kind in ErrorKind::ALL {
+            assert_eq!(wire(serde_json::to_value(kind).unwrap()), kind.as_str());
+        }
         for outcome in OutcomeKind::ALL {
             assert_eq!(
                 wire(serde_json::to_value(outcome).unwrap()),
@@ -1171,7 +1226,7 @@ mod tests {
                 "d".repeat(devpath)
             )
         };
-        let kind = |l: String| decode_request(l.as_bytes()).map_err(|e| e.kind());
+        let kind = |l: String| decode_request(l.as_bytes()).map_err(|e| e.kind().as_str());
         assert!(kind(line(MAX_ORIGIN_SUBSYSTEM, MAX_ORIGIN_DEVPATH)).is_ok());
         assert_eq!(
             kind(line(MAX_ORIGIN_SUBSYSTEM + 1, 1)),
@@ -1182,7 +1237,7 @@ mod tests {
 
     #[test]
     fn bad_requests_get_their_kind() {
-        let kind = |line: &[u8]| decode_request(line).unwrap_err().kind();
+        let kind = |line: &[u8]| decode_request(line).unwrap_err().kind().as_str();
         assert_eq!(kind(b"not json"), "malformed");
         assert_eq!(kind(b"\xff\xfe"), "malformed");
         assert_eq!(kind(br#"{"v":2,"op":"status"}"#), "unsupported-version");

@@ -79,7 +79,7 @@ fn load_line<T: serde::Serialize>(targets: &[T]) -> Vec<u8> {
 
 fn error_kind(reply: &Reply) -> &str {
     assert!(!reply.ok);
-    &reply.error_body().expect("error body").kind
+    reply.error_body().expect("error body").kind.as_str()
 }
 
 fn stderr(out: &Output) -> String {

@@ -2,7 +2,8 @@
 //! [`crate::wire`] instead of serde_json: these are the lines of udev's client, exec'd once per
 //! uevent. The parent module's tests hold both codecs to the same bytes and the same values.
 
-use super::{DaemonLine, ErrorBody, LoadRequest, OutcomeKind, Progress, Reply, ReplyBody};
+use super::ReplyBody;
+use super::{DaemonLine, ErrorBody, ErrorKind, LoadRequest, OutcomeKind, Progress, Reply};
 use super::{TargetResult, PROTOCOL_VERSION};
 use crate::model::{Failure, Requester};
 use crate::wire::{push_str, push_u64, Reader};
@@ -160,7 +161,7 @@ fn error_body(r: &mut Reader) -> Option<ErrorBody> {
     let (mut kind, mut message) = (None, None);
     r.object(|r, key| {
         match key {
-            "kind" => kind = Some(r.str()?.to_string()),
+            "kind" => kind = Some(error_kind(r.str()?)?),
             "message" => message = Some(r.str()?.to_string()),
             _ => r.skip()?,
         }
@@ -215,6 +216,12 @@ fn failure_body(r: &mut Reader) -> Option<Failure> {
         errno_name: errno_name.flatten(),
         message: message?,
     })
+}
+
+fn error_kind(name: &str) -> Option<ErrorKind> {
+    ErrorKind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
 }
 
 fn outcome_kind(name: &str) -> Option<OutcomeKind> {
