@@ -1144,6 +1144,24 @@ mod tests {
         assert!(decode_daemon_line(br#"{"v":1}"#).is_err());
     }
 
+    /// A reply has exactly one body. The small reader leaves a line with none, a `null` one or
+    /// two to serde_json, which refuses the first two and takes the first of two bodies.
+    #[test]
+    fn a_reply_has_one_body() {
+        let none = br#"{"v":1,"ok":true}"#.as_slice();
+        let null = br#"{"v":1,"ok":true,"results":null}"#.as_slice();
+        let two = br#"{"v":1,"ok":true,"results":[],"error":{"kind":"internal","message":"m"}}"#;
+        for line in [none, null, two] {
+            assert!(lean::daemon_line(line).is_none());
+        }
+        assert!(decode_daemon_line(none).is_err());
+        assert!(decode_daemon_line(null).is_err());
+        let Ok(DaemonLine::Reply(reply)) = decode_daemon_line(two) else {
+            panic!("two bodies")
+        };
+        assert_eq!(reply.body, ReplyBody::Results(vec![]));
+    }
+
     /// The names `resolve` prints are the ones on the wire.
     #[test]
     fn printed_names_are_the_wire_names() {

@@ -92,16 +92,20 @@ fn push_origin(line: &mut String, origin: &Requester) {
 /// caller gives to serde_json.
 pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
     let mut reader = Reader::new(line);
-    let (mut v, mut ok, mut bodies, mut ignored) = (None, None, Vec::new(), None);
+    let (mut v, mut ok, mut body, mut ignored) = (None, None, None, None);
     let mut progress = None;
     reader.object(|r, key| {
         match key {
             "v" => v = Some(u32::try_from(r.int()?).ok()?),
             "ok" => ok = Some(r.bool()?),
-            "results" => bodies.push(optional(r, |r| {
-                r.list(target_result).map(ReplyBody::Results)
-            })?),
-            "error" => bodies.push(optional(r, |r| error_body(r).map(ReplyBody::Error))?),
+            "results" => {
+                let results = optional(r, |r| r.list(target_result).map(ReplyBody::Results))?;
+                body = Some(only_body(body.is_some(), results)?);
+            }
+            "error" => {
+                let error = optional(r, |r| error_body(r).map(ReplyBody::Error))?;
+                body = Some(only_body(body.is_some(), error)?);
+            }
             "ignored" => ignored = Some(r.strings()?),
             "progress" => progress = Some(progress_body(r)?),
             // Other replies' bodies: serde_json reads those.
@@ -120,16 +124,16 @@ pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
     Some(DaemonLine::Reply(Box::new(Reply {
         v: v?,
         ok: ok?,
-        body: only_body(bodies)?,
+        body: body?,
         ignored: ignored.unwrap_or_default(),
     })))
 }
 
-/// The one body of a reply. serde_json reads a body key holding `null` as an error, and takes
-/// the first of two body keys: lines with either are left to it.
-fn only_body(bodies: Vec<Option<ReplyBody>>) -> Option<ReplyBody> {
-    let [body] = <[Option<ReplyBody>; 1]>::try_from(bodies).ok()?;
-    body
+/// `read`, the body under a body key, unless one was `seen` before it. serde_json takes the
+/// first of two body keys and reads one holding `null` as an error: lines with either are left
+/// to it (`None`).
+fn only_body(seen: bool, read: Option<ReplyBody>) -> Option<ReplyBody> {
+    read.filter(|_| !seen)
 }
 
 /// `null` as `None`, else `value`.
