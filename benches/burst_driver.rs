@@ -61,10 +61,11 @@ fn describe_reply(line: &str) -> (String, Option<u64>) {
     let Ok(reply) = serde_json::from_str::<Reply>(line) else {
         return ("unreadable-reply".into(), None);
     };
-    if let Some(err) = reply.error {
+    if let Some(err) = reply.error_body() {
         return (format!("error-{}", err.kind), None);
     }
-    let first = reply.results.as_ref().and_then(|r| r.first());
+    let results = reply.into_results();
+    let first = results.as_ref().and_then(|r| r.first());
     let told = match first {
         Some(r) if r.outcome == OutcomeKind::Failed => r
             .failure
@@ -80,17 +81,7 @@ fn describe_reply(line: &str) -> (String, Option<u64>) {
 
 fn broker_call(socket: &str, target: &str) -> Call {
     let mut stream = UnixStream::connect(socket).expect("connect to modbrokerd");
-    let line = Request::Load(LoadRequest {
-        targets: vec![target.to_string()],
-        params: vec![],
-        wait: true,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    })
-    .encode();
+    let line = Request::Load(LoadRequest::new(vec![target.to_string()])).encode();
     Box::new(move || {
         if let Err(e) = stream.write_all(line.as_bytes()) {
             return (format!("write-error-{:?}", e.kind()), None);

@@ -34,7 +34,7 @@ fn held_waiters(socket: &Path) -> u64 {
     let reply = modbroker::client::call(socket, &Request::Status, Some(Duration::from_secs(10)))
         .expect("status");
     reply
-        .status
+        .status_report()
         .expect("status reply")
         .in_flight
         .iter()
@@ -101,7 +101,7 @@ fn fake_server(waiters: usize, rows: &mut Vec<[String; 4]>) {
         BufReader::new(s).read_line(&mut reply).expect("reply");
         let reply: Reply = serde_json::from_str(&reply).expect("reply json");
         if reply
-            .results
+            .into_results()
             .as_ref()
             .and_then(|r| r.first())
             .map(|r| r.outcome)
@@ -175,8 +175,11 @@ fn real_daemon(rows: &mut Vec<[String; 4]>) {
     );
     let plan = reply
         .ok()
-        .and_then(|r| r.resolved)
-        .and_then(|r| r.first().map(|r| r.plan.clone()))
+        .and_then(|r| match r.body {
+            modbroker::protocol::ReplyBody::Resolved(resolved) => Some(resolved),
+            _ => None,
+        })
+        .and_then(|r| r.first().map(|r| r.plan.to_string()))
         .unwrap_or_else(|| "no reply".into());
     std::thread::sleep(Duration::from_millis(300));
     rows.push([

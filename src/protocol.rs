@@ -29,6 +29,26 @@ pub const MAX_TARGETS: usize = 4096;
 /// Longest parser message echoed back in a `malformed` error, in bytes.
 const MAX_ERROR_DETAIL: usize = 200;
 
+/// A request's operation, as `op` names it on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// `load`: [`Request::Load`].
+    Load,
+    /// `resolve`: [`Request::Resolve`].
+    Resolve,
+    /// `status`: [`Request::Status`].
+    Status,
+}
+
+impl Operation {
+    /// The operation `op` names, by the serde names above; `None` for any other text.
+    fn named(op: &str) -> Option<Operation> {
+        use serde::de::value::{Error, StrDeserializer};
+        Operation::deserialize(StrDeserializer::<Error>::new(op)).ok()
+    }
+}
+
 /// A decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -66,6 +86,66 @@ pub struct LoadRequest {
     /// the client can tell a daemon that is alive and loading from one that is wedged (see
     /// [`LIVENESS_BOUND`]). Sent only when true, so older daemons still understand the request.
     pub progress: bool,
+}
+
+impl LoadRequest {
+    /// A load of `targets` with every other field as a request line without it decodes: no
+    /// params, wait for the reply, no retry, no timeout, no `blacklist_names`, no origin, no
+    /// progress lines. The setters below change one field each.
+    pub fn new(targets: Vec<String>) -> Self {
+        LoadRequest {
+            targets,
+            params: Vec::new(),
+            wait: default_wait(),
+            retry: false,
+            timeout_ms: None,
+            blacklist_names: false,
+            origin: None,
+            progress: false,
+        }
+    }
+
+    /// With these `NAME=VALUE` module parameters.
+    pub fn params(mut self, params: Vec<String>) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Waiting for the loads (`true`) or replying `queued` at once (`false`).
+    pub fn wait(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Bypassing the failure window, or not.
+    pub fn retry(mut self, retry: bool) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Giving up waiting after this many milliseconds (`None`: no limit).
+    pub fn timeout_ms(mut self, timeout_ms: Option<u64>) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    /// Refusing a blacklisted module asked for by its own name too, or not.
+    pub fn blacklist_names(mut self, blacklist_names: bool) -> Self {
+        self.blacklist_names = blacklist_names;
+        self
+    }
+
+    /// On behalf of this requester (`None`: the daemon records the peer).
+    pub fn origin(mut self, origin: Option<Requester>) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Asking for progress lines while the reply is pending, or not.
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
 }
 
 /// How often the daemon writes a progress line on a connection whose pending `load` asked for
@@ -111,13 +191,30 @@ pub struct Progress {
     pub elapsed_ms: u64,
 }
 
+/// A progress line as the daemon writes it: `progress`, then `v` (the order the wire format
+/// has kept since the line was a serde_json map, whose keys are sorted).
+#[derive(Serialize)]
+struct ProgressLine<'a> {
+    progress: &'a Progress,
+    v: u32,
+}
+
 impl Progress {
     /// The progress line (with its newline).
     pub fn encode(&self) -> String {
-        let mut line = serde_json::json!({"v": PROTOCOL_VERSION, "progress": self}).to_string();
-        line.push('\n');
-        line
+        json_line(&ProgressLine {
+            progress: self,
+            v: PROTOCOL_VERSION,
+        })
     }
+}
+
+/// `value` as one JSON line with its newline. The wire types serialize infallibly: plain
+/// structs and enums, string keys only, no hand-written `Serialize` that can fail.
+fn json_line(value: &impl Serialize) -> String {
+    let mut line = serde_json::to_string(value).expect("wire types serialize");
+    line.push('\n');
+    line
 }
 
 /// Decodes one line from the daemon. Progress lines and `load` replies are read by
@@ -209,16 +306,68 @@ pub enum ProtocolError {
 
 impl ProtocolError {
     /// The stable machine-readable kind, as sent in `error.kind`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ProtocolError::Malformed(_) => "malformed",
-            ProtocolError::FrameTooLarge => "frame-too-large",
-            ProtocolError::UnsupportedVersion(_) => "unsupported-version",
-            ProtocolError::UnknownOp(_) => "unknown-op",
-            ProtocolError::Invalid(_) => "invalid-request",
-            ProtocolError::PermissionDenied(_) => "permission-denied",
-            ProtocolError::Internal(_) => "internal",
+            ProtocolError::Malformed(_) => ErrorKind::Malformed,
+            ProtocolError::FrameTooLarge => ErrorKind::FrameTooLarge,
+            ProtocolError::UnsupportedVersion(_) => ErrorKind::UnsupportedVersion,
+            ProtocolError::UnknownOp(_) => ErrorKind::UnknownOp,
+            ProtocolError::Invalid(_) => ErrorKind::InvalidRequest,
+            ProtocolError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            ProtocolError::Internal(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The stable kind of an error reply (`error.kind`), one per [`ProtocolError`] variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// `malformed`: not JSON, or not the request shape.
+    Malformed,
+    /// `frame-too-large`: the line is longer than [`MAX_FRAME`].
+    FrameTooLarge,
+    /// `unsupported-version`: `v` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// `unknown-op`: `op` is not `load`, `resolve` or `status`.
+    UnknownOp,
+    /// `invalid-request`: well-formed but not servable.
+    InvalidRequest,
+    /// `permission-denied`: the peer may not use the broker.
+    PermissionDenied,
+    /// `internal`: the daemon could not serve the request.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Malformed,
+        ErrorKind::FrameTooLarge,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::UnknownOp,
+        ErrorKind::InvalidRequest,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Internal,
+    ];
+
+    /// The wire name (`frame-too-large`, ...), as the client prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::FrameTooLarge => "frame-too-large",
+            ErrorKind::UnsupportedVersion => "unsupported-version",
+            ErrorKind::UnknownOp => "unknown-op",
+            ErrorKind::InvalidRequest => "invalid-request",
+            ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -253,14 +402,14 @@ pub fn decode_request_noting_unknown(line: &[u8]) -> Result<(Request, Vec<String
         .take(MAX_IGNORED)
         .map(|name| name.chars().take(MAX_IGNORED_NAME).collect())
         .collect();
-    let request = match wire.op.as_str() {
-        "load" => decode_load(wire),
-        "resolve" => {
+    let request = match Operation::named(&wire.op) {
+        Some(Operation::Load) => decode_load(wire),
+        Some(Operation::Resolve) => {
             check_targets(&wire.targets)?;
             Ok(Request::Resolve(wire.targets))
         }
-        "status" => Ok(Request::Status),
-        other => Err(ProtocolError::UnknownOp(other.chars().take(64).collect())),
+        Some(Operation::Status) => Ok(Request::Status),
+        None => Err(ProtocolError::UnknownOp(wire.op.chars().take(64).collect())),
     }?;
     Ok((request, ignored))
 }
@@ -275,16 +424,16 @@ fn decode_load(wire: WireRequest) -> Result<Request, ProtocolError> {
     if let Some(origin) = &wire.origin {
         check_origin(origin)?;
     }
-    Ok(Request::Load(LoadRequest {
-        targets: wire.targets,
-        params: wire.params,
-        wait: wire.wait,
-        retry: wire.retry,
-        timeout_ms: wire.timeout_ms,
-        blacklist_names: wire.blacklist_names,
-        origin: wire.origin,
-        progress: wire.progress,
-    }))
+    Ok(Request::Load(
+        LoadRequest::new(wire.targets)
+            .params(wire.params)
+            .wait(wire.wait)
+            .retry(wire.retry)
+            .timeout_ms(wire.timeout_ms)
+            .blacklist_names(wire.blacklist_names)
+            .origin(wire.origin)
+            .progress(wire.progress),
+    ))
 }
 
 /// Clients may say `udev` or `kernel`; the daemon itself fills in a CLI peer and dependencies.
@@ -335,19 +484,37 @@ impl Request {
     /// without them still reaches a daemon older than the fields (daemons before the
     /// compatibility rule refuse unknown fields).
     pub fn encode(&self) -> String {
-        let value = match self {
+        match self {
             // The line udev's client sends once per uevent: written by hand (see crate::wire),
             // byte for byte what serde_json writes for the same fields (a test compares).
-            Request::Load(load) => return lean::load_line(load),
-            Request::Resolve(targets) => serde_json::json!({
-                "v": PROTOCOL_VERSION, "op": "resolve", "targets": targets,
+            Request::Load(load) => lean::load_line(load),
+            Request::Resolve(targets) => json_line(&ResolveLine {
+                op: Operation::Resolve,
+                targets,
+                v: PROTOCOL_VERSION,
             }),
-            Request::Status => serde_json::json!({"v": PROTOCOL_VERSION, "op": "status"}),
-        };
-        let mut line = value.to_string();
-        line.push('\n');
-        line
+            Request::Status => json_line(&StatusLine {
+                op: Operation::Status,
+                v: PROTOCOL_VERSION,
+            }),
+        }
     }
+}
+
+/// A `resolve` request line as the client writes it. The fields of this and [`StatusLine`] are
+/// in the order the wire format has kept since these lines were serde_json maps (sorted keys).
+#[derive(Serialize)]
+struct ResolveLine<'a> {
+    op: Operation,
+    targets: &'a [String],
+    v: u32,
+}
+
+/// A `status` request line as the client writes it.
+#[derive(Serialize)]
+struct StatusLine {
+    op: Operation,
+    v: u32,
 }
 
 /// The outcome of one target.
@@ -438,13 +605,103 @@ pub struct TargetResult {
     pub elapsed_us: u64,
 }
 
+/// How `resolve` says a module would go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedMethod {
+    /// From its module file (`detail` names it).
+    File,
+    /// Built into the kernel: nothing to load.
+    Builtin,
+    /// By the modprobe.d `install` command in `detail`.
+    Install,
+    /// Neither a file in `modules.dep` nor built in: loading it would fail with `ENOENT`.
+    Missing,
+}
+
+impl ResolvedMethod {
+    /// Every method.
+    pub const ALL: [ResolvedMethod; 4] = [
+        ResolvedMethod::File,
+        ResolvedMethod::Builtin,
+        ResolvedMethod::Install,
+        ResolvedMethod::Missing,
+    ];
+
+    /// The wire name (`file`, ...), as `resolve` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedMethod::File => "file",
+            ResolvedMethod::Builtin => "builtin",
+            ResolvedMethod::Install => "install",
+            ResolvedMethod::Missing => "missing",
+        }
+    }
+}
+
+impl std::fmt::Display for ResolvedMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `resolve` found for one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanKind {
+    /// The target resolves to modules that would be loaded (`modules`, in order).
+    Load,
+    /// No module matches the target.
+    NoMatch,
+    /// Every matching module is blacklisted.
+    Blacklisted,
+    /// The target itself was refused (`message` says why).
+    Invalid,
+    /// The daemon could not resolve it (`message` says why).
+    Error,
+}
+
+impl PlanKind {
+    /// Every plan kind.
+    pub const ALL: [PlanKind; 5] = [
+        PlanKind::Load,
+        PlanKind::NoMatch,
+        PlanKind::Blacklisted,
+        PlanKind::Invalid,
+        PlanKind::Error,
+    ];
+
+    /// True when the target could not be resolved at all (`invalid`, `error`): `resolve` then
+    /// exits non-zero.
+    pub fn is_failure(self) -> bool {
+        matches!(self, PlanKind::Invalid | PlanKind::Error)
+    }
+
+    /// The wire name (`no-match`, ...), as `resolve` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanKind::Load => "load",
+            PlanKind::NoMatch => "no-match",
+            PlanKind::Blacklisted => "blacklisted",
+            PlanKind::Invalid => "invalid",
+            PlanKind::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for PlanKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One module as `resolve` shows it, in load order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedModule {
     /// Canonical name.
     pub name: String,
-    /// `file`, `builtin` or `install`.
-    pub method: String,
+    /// How it would go in.
+    pub method: ResolvedMethod,
     /// Module file, or the install command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -458,8 +715,8 @@ pub struct ResolvedModule {
 pub struct ResolveResult {
     /// The target as requested.
     pub target: String,
-    /// `load`, `no-match`, `blacklisted`, `invalid` or `error`.
-    pub plan: String,
+    /// What the target resolves to.
+    pub plan: PlanKind,
     /// Every module that would be loaded, in order (dependencies and softdeps included).
     #[serde(default)]
     pub modules: Vec<ResolvedModule>,
@@ -497,81 +754,114 @@ pub struct StatusReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable kind (see [`ProtocolError::kind`]).
-    pub kind: String,
+    pub kind: ErrorKind,
     /// Human-readable message.
     pub message: String,
 }
 
-/// One reply line. Exactly one of `results`, `resolved`, `status` or `error` is present.
+/// One reply line: the version, whether the request was served, its one body, and the request
+/// fields that were ignored. On the wire the body is one key beside `v` and `ok` (`results`,
+/// `resolved`, `status` or `error`): `{"v":1,"ok":true,"results":[...]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// Protocol version.
     pub v: u32,
-    /// False when `error` is set.
+    /// False when the body is an error.
     pub ok: bool,
-    /// `load`: one entry per target, in request order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub results: Option<Vec<TargetResult>>,
-    /// `resolve`: one entry per target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved: Option<Vec<ResolveResult>>,
-    /// `status`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<StatusReport>,
-    /// The request could not be served at all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorBody>,
+    /// What the reply carries: exactly one body.
+    #[serde(flatten)]
+    pub body: ReplyBody,
     /// Request fields this daemon does not know and ignored (see `docs/protocol.md`,
     /// "Versioning").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
 }
 
+/// A reply's body, named on the wire by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyBody {
+    /// `load`: one entry per target, in request order.
+    Results(Vec<TargetResult>),
+    /// `resolve`: one entry per target.
+    Resolved(Vec<ResolveResult>),
+    /// `status`.
+    Status(StatusReport),
+    /// The request could not be served at all.
+    Error(ErrorBody),
+}
+
 impl Reply {
-    fn empty(ok: bool) -> Self {
+    /// A reply carrying `body`; `ok` unless the body is an error.
+    pub fn new(body: ReplyBody) -> Self {
         Reply {
             v: PROTOCOL_VERSION,
-            ok,
-            results: None,
-            resolved: None,
-            status: None,
-            error: None,
+            ok: !matches!(body, ReplyBody::Error(_)),
+            body,
             ignored: Vec::new(),
         }
     }
 
     /// A `load` reply.
     pub fn results(results: Vec<TargetResult>) -> Self {
-        Reply {
-            results: Some(results),
-            ..Reply::empty(true)
-        }
+        Reply::new(ReplyBody::Results(results))
     }
 
     /// A `resolve` reply.
     pub fn resolved(resolved: Vec<ResolveResult>) -> Self {
-        Reply {
-            resolved: Some(resolved),
-            ..Reply::empty(true)
-        }
+        Reply::new(ReplyBody::Resolved(resolved))
     }
 
     /// A `status` reply.
     pub fn status(status: StatusReport) -> Self {
-        Reply {
-            status: Some(status),
-            ..Reply::empty(true)
-        }
+        Reply::new(ReplyBody::Status(status))
     }
 
     /// An error reply.
     pub fn error(err: &ProtocolError) -> Self {
-        Reply {
-            error: Some(ErrorBody {
-                kind: err.kind().to_string(),
-                message: err.to_string(),
-            }),
-            ..Reply::empty(false)
+        Reply::new(ReplyBody::Error(ErrorBody {
+            kind: err.kind(),
+            message: err.to_string(),
+        }))
+    }
+
+    /// The `load` results, if that is the body.
+    pub fn into_results(self) -> Option<Vec<TargetResult>> {
+        match self.body {
+            ReplyBody::Results(results) => Some(results),
+            _ => None,
+        }
+    }
+
+    /// The `load` results, if that is the body, borrowed.
+    pub fn load_results(&self) -> Option<&[TargetResult]> {
+        match &self.body {
+            ReplyBody::Results(results) => Some(results),
+            _ => None,
+        }
+    }
+
+    /// The `status` report, if that is the body.
+    pub fn into_status(self) -> Option<StatusReport> {
+        match self.body {
+            ReplyBody::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The `status` report, if that is the body, borrowed.
+    pub fn status_report(&self) -> Option<&StatusReport> {
+        match &self.body {
+            ReplyBody::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The error, if that is the body.
+    pub fn error_body(&self) -> Option<&ErrorBody> {
+        match &self.body {
+            ReplyBody::Error(error) => Some(error),
+            _ => None,
         }
     }
 
@@ -590,28 +880,44 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The load line as serde_json wrote it before `lean::load_line` (a `json!` map): the
-    /// reference the hand-written line must equal byte for byte.
+    /// The load line as serde_json writes it: the reference the hand-written line must equal
+    /// byte for byte. The keys are sorted (the line was once a serde_json map), `origin`'s too
+    /// (read back as a `Value`, whose map sorts them; `Requester` itself puts `kind` first, as
+    /// the record keeps it), `blacklist_names` and `progress` sent only when true and `origin`
+    /// only when set (`Request::encode`).
+    #[derive(Serialize)]
+    struct SerdeLoadLine<'a> {
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        blacklist_names: bool,
+        op: Operation,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<serde_json::Value>,
+        params: &'a [String],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        progress: bool,
+        retry: bool,
+        targets: &'a [String],
+        timeout_ms: Option<u64>,
+        v: u32,
+        wait: bool,
+    }
+
     fn serde_load_line(load: &LoadRequest) -> String {
-        let mut value = serde_json::json!({
-            "v": PROTOCOL_VERSION,
-            "op": "load",
-            "targets": load.targets,
-            "params": load.params,
-            "wait": load.wait,
-            "retry": load.retry,
-            "timeout_ms": load.timeout_ms,
-        });
-        if load.blacklist_names {
-            value["blacklist_names"] = true.into();
-        }
-        if let Some(origin) = &load.origin {
-            value["origin"] = serde_json::to_value(origin).unwrap();
-        }
-        if load.progress {
-            value["progress"] = true.into();
-        }
-        value.to_string() + "\n"
+        json_line(&SerdeLoadLine {
+            blacklist_names: load.blacklist_names,
+            op: Operation::Load,
+            origin: load
+                .origin
+                .as_ref()
+                .map(|o| serde_json::to_value(o).unwrap()),
+            params: &load.params,
+            progress: load.progress,
+            retry: load.retry,
+            targets: &load.targets,
+            timeout_ms: load.timeout_ms,
+            v: PROTOCOL_VERSION,
+            wait: load.wait,
+        })
     }
 
     fn same(a: &DaemonLine, b: &DaemonLine) -> bool {
@@ -646,7 +952,14 @@ mod tests {
             timeout_ms in proptest::option::of(any::<u64>()),
             origin in proptest::option::of(requester()),
         ) -> LoadRequest {
-            LoadRequest { targets, params, wait, retry, timeout_ms, blacklist_names, origin, progress }
+            LoadRequest::new(targets)
+                .params(params)
+                .wait(wait)
+                .retry(retry)
+                .timeout_ms(timeout_ms)
+                .blacklist_names(blacklist_names)
+                .origin(origin)
+                .progress(progress)
         }
     }
 
@@ -676,12 +989,15 @@ mod tests {
 
     prop_compose! {
         fn load_reply()(
-            results in proptest::option::of(proptest::collection::vec(target_result(), 0..4)),
-            error in proptest::option::of((text(), text())),
+            results in proptest::collection::vec(target_result(), 0..4),
+            error in proptest::option::of((proptest::sample::select(ErrorKind::ALL.to_vec()), text())),
             ignored in proptest::collection::vec(text(), 0..3),
         ) -> Reply {
-            let error = error.map(|(kind, message)| ErrorBody { kind, message });
-            Reply { ok: error.is_none(), results, error, ignored, ..Reply::empty(true) }
+            let body = match error {
+                Some((kind, message)) => ReplyBody::Error(ErrorBody { kind, message }),
+                None => ReplyBody::Results(results),
+            };
+            Reply { ignored, ..Reply::new(body) }
         }
     }
 
@@ -745,19 +1061,13 @@ mod tests {
     /// the wire format does not change.
     #[test]
     fn recorded_lines_still_read_and_write_the_same() {
-        let load = LoadRequest {
-            targets: vec!["pci:v00008086d00001E31sv*".into()],
-            params: vec![],
-            wait: true,
-            retry: false,
-            timeout_ms: None,
-            blacklist_names: true,
-            origin: Some(Requester::Udev {
+        let load = LoadRequest::new(vec!["pci:v00008086d00001E31sv*".into()])
+            .blacklist_names(true)
+            .origin(Some(Requester::Udev {
                 subsystem: Some("pci".into()),
                 devpath: Some("/devices/pci0000:00/0000:00:14.0".into()),
-            }),
-            progress: true,
-        };
+            }))
+            .progress(true);
         assert_eq!(
             Request::Load(load).encode(),
             concat!(
@@ -789,16 +1099,15 @@ mod tests {
 
     #[test]
     fn load_round_trips() {
-        let req = Request::Load(LoadRequest {
-            targets: vec!["e1000".into()],
-            params: vec!["debug=1".into()],
-            wait: false,
-            retry: true,
-            timeout_ms: Some(500),
-            blacklist_names: true,
-            origin: None,
-            progress: true,
-        });
+        let req = Request::Load(
+            LoadRequest::new(vec!["e1000".into()])
+                .params(vec!["debug=1".into()])
+                .wait(false)
+                .retry(true)
+                .timeout_ms(Some(500))
+                .blacklist_names(true)
+                .progress(true),
+        );
         let line = req.encode();
         assert!(line.ends_with('\n'));
         assert_eq!(decode_request(line.trim_end().as_bytes()), Ok(req));
@@ -814,10 +1123,7 @@ mod tests {
         };
         assert!(!load.progress);
         assert!(!Request::Load(load.clone()).encode().contains("progress"));
-        let asking = Request::Load(LoadRequest {
-            progress: true,
-            ..load
-        });
+        let asking = Request::Load(load.progress(true));
         assert!(asking.encode().contains(r#""progress":true"#));
     }
 
@@ -836,6 +1142,45 @@ mod tests {
             other => panic!("expected a reply, got {other:?}"),
         }
         assert!(decode_daemon_line(br#"{"v":1}"#).is_err());
+    }
+
+    /// A reply has exactly one body. The small reader leaves a line with none, a `null` one or
+    /// two to serde_json, which refuses the first two and takes the first of two bodies.
+    #[test]
+    fn a_reply_has_one_body() {
+        let none = br#"{"v":1,"ok":true}"#.as_slice();
+        let null = br#"{"v":1,"ok":true,"results":null}"#.as_slice();
+        let two = br#"{"v":1,"ok":true,"results":[],"error":{"kind":"internal","message":"m"}}"#;
+        for line in [none, null, two] {
+            assert!(lean::daemon_line(line).is_none());
+        }
+        assert!(decode_daemon_line(none).is_err());
+        assert!(decode_daemon_line(null).is_err());
+        let Ok(DaemonLine::Reply(reply)) = decode_daemon_line(two) else {
+            panic!("two bodies")
+        };
+        assert_eq!(reply.body, ReplyBody::Results(vec![]));
+    }
+
+    /// The names `resolve` prints are the ones on the wire.
+    #[test]
+    fn printed_names_are_the_wire_names() {
+        let wire = |value: serde_json::Value| value.as_str().unwrap().to_string();
+        for plan in PlanKind::ALL {
+            assert_eq!(wire(serde_json::to_value(plan).unwrap()), plan.as_str());
+        }
+        for method in ResolvedMethod::ALL {
+            assert_eq!(wire(serde_json::to_value(method).unwrap()), method.as_str());
+        }
+        for kind in ErrorKind::ALL {
+            assert_eq!(wire(serde_json::to_value(kind).unwrap()), kind.as_str());
+        }
+        for outcome in OutcomeKind::ALL {
+            assert_eq!(
+                wire(serde_json::to_value(outcome).unwrap()),
+                outcome.as_str()
+            );
+        }
     }
 
     #[test]
@@ -858,12 +1203,7 @@ mod tests {
         assert!(!Request::Load(load.clone())
             .encode()
             .contains("blacklist_names"));
-        let udev = Request::Load(LoadRequest {
-            blacklist_names: true,
-            origin: None,
-            progress: false,
-            ..load
-        });
+        let udev = Request::Load(load.blacklist_names(true).origin(None).progress(false));
         assert!(udev.encode().contains(r#""blacklist_names":true"#));
     }
 
@@ -904,7 +1244,7 @@ mod tests {
                 "d".repeat(devpath)
             )
         };
-        let kind = |l: String| decode_request(l.as_bytes()).map_err(|e| e.kind());
+        let kind = |l: String| decode_request(l.as_bytes()).map_err(|e| e.kind().as_str());
         assert!(kind(line(MAX_ORIGIN_SUBSYSTEM, MAX_ORIGIN_DEVPATH)).is_ok());
         assert_eq!(
             kind(line(MAX_ORIGIN_SUBSYSTEM + 1, 1)),
@@ -915,7 +1255,7 @@ mod tests {
 
     #[test]
     fn bad_requests_get_their_kind() {
-        let kind = |line: &[u8]| decode_request(line).unwrap_err().kind();
+        let kind = |line: &[u8]| decode_request(line).unwrap_err().kind().as_str();
         assert_eq!(kind(b"not json"), "malformed");
         assert_eq!(kind(b"\xff\xfe"), "malformed");
         assert_eq!(kind(br#"{"v":2,"op":"status"}"#), "unsupported-version");

@@ -15,8 +15,8 @@ use crate::broker::{Broker, ModuleAnswer};
 use crate::model::{Failure, ModuleOutcome, Requester};
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{
-    LoadRequest, OutcomeKind, Reply, Request, ResolveResult, ResolvedModule, StatusReport,
-    TargetResult,
+    LoadRequest, OutcomeKind, PlanKind, Reply, Request, ResolveResult, ResolvedMethod,
+    ResolvedModule, StatusReport, TargetResult,
 };
 use crate::recorder::Event;
 use crate::skip::{self, SkipMarkers};
@@ -294,25 +294,13 @@ impl Service {
     }
 
     async fn resolve_one(&self, target: &str) -> ResolveResult {
-        let mut result = ResolveResult {
-            target: target.to_string(),
-            plan: String::new(),
-            modules: Vec::new(),
-            message: None,
-        };
         if let Err(err) = validate_target(target) {
-            result.plan = "invalid".into();
-            result.message = Some(err.to_string());
-            return result;
+            return resolve_result(target, PlanKind::Invalid, Some(err.to_string()));
         }
         match self.resolver.resolve(target, BlacklistScope::Aliases).await {
-            Err(message) => {
-                result.plan = "error".into();
-                result.message = Some(message);
-            }
-            Ok(plan) => describe_plan(&plan, &mut result),
+            Err(message) => resolve_result(target, PlanKind::Error, Some(message)),
+            Ok(plan) => describe_plan(target, &plan),
         }
-        result
     }
 
     fn status(&self) -> StatusReport {
@@ -399,15 +387,25 @@ fn combine(answers: &[ModuleAnswer]) -> (OutcomeKind, Option<Failure>, bool) {
     (kind, None, merged)
 }
 
-fn describe_plan(plan: &Plan, result: &mut ResolveResult) {
+/// A `resolve` result without modules (yet).
+fn resolve_result(target: &str, plan: PlanKind, message: Option<String>) -> ResolveResult {
+    ResolveResult {
+        target: target.to_string(),
+        plan,
+        modules: Vec::new(),
+        message,
+    }
+}
+
+fn describe_plan(target: &str, plan: &Plan) -> ResolveResult {
     match plan {
-        Plan::NoMatch => result.plan = "no-match".into(),
+        Plan::NoMatch => resolve_result(target, PlanKind::NoMatch, None),
         Plan::Blacklisted(names) => {
-            result.plan = "blacklisted".into();
-            result.message = Some(format!("blacklisted: {}", names.join(", ")));
+            let message = format!("blacklisted: {}", names.join(", "));
+            resolve_result(target, PlanKind::Blacklisted, Some(message))
         }
         Plan::Load(nodes) => {
-            result.plan = "load".into();
+            let mut result = resolve_result(target, PlanKind::Load, None);
             for node in nodes {
                 for module in node.load_order() {
                     if !result.modules.iter().any(|m| m.name == module.name) {
@@ -415,20 +413,21 @@ fn describe_plan(plan: &Plan, result: &mut ResolveResult) {
                     }
                 }
             }
+            result
         }
     }
 }
 
 fn describe_module(node: &ModuleNode) -> ResolvedModule {
     let (method, detail) = match &node.method {
-        LoadMethod::File(path) => ("file", Some(path.display().to_string())),
-        LoadMethod::Builtin => ("builtin", None),
-        LoadMethod::Install(command) => ("install", Some(command.clone())),
-        LoadMethod::Missing => ("missing", None),
+        LoadMethod::File(path) => (ResolvedMethod::File, Some(path.display().to_string())),
+        LoadMethod::Builtin => (ResolvedMethod::Builtin, None),
+        LoadMethod::Install(command) => (ResolvedMethod::Install, Some(command.clone())),
+        LoadMethod::Missing => (ResolvedMethod::Missing, None),
     };
     ResolvedModule {
         name: node.name.clone(),
-        method: method.into(),
+        method,
         detail,
         options: node.options.clone(),
     }

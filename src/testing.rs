@@ -305,17 +305,12 @@ pub async fn calls_started(kernel: &Arc<FakeKernel>, name: &str, n: usize) {
 
 /// The request `modbroker load --udev TARGET` sends for a uevent of `subsystem` at `devpath`.
 pub fn udev_request(target: &str, subsystem: &str, devpath: &str) -> Request {
-    Request::Load(LoadRequest {
-        targets: vec![target.to_string()],
-        params: Vec::new(),
-        wait: true,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: true,
-        origin: Some(Requester::Udev {
-            subsystem: Some(subsystem.into()),
-            devpath: Some(devpath.into()),
-        }),
-        progress: false,
-    })
+    Request::Load(
+        LoadRequest::new(vec![target.to_string()])
+            .blacklist_names(true)
+            .origin(Some(Requester::Udev {
+                subsystem: Some(subsystem.into()),
+                devpath: Some(devpath.into()),
+            })),
+    )
 }

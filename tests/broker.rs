@@ -23,16 +23,11 @@ fn service(kernel: &Arc<FakeKernel>, resolver: FixedResolver, window: Duration) 
 }
 
 fn load_request(target: &str, params: &[&str], retry: bool) -> Request {
-    Request::Load(LoadRequest {
-        targets: vec![target.to_string()],
-        params: params.iter().map(|p| p.to_string()).collect(),
-        wait: true,
-        retry,
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    })
+    Request::Load(
+        LoadRequest::new(vec![target.to_string()])
+            .params(params.iter().map(|p| p.to_string()).collect())
+            .retry(retry),
+    )
 }
 
 async fn load(service: &Service, target: &str) -> TargetResult {
@@ -41,7 +36,7 @@ async fn load(service: &Service, target: &str) -> TargetResult {
 
 async fn one_result(service: &Service, request: Request) -> TargetResult {
     let reply = service.handle(request).await;
-    let mut results = reply.results.expect("load reply has results");
+    let mut results = reply.into_results().expect("load reply has results");
     assert_eq!(results.len(), 1, "one result per target");
     results.remove(0)
 }
@@ -530,22 +525,18 @@ async fn invalid_targets_and_params_get_their_own_result() {
     let kernel = FakeKernel::new();
     let service = service(&kernel, FixedResolver::new(), Duration::from_secs(30));
     let reply = service
-        .handle(Request::Load(LoadRequest {
-            targets: vec![
-                "../../etc/passwd".into(),
-                "ok_name".into(),
-                "a\u{7}b".into(),
-            ],
-            params: vec![],
-            wait: true,
-            retry: false,
-            timeout_ms: None,
-            blacklist_names: false,
-            origin: None,
-            progress: false,
-        }))
+        .handle(Request::Load(LoadRequest::new(vec![
+            "../../etc/passwd".into(),
+            "ok_name".into(),
+            "a\u{7}b".into(),
+        ])))
         .await;
-    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    let outcomes: Vec<OutcomeKind> = reply
+        .load_results()
+        .unwrap()
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -567,16 +558,7 @@ async fn waiter_timeout_replies_and_the_load_goes_on() {
     let resolver = FixedResolver::new().with_module("slow", node("slow", vec![]));
     let service = service(&kernel, resolver, Duration::from_secs(30));
 
-    let request = Request::Load(LoadRequest {
-        targets: vec!["slow".into()],
-        params: vec![],
-        wait: true,
-        retry: false,
-        timeout_ms: Some(50),
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    });
+    let request = Request::Load(LoadRequest::new(vec!["slow".into()]).timeout_ms(Some(50)));
     let r = one_result(&service, request).await;
     assert_eq!(r.outcome, OutcomeKind::TimedOut);
     assert_eq!(
@@ -599,16 +581,7 @@ async fn no_wait_replies_queued_and_loads() {
     let kernel = FakeKernel::new();
     let resolver = FixedResolver::new().with_module("bg", node("bg", vec![]));
     let service = service(&kernel, resolver, Duration::from_secs(30));
-    let request = Request::Load(LoadRequest {
-        targets: vec!["bg".into()],
-        params: vec![],
-        wait: false,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    });
+    let request = Request::Load(LoadRequest::new(vec!["bg".into()]).wait(false));
     assert_eq!(
         one_result(&service, request).await.outcome,
         OutcomeKind::Queued

@@ -152,7 +152,7 @@ async fn failures_and_settled_modules_are_counted_where_status_counts_them() {
     assert!(settled.loads.is_empty());
     assert_eq!(settled.requests.already_loaded, 1);
 
-    let status = service.handle(Request::Status).await.status.unwrap();
+    let status = service.handle(Request::Status).await.into_status().unwrap();
     let t = snapshot(&service).totals;
     assert_eq!(t.merged, status.merged);
     assert_eq!(t.already_loaded, status.already_loaded);

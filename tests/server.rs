@@ -79,7 +79,7 @@ fn load_line<T: serde::Serialize>(targets: &[T]) -> Vec<u8> {
 
 fn error_kind(reply: &Reply) -> &str {
     assert!(!reply.ok);
-    &reply.error.as_ref().expect("error body").kind
+    reply.error_body().expect("error body").kind.as_str()
 }
 
 fn stderr(out: &Output) -> String {
@@ -122,7 +122,7 @@ fn bad_lines_get_error_replies_and_the_connection_goes_on() {
         );
     }
     let reply = exchange(&mut conn, b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
-    assert!(reply.ok && reply.status.is_some());
+    assert!(reply.ok && reply.status_report().is_some());
 }
 
 #[test]
@@ -155,7 +155,12 @@ fn every_target_of_a_request_gets_one_result_in_order() {
     let server = TestServer::start(AccessPolicy::default());
     let request = br#"{"v":1,"op":"load","targets":["e1000","acpi-cpufreq","nothing:here","a/b"]}"#;
     let reply = exchange(&mut server.connect(), &[&request[..], b"\n"].concat()).unwrap();
-    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    let outcomes: Vec<OutcomeKind> = reply
+        .load_results()
+        .unwrap()
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -205,7 +210,7 @@ fn disconnecting_client_does_not_cancel_the_load() {
     }
     server.kernel.release("held");
     let reply = waiter.join().unwrap().unwrap();
-    let result = &reply.results.unwrap()[0];
+    let result = &reply.load_results().unwrap()[0];
     assert_eq!(result.outcome, OutcomeKind::Loaded);
     assert!(result.merged);
     assert_eq!(server.kernel.calls("held"), 1);
@@ -486,7 +491,10 @@ fn request_arriving_during_shutdown_is_answered() {
     );
     let reply = exchange(&mut early, &load_line(&["e1000"]))
         .expect("a request sent right after connecting is answered during shutdown");
-    assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
+    assert_eq!(
+        reply.load_results().unwrap()[0].outcome,
+        OutcomeKind::Loaded
+    );
 }
 
 #[test]
@@ -511,7 +519,10 @@ fn half_closed_client_still_gets_its_reply() {
     server.kernel.wait_for_calls("held", 1);
     server.kernel.release("held");
     let reply = read_reply(&mut conn).expect("reply after half-close");
-    assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
+    assert_eq!(
+        reply.load_results().unwrap()[0].outcome,
+        OutcomeKind::Loaded
+    );
 }
 
 #[test]
@@ -521,7 +532,7 @@ fn thousands_of_targets_each_get_a_result() {
         .map(|i| format!("x{i}"))
         .collect();
     let reply = exchange(&mut server.connect(), &load_line(&targets)).unwrap();
-    let results = reply.results.unwrap();
+    let results = reply.into_results().unwrap();
     assert_eq!(results.len(), targets.len());
     assert!(results.iter().all(|r| r.outcome == OutcomeKind::NoMatch));
 
@@ -548,7 +559,12 @@ fn hostile_targets_are_invalid_one_by_one() {
         "e1000",
     ];
     let reply = exchange(&mut server.connect(), &load_line(&targets)).unwrap();
-    let outcomes: Vec<OutcomeKind> = reply.results.unwrap().iter().map(|r| r.outcome).collect();
+    let outcomes: Vec<OutcomeKind> = reply
+        .load_results()
+        .unwrap()
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
     let mut expected = vec![OutcomeKind::Invalid; targets.len() - 1];
     expected.push(OutcomeKind::Loaded);
     assert_eq!(outcomes, expected);
@@ -709,7 +725,10 @@ fn a_waiting_load_that_asked_gets_progress_lines() {
     server.kernel.release("held");
     match next() {
         DaemonLine::Reply(reply) => {
-            assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded)
+            assert_eq!(
+                reply.load_results().unwrap()[0].outcome,
+                OutcomeKind::Loaded
+            )
         }
         DaemonLine::Progress(p) => panic!("progress after the load ended: {p:?}"),
     }
@@ -790,7 +809,10 @@ fn a_field_this_daemon_does_not_know_is_ignored_and_named() {
     let line = b"{\"v\":1,\"op\":\"load\",\"targets\":[\"mb_ok\"],\"zz_future\":{\"x\":[1]}}\n";
     let reply = exchange(&mut conn, line).expect("a reply");
     assert!(reply.ok, "{reply:?}");
-    assert_eq!(reply.results.unwrap()[0].outcome, OutcomeKind::Loaded);
+    assert_eq!(
+        reply.load_results().unwrap()[0].outcome,
+        OutcomeKind::Loaded
+    );
     assert_eq!(reply.ignored, ["zz_future"]);
     assert_eq!(server.kernel.calls("mb_ok"), 1);
 }

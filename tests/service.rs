@@ -23,7 +23,11 @@ fn load_request(target: &str) -> Request {
 
 /// Loads `target` through the service; its one result.
 async fn load_one(service: &Service, target: &str) -> TargetResult {
-    let mut results = service.handle(load_request(target)).await.results.unwrap();
+    let mut results = service
+        .handle(load_request(target))
+        .await
+        .into_results()
+        .unwrap();
     assert_eq!(results.len(), 1);
     results.remove(0)
 }
@@ -61,7 +65,7 @@ async fn modules_of_one_alias_load_one_after_another_in_lookup_order() {
         "the second module was started while the first was loading"
     );
 
-    let result = load.await.unwrap().results.unwrap().remove(0);
+    let result = load.await.unwrap().into_results().unwrap().remove(0);
     assert_eq!(result.outcome, OutcomeKind::Loaded);
     assert_eq!(result.modules, ["drv_first", "drv_second"]);
     let order: Vec<String> = kernel.call_log().into_iter().map(|(m, _)| m).collect();
@@ -117,7 +121,7 @@ async fn no_wait_refuses_invalid_targets_and_counts_background_loads() {
     );
     let line = r#"{"v":1,"op":"load","targets":["../etc","mb_ok"],"wait":false}"#;
     let request = modbroker::protocol::decode_request(line.as_bytes()).unwrap();
-    let results = service.handle(request).await.results.unwrap();
+    let results = service.handle(request).await.into_results().unwrap();
     assert_eq!(results[0].outcome, OutcomeKind::Invalid);
     assert_eq!(results[1].outcome, OutcomeKind::Queued);
     assert_eq!(service.background_count(), 1);

@@ -239,16 +239,9 @@ fn pick_request(rng: &mut Rng) -> (Vec<usize>, LoadRequest) {
             false => rng.below(POOL as u64) as usize,
         })
         .collect();
-    let request = LoadRequest {
-        targets: picks.iter().map(|&i| name_of(i)).collect(),
-        params: Vec::new(),
-        wait: !rng.one_in(100),
-        retry: rng.one_in(50),
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    };
+    let request = LoadRequest::new(picks.iter().map(|&i| name_of(i)).collect())
+        .wait(!rng.one_in(100))
+        .retry(rng.one_in(50));
     (picks, request)
 }
 
@@ -278,8 +271,7 @@ fn consistent(i: usize, result: &TargetResult) -> bool {
 /// Checks one reply against its request; counts outcomes.
 fn check_reply(soak: &Soak, picks: &[usize], wait: bool, reply: &Reply) -> Result<(), String> {
     let results = reply
-        .results
-        .as_ref()
+        .load_results()
         .filter(|_| reply.ok)
         .ok_or_else(|| format!("not a load reply: {reply:?}"))?;
     if results.len() != picks.len() {

@@ -225,17 +225,8 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// The request line for loading `target` (with its newline).
 pub fn load_line(target: &str) -> String {
-    modbroker::protocol::Request::Load(modbroker::protocol::LoadRequest {
-        targets: vec![target.to_string()],
-        params: vec![],
-        wait: true,
-        retry: false,
-        timeout_ms: None,
-        blacklist_names: false,
-        origin: None,
-        progress: false,
-    })
-    .encode()
+    let load = modbroker::protocol::LoadRequest::new(vec![target.to_string()]);
+    modbroker::protocol::Request::Load(load).encode()
 }
 
 /// `nproc`, the CPU model, the kernel release and the load average, for the report header.

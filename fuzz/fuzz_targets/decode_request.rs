@@ -13,7 +13,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modbroker::protocol::{decode_request, ProtocolError, Request, MAX_FRAME, MAX_TARGETS};
+use modbroker::protocol::{
+    decode_request, ErrorKind, ProtocolError, Request, MAX_FRAME, MAX_TARGETS,
+};
 use modbroker::target::{validate_params, validate_target};
 
 /// Longest error message the decoder may produce: 200 bytes of serde_json's message or 64
@@ -32,7 +34,10 @@ fuzz_target!(|line: &[u8]| {
             assert!(
                 matches!(
                     err.kind(),
-                    "malformed" | "unsupported-version" | "unknown-op" | "invalid-request"
+                    ErrorKind::Malformed
+                        | ErrorKind::UnsupportedVersion
+                        | ErrorKind::UnknownOp
+                        | ErrorKind::InvalidRequest
                 ),
                 "unexpected refusal {err:?} for a line within the frame limit"
             );

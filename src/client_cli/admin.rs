@@ -9,7 +9,7 @@ use super::{EXIT_FAILED, EXIT_NO_RECORD, EXIT_REFUSED};
 use crate::blame::{blame_text, Blame};
 use crate::client;
 use crate::plot::plot_svg;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Reply, ReplyBody, Request};
 use crate::report;
 
 /// `resolve --show-depends [-b] TARGET...`: what `modbrokerd --show-depends` prints; its exit
@@ -40,10 +40,8 @@ pub fn resolve(socket: &Path, targets: Vec<String>) -> ExitCode {
 pub fn status(socket: &Path, json: bool) -> ExitCode {
     match call_or_report(socket, &Request::Status) {
         Ok(reply) if json => {
-            println!(
-                "{}",
-                serde_json::to_string(&reply.status).unwrap_or_default()
-            );
+            let status = reply.status_report();
+            println!("{}", serde_json::to_string(&status).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok(reply) => print_status(&reply),
@@ -112,7 +110,7 @@ fn report(dir: &Path, render: impl Fn(&report::BootRecord) -> String) -> ExitCod
 /// Calls the daemon; on any failure prints it and returns the exit code to use.
 fn call_or_report(socket: &std::path::Path, request: &Request) -> Result<Reply, ExitCode> {
     match client::call(socket, request, None) {
-        Ok(reply) => match &reply.error {
+        Ok(reply) => match reply.error_body() {
             Some(error) => {
                 eprintln!(
                     "modbroker: daemon refused: {} ({})",
@@ -131,12 +129,16 @@ fn call_or_report(socket: &std::path::Path, request: &Request) -> Result<Reply, 
 
 fn print_resolved(reply: &Reply) -> ExitCode {
     let mut ok = true;
-    for r in reply.resolved.iter().flatten() {
+    let resolved = match &reply.body {
+        ReplyBody::Resolved(resolved) => resolved.as_slice(),
+        _ => &[],
+    };
+    for r in resolved {
         println!("{}: {}", r.target, r.plan);
         if let Some(message) = &r.message {
             println!("  {message}");
         }
-        ok &= r.plan != "invalid" && r.plan != "error";
+        ok &= !r.plan.is_failure();
         for m in &r.modules {
             let detail = m.detail.as_deref().unwrap_or("");
             println!("  {} {} {detail} {}", m.method, m.name, m.options);
@@ -150,7 +152,7 @@ fn print_resolved(reply: &Reply) -> ExitCode {
 }
 
 fn print_status(reply: &Reply) -> ExitCode {
-    let Some(s) = &reply.status else {
+    let ReplyBody::Status(s) = &reply.body else {
         eprintln!("modbroker: reply has no status");
         return ExitCode::from(EXIT_REFUSED);
     };

@@ -13,7 +13,7 @@ use super::result_line::print_result;
 use super::{EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::client::{self, ClientError};
 use crate::model::Requester;
-use crate::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
+use crate::protocol::{LoadRequest, OutcomeKind, Reply, ReplyBody, Request, TargetResult};
 
 /// What `load`'s flags ask for, as [`LoadOptions`] (`timeout` in seconds, as given).
 pub fn load_options(
@@ -102,16 +102,16 @@ pub fn load(
             socket.display()
         ));
     }
-    let request = Request::Load(LoadRequest {
-        targets: targets.to_vec(),
-        params: params.to_vec(),
-        wait: options.wait,
-        retry: options.retry,
-        timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
-        blacklist_names: options.blacklist_names,
-        origin: origin(options.mode),
-        progress: options.liveness,
-    });
+    let request = Request::Load(
+        LoadRequest::new(targets.to_vec())
+            .params(params.to_vec())
+            .wait(options.wait)
+            .retry(options.retry)
+            .timeout_ms(options.timeout.map(|t| t.as_millis() as u64))
+            .blacklist_names(options.blacklist_names)
+            .origin(origin(options.mode))
+            .progress(options.liveness),
+    );
     let asked = std::time::Instant::now();
     let answer = if options.liveness {
         client::call_while_alive(socket, &request, &client::Liveness::default())
@@ -123,7 +123,8 @@ pub fn load(
         // A refusal we cannot act on (a daemon older than a field we send, one shutting down):
         // the load must still happen, and the direct load is always correct.
         Ok(Reply {
-            error: Some(error), ..
+            body: ReplyBody::Error(error),
+            ..
         }) if udev_like => direct(&format!(
             "daemon refused: {} ({})",
             error.message, error.kind
@@ -269,14 +270,17 @@ impl Mode {
 }
 
 fn report_results(reply: Reply, options: &LoadOptions) -> ExitCode {
-    if let Some(error) = reply.error {
-        eprintln!(
-            "modbroker: daemon refused: {} ({})",
-            error.message, error.kind
-        );
-        return options.mode.exit(EXIT_REFUSED);
+    match reply.body {
+        ReplyBody::Error(error) => {
+            eprintln!(
+                "modbroker: daemon refused: {} ({})",
+                error.message, error.kind
+            );
+            options.mode.exit(EXIT_REFUSED)
+        }
+        ReplyBody::Results(results) => exit_for(&results, options),
+        ReplyBody::Resolved(_) | ReplyBody::Status(_) => exit_for(&[], options),
     }
-    exit_for(&reply.results.unwrap_or_default(), options)
 }
 
 fn exit_for(results: &[TargetResult], options: &LoadOptions) -> ExitCode {

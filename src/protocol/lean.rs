@@ -2,7 +2,8 @@
 //! [`crate::wire`] instead of serde_json: these are the lines of udev's client, exec'd once per
 //! uevent. The parent module's tests hold both codecs to the same bytes and the same values.
 
-use super::{DaemonLine, ErrorBody, LoadRequest, OutcomeKind, Progress, Reply};
+use super::ReplyBody;
+use super::{DaemonLine, ErrorBody, ErrorKind, LoadRequest, OutcomeKind, Progress, Reply};
 use super::{TargetResult, PROTOCOL_VERSION};
 use crate::model::{Failure, Requester};
 use crate::wire::{push_str, push_u64, Reader};
@@ -87,17 +88,24 @@ fn push_origin(line: &mut String, origin: &Requester) {
 }
 
 /// A progress line or a `load` reply, as serde_json would decode it; `None` for anything else
-/// (another reply, or a line [`Reader`] does not take), which the caller gives to serde_json.
+/// (another reply, a reply with no body or two, or a line [`Reader`] does not take), which the
+/// caller gives to serde_json.
 pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
     let mut reader = Reader::new(line);
-    let (mut v, mut ok, mut results, mut error, mut ignored) = (None, None, None, None, None);
+    let (mut v, mut ok, mut body, mut ignored) = (None, None, None, None);
     let mut progress = None;
     reader.object(|r, key| {
         match key {
             "v" => v = Some(u32::try_from(r.int()?).ok()?),
             "ok" => ok = Some(r.bool()?),
-            "results" => results = Some(optional(r, |r| r.list(target_result))?),
-            "error" => error = Some(optional(r, error_body)?),
+            "results" => {
+                let results = optional(r, |r| r.list(target_result).map(ReplyBody::Results))?;
+                body = Some(only_body(body.is_some(), results)?);
+            }
+            "error" => {
+                let error = optional(r, |r| error_body(r).map(ReplyBody::Error))?;
+                body = Some(only_body(body.is_some(), error)?);
+            }
             "ignored" => ignored = Some(r.strings()?),
             "progress" => progress = Some(progress_body(r)?),
             // Other replies' bodies: serde_json reads those.
@@ -116,12 +124,16 @@ pub(super) fn daemon_line(line: &[u8]) -> Option<DaemonLine> {
     Some(DaemonLine::Reply(Box::new(Reply {
         v: v?,
         ok: ok?,
-        results: results.flatten(),
-        resolved: None,
-        status: None,
-        error: error.flatten(),
+        body: body?,
         ignored: ignored.unwrap_or_default(),
     })))
+}
+
+/// `read`, the body under a body key, unless one was `seen` before it. serde_json takes the
+/// first of two body keys and reads one holding `null` as an error: lines with either are left
+/// to it (`None`).
+fn only_body(seen: bool, read: Option<ReplyBody>) -> Option<ReplyBody> {
+    read.filter(|_| !seen)
 }
 
 /// `null` as `None`, else `value`.
@@ -153,7 +165,7 @@ fn error_body(r: &mut Reader) -> Option<ErrorBody> {
     let (mut kind, mut message) = (None, None);
     r.object(|r, key| {
         match key {
-            "kind" => kind = Some(r.str()?.to_string()),
+            "kind" => kind = Some(error_kind(r.str()?)?),
             "message" => message = Some(r.str()?.to_string()),
             _ => r.skip()?,
         }
@@ -208,6 +220,12 @@ fn failure_body(r: &mut Reader) -> Option<Failure> {
         errno_name: errno_name.flatten(),
         message: message?,
     })
+}
+
+fn error_kind(name: &str) -> Option<ErrorKind> {
+    ErrorKind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
 }
 
 fn outcome_kind(name: &str) -> Option<OutcomeKind> {
