@@ -30,7 +30,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request};
+use modbroker::model::OutcomeKind;
+use modbroker::protocol::{LoadRequest, Reply, Request};
 use nix::errno::Errno;
 
 /// One prepared caller: makes its call when run and says what it was told, plus (broker mode)

@@ -105,7 +105,7 @@ fn fake_server(waiters: usize, rows: &mut Vec<[String; 4]>) {
             .as_ref()
             .and_then(|r| r.first())
             .map(|r| r.outcome)
-            == Some(modbroker::protocol::OutcomeKind::Loaded)
+            == Some(modbroker::model::OutcomeKind::Loaded)
         {
             loaded += 1;
         }

@@ -14,8 +14,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::OutcomeKind;
 use crate::model::{Method, Requester};
-use crate::record::{DaemonRecord, LoadRecord, Outcome, Phase, RequestCounts, Totals};
+use crate::record::{DaemonRecord, LoadRecord, Phase, RequestCounts, Totals};
 use crate::report::{BootRecord, Instance, Skipped};
 
 /// The version of the blame JSON layout (`docs/blame-json.md`).
@@ -82,7 +83,7 @@ impl Summary {
                     self.last_load_end_us
                         .map_or(load.end_us, |t| t.max(load.end_us)),
                 );
-                if load.outcome == Outcome::Failed && load.method != Method::None {
+                if load.outcome == OutcomeKind::Failed && load.method != Method::None {
                     add(
                         self.failures_by_errno.entry(errno_key(load)).or_default(),
                         1,
@@ -139,7 +140,7 @@ pub struct ModuleLine {
     pub counts: RequestCounts,
     /// The last load's outcome; `already-loaded` without a load but with requests answered from
     /// sysfs; `null` otherwise.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<OutcomeKind>,
     /// The last load's errno name, when it failed with one.
     pub errno_name: Option<String>,
     /// The last load's failure message.
@@ -201,7 +202,7 @@ impl ModuleLine {
             }
         }
         if self.outcome.is_none() && c.already_loaded > 0 {
-            self.outcome = Some(Outcome::AlreadyLoaded);
+            self.outcome = Some(OutcomeKind::AlreadyLoaded);
         }
         for name in &m.dependency_of {
             if !self.dependency_of.contains(name) {
@@ -312,15 +313,6 @@ pub fn format_us(us: u64) -> String {
     }
 }
 
-fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Loaded => "loaded",
-        Outcome::AlreadyLoaded => "already-loaded",
-        Outcome::Builtin => "builtin",
-        Outcome::Failed => "failed",
-    }
-}
-
 /// Who asked: `udev pci /devices/...`, `kernel autoload`, `uid 0 (modprobe)`, `dependency of X`.
 pub fn requester_text(requester: &Requester) -> String {
     match requester {
@@ -344,8 +336,8 @@ pub fn requester_text(requester: &Requester) -> String {
 /// A line's outcome: `loaded`, `failed ENODEV`, `-` when unknown.
 fn line_outcome(line: &ModuleLine) -> String {
     match (line.outcome, &line.errno_name) {
-        (Some(Outcome::Failed), Some(errno)) => format!("failed {errno}"),
-        (Some(outcome), _) => outcome_name(outcome).to_string(),
+        (Some(OutcomeKind::Failed), Some(errno)) => format!("failed {errno}"),
+        (Some(outcome), _) => outcome.as_str().to_string(),
         (None, _) => "-".to_string(),
     }
 }

@@ -678,7 +678,7 @@ mod tests {
         let results: Vec<TargetResult> = (0..40_000)
             .map(|i| TargetResult {
                 target: format!("target{i}"),
-                outcome: crate::protocol::OutcomeKind::NoMatch,
+                outcome: crate::model::OutcomeKind::NoMatch,
                 modules: vec![],
                 failure: None,
                 merged: false,

@@ -21,8 +21,9 @@ use tracing::debug;
 
 use crate::kernel::{attempt_load, settled_outcome, Kernel, ModuleState};
 use crate::model::ModuleOutcome;
+use crate::model::OutcomeKind;
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
-use crate::protocol::{OutcomeKind, TargetResult};
+use crate::protocol::TargetResult;
 use crate::resolver::KmodResolver;
 use crate::service::{bare_result, plan_result};
 use crate::target::{validate_params, validate_target};

@@ -69,6 +69,16 @@ pub enum ModuleOutcome {
 }
 
 impl ModuleOutcome {
+    /// Its kind, as the record and the wire name it.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            ModuleOutcome::Loaded => OutcomeKind::Loaded,
+            ModuleOutcome::AlreadyLoaded => OutcomeKind::AlreadyLoaded,
+            ModuleOutcome::Builtin => OutcomeKind::Builtin,
+            ModuleOutcome::Failed(_) => OutcomeKind::Failed,
+        }
+    }
+
     /// True unless failed.
     pub fn is_ok(&self) -> bool {
         !matches!(self, ModuleOutcome::Failed(_))
@@ -138,6 +148,86 @@ impl Requester {
             comm: std::fs::read_to_string("/proc/self/comm")
                 .ok()
                 .map(|c| c.trim_end().to_string()),
+        }
+    }
+}
+
+/// What came of a load: of one target on the wire (every variant), and of one module's load in
+/// the boot's record (`loaded`, `already-loaded`, `builtin` or `failed`; see
+/// [`ModuleOutcome::kind`]). The one outcome type: the wire, the record, `blame` and the journal
+/// all name outcomes through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutcomeKind {
+    /// Loaded now (by this request or the load it merged into).
+    Loaded,
+    /// Was already live; no syscall.
+    AlreadyLoaded,
+    /// Built into the kernel; no syscall.
+    Builtin,
+    /// No module matches the target; normal for udev.
+    NoMatch,
+    /// Every matching module is blacklisted.
+    Blacklisted,
+    /// The load failed; `failure` says which module and why.
+    Failed,
+    /// `wait: false`: accepted, loading in the background.
+    Queued,
+    /// The waiter's timeout passed; the load goes on.
+    TimedOut,
+    /// The target itself was refused (a path, control characters, too long...).
+    Invalid,
+}
+
+impl OutcomeKind {
+    /// Every outcome.
+    pub const ALL: [OutcomeKind; 9] = [
+        OutcomeKind::Loaded,
+        OutcomeKind::AlreadyLoaded,
+        OutcomeKind::Builtin,
+        OutcomeKind::NoMatch,
+        OutcomeKind::Blacklisted,
+        OutcomeKind::Failed,
+        OutcomeKind::Queued,
+        OutcomeKind::TimedOut,
+        OutcomeKind::Invalid,
+    ];
+
+    /// True for outcomes that count as success for the client's exit status.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::Loaded
+                | OutcomeKind::AlreadyLoaded
+                | OutcomeKind::Builtin
+                | OutcomeKind::NoMatch
+                | OutcomeKind::Queued
+        )
+    }
+
+    /// The wire name (`already-loaded`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Loaded => "loaded",
+            OutcomeKind::AlreadyLoaded => "already-loaded",
+            OutcomeKind::Builtin => "builtin",
+            OutcomeKind::NoMatch => "no-match",
+            OutcomeKind::Blacklisted => "blacklisted",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Queued => "queued",
+            OutcomeKind::TimedOut => "timed-out",
+            OutcomeKind::Invalid => "invalid",
+        }
+    }
+
+    /// The name in words, as the journal and `plot` write it (`already loaded`, `built in`).
+    pub fn in_words(self) -> &'static str {
+        match self {
+            OutcomeKind::AlreadyLoaded => "already loaded",
+            OutcomeKind::Builtin => "built in",
+            OutcomeKind::NoMatch => "no match",
+            OutcomeKind::TimedOut => "timed out",
+            other => other.as_str(),
         }
     }
 }

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::blame::{add, answered, format_us, requester_text, Blame};
+use crate::model::OutcomeKind;
 use crate::model::{Method, Requester};
-use crate::record::{LoadRecord, Outcome, Phase};
+use crate::record::{LoadRecord, Phase};
 use crate::report::{BootRecord, Instance};
 
 /// Height of one module's row, px.
@@ -88,16 +89,13 @@ impl Row<'_> {
         match self.last_load() {
             Some(last) => {
                 let what = match (last.method, last.outcome) {
-                    (Method::None, Outcome::Loaded) => "loaded".to_string(),
-                    (Method::None, Outcome::AlreadyLoaded) => "already loaded".to_string(),
-                    (Method::None, Outcome::Builtin) => "built in".to_string(),
-                    (Method::None, Outcome::Failed) => "failed".to_string(),
+                    (Method::None, outcome) => outcome.in_words().to_string(),
                     _ => format_us(self.call_us()),
                 };
                 let mut label = format!("{} {what}", self.module);
                 match (last.outcome, &last.errno_name) {
-                    (Outcome::Failed, Some(errno)) => label = format!("{label} {errno}"),
-                    (Outcome::Failed, None) if last.method != Method::None => {
+                    (OutcomeKind::Failed, Some(errno)) => label = format!("{label} {errno}"),
+                    (OutcomeKind::Failed, None) if last.method != Method::None => {
                         label.push_str(" failed")
                     }
                     _ => {}
@@ -382,9 +380,10 @@ pub fn plot_svg(record: &BootRecord) -> String {
                 );
             }
             let class = match load.outcome {
-                Outcome::Loaded => "loaded",
-                Outcome::AlreadyLoaded | Outcome::Builtin => "present",
-                Outcome::Failed => "failed",
+                OutcomeKind::Loaded => "loaded",
+                OutcomeKind::AlreadyLoaded | OutcomeKind::Builtin => "present",
+                // A load's record holds only the four kinds above and failed.
+                _ => "failed",
             };
             // A load without a call is a 2 px mark at its end; a call is at least 1 px wide.
             let (start, min_w) = match load.call_start_us {

@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{Failure, FailureCount, InFlight, Requester};
+use crate::model::{Failure, FailureCount, InFlight, OutcomeKind, Requester};
 
 mod lean;
 
@@ -515,72 +515,6 @@ struct ResolveLine<'a> {
 struct StatusLine {
     op: Operation,
     v: u32,
-}
-
-/// The outcome of one target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OutcomeKind {
-    /// Loaded now (by this request or the load it merged into).
-    Loaded,
-    /// Was already live; no syscall.
-    AlreadyLoaded,
-    /// Built into the kernel; no syscall.
-    Builtin,
-    /// No module matches the target; normal for udev.
-    NoMatch,
-    /// Every matching module is blacklisted.
-    Blacklisted,
-    /// The load failed; `failure` says which module and why.
-    Failed,
-    /// `wait: false`: accepted, loading in the background.
-    Queued,
-    /// The waiter's timeout passed; the load goes on.
-    TimedOut,
-    /// The target itself was refused (a path, control characters, too long...).
-    Invalid,
-}
-
-impl OutcomeKind {
-    /// Every outcome.
-    pub const ALL: [OutcomeKind; 9] = [
-        OutcomeKind::Loaded,
-        OutcomeKind::AlreadyLoaded,
-        OutcomeKind::Builtin,
-        OutcomeKind::NoMatch,
-        OutcomeKind::Blacklisted,
-        OutcomeKind::Failed,
-        OutcomeKind::Queued,
-        OutcomeKind::TimedOut,
-        OutcomeKind::Invalid,
-    ];
-
-    /// True for outcomes that count as success for the client's exit status.
-    pub fn is_success(self) -> bool {
-        matches!(
-            self,
-            OutcomeKind::Loaded
-                | OutcomeKind::AlreadyLoaded
-                | OutcomeKind::Builtin
-                | OutcomeKind::NoMatch
-                | OutcomeKind::Queued
-        )
-    }
-
-    /// The wire name (`already-loaded`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeKind::Loaded => "loaded",
-            OutcomeKind::AlreadyLoaded => "already-loaded",
-            OutcomeKind::Builtin => "builtin",
-            OutcomeKind::NoMatch => "no-match",
-            OutcomeKind::Blacklisted => "blacklisted",
-            OutcomeKind::Failed => "failed",
-            OutcomeKind::Queued => "queued",
-            OutcomeKind::TimedOut => "timed-out",
-            OutcomeKind::Invalid => "invalid",
-        }
-    }
 }
 
 /// One target's reply.

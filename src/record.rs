@@ -22,7 +22,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Method, Requester};
+use crate::model::{Method, OutcomeKind, Requester};
 
 /// Where the instance files live.
 pub const RECORD_DIR: &str = "/run/modbroker/record";
@@ -139,20 +139,6 @@ pub struct RequestCounts {
     pub as_dependency: u64,
 }
 
-/// The outcome of one load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// Inserted now (or its install command succeeded).
-    Loaded,
-    /// Already live when its turn came (`EEXIST` from a racing loader counts here too).
-    AlreadyLoaded,
-    /// Built into the kernel.
-    Builtin,
-    /// Failed (its own call, or a dependency: see `error`).
-    Failed,
-}
-
 /// One load task of a module: from the request that started it to its end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadRecord {
@@ -168,7 +154,7 @@ pub struct LoadRecord {
     /// How the module went in.
     pub method: Method,
     /// What came of it.
-    pub outcome: Outcome,
+    pub outcome: OutcomeKind,
     /// The errno of a failure, if it had one.
     pub errno: Option<i32>,
     /// Its symbolic name (`ENOENT`).

@@ -19,8 +19,8 @@ use tracing::info;
 
 use crate::model::{Failure, FailureCount, Method, ModuleOutcome, Requester};
 use crate::record::{
-    now_us, DaemonRecord, LoadRecord, ModuleRecord, Outcome, Phase, RequestCounts, Totals,
-    FORMAT_VERSION, MAX_ARRIVALS, MAX_DEPENDENTS, MAX_INSTANCES, MAX_LOADS, MAX_MODULES, MAX_TEXT,
+    now_us, DaemonRecord, LoadRecord, ModuleRecord, Phase, RequestCounts, Totals, FORMAT_VERSION,
+    MAX_ARRIVALS, MAX_DEPENDENTS, MAX_INSTANCES, MAX_LOADS, MAX_MODULES, MAX_TEXT,
 };
 
 /// `text` cut to at most [`MAX_TEXT`] bytes, on a character boundary.
@@ -314,12 +314,7 @@ impl Recorder {
 
     /// One journal entry per finished load, with fields `journalctl MODULE=kvm_amd` finds.
     pub fn journal(&self, module: &str, load: &LoadRecord) {
-        let outcome = match load.outcome {
-            Outcome::Loaded => "loaded",
-            Outcome::AlreadyLoaded => "already loaded",
-            Outcome::Builtin => "built in",
-            Outcome::Failed => "failed",
-        };
+        let outcome = load.outcome.in_words();
         info!(
             MODULE = module,
             ERRNO = load.errno.unwrap_or(0),
@@ -403,12 +398,11 @@ impl LoadTimer {
     /// The load ended with `outcome`, having answered `answered` requests.
     pub fn finish(&self, outcome: &ModuleOutcome, answered: u64) -> LoadRecord {
         let end_us = now_us();
-        let (outcome, failure) = match outcome {
-            ModuleOutcome::Loaded => (Outcome::Loaded, None),
-            ModuleOutcome::AlreadyLoaded => (Outcome::AlreadyLoaded, None),
-            ModuleOutcome::Builtin => (Outcome::Builtin, None),
-            ModuleOutcome::Failed(failure) => (Outcome::Failed, Some(failure)),
+        let failure = match outcome {
+            ModuleOutcome::Failed(failure) => Some(failure),
+            _ => None,
         };
+        let outcome = outcome.kind();
         LoadRecord {
             queued_us: self.queued_us,
             deps_done_us: self.deps_done_us.unwrap_or(end_us),

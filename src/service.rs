@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join_all, BoxFuture};
 
 use crate::broker::{Broker, ModuleAnswer};
+use crate::model::OutcomeKind;
 use crate::model::{Failure, ModuleOutcome, Requester};
 use crate::plan::{BlacklistScope, LoadMethod, ModuleNode, Plan};
 use crate::protocol::{
-    LoadRequest, OutcomeKind, PlanKind, Reply, Request, ResolveResult, ResolvedMethod,
-    ResolvedModule, StatusReport, TargetResult,
+    LoadRequest, PlanKind, Reply, Request, ResolveResult, ResolvedMethod, ResolvedModule,
+    StatusReport, TargetResult,
 };
 use crate::recorder::Event;
 use crate::skip::{self, SkipMarkers};

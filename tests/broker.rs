@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::model::OutcomeKind;
 use modbroker::plan::{ModuleNode, Plan};
-use modbroker::protocol::{LoadRequest, OutcomeKind, Request, TargetResult};
+use modbroker::protocol::{LoadRequest, Request, TargetResult};
 use modbroker::service::Service;
 use modbroker::testing::{calls_started, node, FakeKernel, FixedResolver};
 use nix::errno::Errno;

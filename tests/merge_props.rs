@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modbroker::broker::{Broker, BrokerSettings, ModuleAnswer};
+use modbroker::model::OutcomeKind;
 use modbroker::model::{ModuleOutcome, Requester};
 use modbroker::plan::ModuleNode;
-use modbroker::record::Outcome;
 use modbroker::testing::{node, FakeKernel};
 use nix::errno::Errno;
 use proptest::prelude::*;
@@ -162,7 +162,7 @@ fn check_record(broker: &Broker, kernel: &FakeKernel) -> Result<(), TestCaseErro
     prop_assert_eq!(totals.load_calls, kernel.total_calls() as u64);
     prop_assert!(calls <= totals.load_calls && totals.load_calls <= calls + dropped);
     let own_failures = loads()
-        .filter(|l| l.call_start_us.is_some() && l.outcome == Outcome::Failed)
+        .filter(|l| l.call_start_us.is_some() && l.outcome == OutcomeKind::Failed)
         .count() as u64;
     prop_assert!(own_failures <= totals.failed_loads);
     prop_assert!(totals.failed_loads <= own_failures + dropped);

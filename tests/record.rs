@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::model::OutcomeKind;
 use modbroker::model::{Method, Requester};
 use modbroker::protocol::{decode_request, Request};
 use modbroker::record::{
-    self, DaemonRecord, ModuleRecord, Outcome, Phase, MAX_ARRIVALS, MAX_INSTANCES, MAX_MODULES,
+    self, DaemonRecord, ModuleRecord, Phase, MAX_ARRIVALS, MAX_INSTANCES, MAX_MODULES,
 };
 use modbroker::recorder::{self, Event, Recorder};
 use modbroker::service::Service;
@@ -89,7 +90,7 @@ async fn a_burst_is_one_load_answering_every_request() {
     let load = &driver.loads[0];
     assert_eq!(
         (load.method, load.outcome, load.answered),
-        (Method::Finit, Outcome::Loaded, 100)
+        (Method::Finit, OutcomeKind::Loaded, 100)
     );
     let call = load.call_start_us.expect("a load call");
     assert!(driver.first_request_us <= load.queued_us);
@@ -144,7 +145,7 @@ async fn failures_and_settled_modules_are_counted_where_status_counts_them() {
     let record = snapshot(&service);
     let kvm = module(&record, "kvm_intel");
     assert_eq!(kvm.loads.len(), 1);
-    assert_eq!(kvm.loads[0].outcome, Outcome::Failed);
+    assert_eq!(kvm.loads[0].outcome, OutcomeKind::Failed);
     assert_eq!(kvm.loads[0].errno, Some(Errno::ENODEV as i32));
     assert_eq!(kvm.loads[0].errno_name.as_deref(), Some("ENODEV"));
     assert_eq!((kvm.requests.direct, kvm.requests.failure_window), (1, 2));

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use modbroker::blame::{blame_text, Blame};
 use modbroker::broker::{Broker, BrokerSettings};
+use modbroker::model::OutcomeKind;
 use modbroker::model::{Method, Requester};
 use modbroker::plot::plot_svg;
 use modbroker::protocol::Request;
 use modbroker::record::{
-    DaemonRecord, LoadRecord, ModuleRecord, Outcome, Phase, RequestCounts, Totals, FORMAT_VERSION,
+    DaemonRecord, LoadRecord, ModuleRecord, Phase, RequestCounts, Totals, FORMAT_VERSION,
     MAX_ARRIVALS,
 };
 use modbroker::recorder::{self, Recorder};
@@ -37,7 +38,7 @@ fn load(
     queued: u64,
     wait: u64,
     call: Option<u64>,
-    outcome: Outcome,
+    outcome: OutcomeKind,
     errno: Option<&str>,
 ) -> LoadRecord {
     let call_start = call.map(|_| queued + wait);
@@ -91,7 +92,7 @@ fn instance(rng: &mut Lcg, phase: Phase, pid: u32, start: u64, names: &[String])
             1 | 2 => {
                 let errno = if kind == 1 { "ENODEV" } else { "EOPNOTSUPP" };
                 (
-                    vec![load(t, wait, Some(call), Outcome::Failed, Some(errno))],
+                    vec![load(t, wait, Some(call), OutcomeKind::Failed, Some(errno))],
                     RequestCounts {
                         direct: 1,
                         failure_window: requests - 1,
@@ -101,7 +102,7 @@ fn instance(rng: &mut Lcg, phase: Phase, pid: u32, start: u64, names: &[String])
             }
             // Settled when its turn came: no call.
             3 => (
-                vec![load(t, wait, None, Outcome::AlreadyLoaded, None)],
+                vec![load(t, wait, None, OutcomeKind::AlreadyLoaded, None)],
                 RequestCounts {
                     direct: 1,
                     merged: requests - 1,
@@ -109,7 +110,7 @@ fn instance(rng: &mut Lcg, phase: Phase, pid: u32, start: u64, names: &[String])
                 },
             ),
             _ => (
-                vec![load(t, wait, Some(call), Outcome::Loaded, None)],
+                vec![load(t, wait, Some(call), OutcomeKind::Loaded, None)],
                 RequestCounts {
                     direct: 1,
                     merged: requests - 1,
@@ -125,7 +126,7 @@ fn instance(rng: &mut Lcg, phase: Phase, pid: u32, start: u64, names: &[String])
         for l in &loads {
             if l.method != Method::None {
                 totals.load_calls += 1;
-                totals.failed_loads += u64::from(l.outcome == Outcome::Failed);
+                totals.failed_loads += u64::from(l.outcome == OutcomeKind::Failed);
             }
         }
         let first_requester = match i % 4 {
@@ -295,7 +296,7 @@ fn failures_are_counted_by_errno_name() {
         modules.flat_map(|m| m.loads.clone()).collect()
     };
     for l in all_loads(&records[..]) {
-        if l.outcome == Outcome::Failed {
+        if l.outcome == OutcomeKind::Failed {
             *expected.entry(l.errno_name.unwrap()).or_default() += 1;
         }
     }
@@ -307,11 +308,11 @@ fn failures_are_counted_by_errno_name() {
     // a dependency's failure (no call of its own: not a failed load call) another's.
     let m = &mut records[1].modules[6];
     for l in &m.loads {
-        if l.outcome == Outcome::Failed {
+        if l.outcome == OutcomeKind::Failed {
             *expected.get_mut(l.errno_name.as_deref().unwrap()).unwrap() -= 1;
         }
     }
-    let mut failed = load(m.first_request_us, 10, Some(5), Outcome::Failed, None);
+    let mut failed = load(m.first_request_us, 10, Some(5), OutcomeKind::Failed, None);
     failed.errno = Some(5);
     failed.method = Method::Install;
     let mut other = failed.clone();
@@ -321,7 +322,7 @@ fn failures_are_counted_by_errno_name() {
     expected.insert("other".into(), 1);
     let m = &mut records[1].modules[5];
     for l in &m.loads {
-        if l.outcome == Outcome::Failed {
+        if l.outcome == OutcomeKind::Failed {
             *expected.get_mut(l.errno_name.as_deref().unwrap()).unwrap() -= 1;
         }
     }
@@ -329,7 +330,7 @@ fn failures_are_counted_by_errno_name() {
         m.first_request_us,
         10,
         None,
-        Outcome::Failed,
+        OutcomeKind::Failed,
         Some("ENODEV"),
     );
     m.loads = vec![dependency_failed];
@@ -344,7 +345,7 @@ fn failures_are_counted_by_errno_name() {
         .iter()
         .find(|l| l.module == dependency_failed)
         .unwrap();
-    assert_eq!(line.outcome, Some(Outcome::Failed));
+    assert_eq!(line.outcome, Some(OutcomeKind::Failed));
     assert_eq!((line.load_calls, line.loads), (0, 1));
     let text = blame_text(&blame);
     assert!(
@@ -670,14 +671,17 @@ async fn the_daemons_files_are_what_blame_and_plot_read() {
         .map(|(e, n)| (e.as_str(), *n))
         .collect();
     assert_eq!(errnos, [("ENODEV", 1)]);
-    let lines: Vec<(&str, Phase, Option<Outcome>)> = blame
+    let lines: Vec<(&str, Phase, Option<OutcomeKind>)> = blame
         .modules
         .iter()
         .filter(|l| l.load_calls == 0)
         .map(|l| (l.module.as_str(), l.phase, l.outcome))
         .collect();
     // vfat again in the root: answered from sysfs, no call.
-    assert_eq!(lines, [("vfat", Phase::Root, Some(Outcome::AlreadyLoaded))]);
+    assert_eq!(
+        lines,
+        [("vfat", Phase::Root, Some(OutcomeKind::AlreadyLoaded))]
+    );
     assert_eq!(blame.modules.len(), 5);
     let kvm = blame
         .modules
@@ -794,7 +798,7 @@ fn labels_go_right_of_the_load_unless_a_later_mark_is_in_the_way() {
             m.first_request_us,
             1_000,
             Some(100_000),
-            Outcome::Loaded,
+            OutcomeKind::Loaded,
             None,
         );
         m.arrivals_us = vec![m.first_request_us, load.end_us + later];

@@ -10,8 +10,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use modbroker::model::OutcomeKind;
 use modbroker::model::Requester;
-use modbroker::protocol::{OutcomeKind, Reply, MAX_FRAME};
+use modbroker::protocol::{Reply, MAX_FRAME};
 use modbroker::server::{
     self, AccessPolicy, ConnectionLimits, ListenError, SocketFile, SocketPerms,
 };

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use modbroker::broker::{Broker, BrokerSettings};
 use modbroker::kernel::{Kernel, ModuleState};
+use modbroker::model::OutcomeKind;
 use modbroker::plan::Plan;
-use modbroker::protocol::{OutcomeKind, Request, TargetResult};
+use modbroker::protocol::{Request, TargetResult};
 use modbroker::service::Service;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;

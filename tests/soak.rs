@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use modbroker::broker::Broker;
+use modbroker::model::OutcomeKind;
 use modbroker::plan::{LoadMethod, ModuleNode};
-use modbroker::protocol::{LoadRequest, OutcomeKind, Reply, Request, TargetResult};
+use modbroker::protocol::{LoadRequest, Reply, Request, TargetResult};
 use modbroker::server::AccessPolicy;
 use modbroker::testing::{node, FakeKernel, FixedResolver};
 use nix::errno::Errno;

@@ -94,7 +94,7 @@ async fn serve_fake(socket: &Path) {
     let service = Service::new(Arc::new(resolver), broker);
     // Prime the failure window: one real (fake) failed load.
     let primed = service.load_target(FAILED, "", TargetLoad::default()).await;
-    assert_eq!(primed.outcome, modbroker::protocol::OutcomeKind::Failed);
+    assert_eq!(primed.outcome, modbroker::model::OutcomeKind::Failed);
     let listener = server::bind_socket(socket).expect("bind socket");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(server::run(

@@ -12,8 +12,9 @@ use super::fast_args::{parse_modprobe_args, ModprobeArgs};
 use super::result_line::print_result;
 use super::{EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::client::{self, ClientError};
+use crate::model::OutcomeKind;
 use crate::model::Requester;
-use crate::protocol::{LoadRequest, OutcomeKind, Reply, ReplyBody, Request, TargetResult};
+use crate::protocol::{LoadRequest, Reply, ReplyBody, Request, TargetResult};
 
 /// What `load`'s flags ask for, as [`LoadOptions`] (`timeout` in seconds, as given).
 pub fn load_options(

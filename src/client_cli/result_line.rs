@@ -2,7 +2,8 @@
 //! a target that did not succeed. udev's client prints them once per uevent, so they are put
 //! together without `core::fmt`.
 
-use crate::protocol::{OutcomeKind, TargetResult};
+use crate::model::OutcomeKind;
+use crate::protocol::TargetResult;
 use crate::wire;
 
 /// One stdout line per target (unless `quiet`); failures also get one stderr line. Both are

@@ -3,8 +3,9 @@
 //! uevent. The parent module's tests hold both codecs to the same bytes and the same values.
 
 use super::ReplyBody;
-use super::{DaemonLine, ErrorBody, ErrorKind, LoadRequest, OutcomeKind, Progress, Reply};
+use super::{DaemonLine, ErrorBody, ErrorKind, LoadRequest, Progress, Reply};
 use super::{TargetResult, PROTOCOL_VERSION};
+use crate::model::OutcomeKind;
 use crate::model::{Failure, Requester};
 use crate::wire::{push_str, push_u64, Reader};
 
