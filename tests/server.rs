@@ -191,10 +191,23 @@ fn disconnecting_client_does_not_cancel_the_load() {
             .first()
             .map(|f| f.waiters)
     };
-    // The server notices the disconnect: nobody waits, yet the load stays in flight.
-    while waiters() != Some(0) {
+    // The server notices the disconnect: nobody waits, yet the load stays in flight. Bounded,
+    // so that a server that never notices fails here with what it saw instead of spinning until
+    // CI's limit (this loop once spun for 16 minutes in a loaded full run; never reproduced).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let until = |want: u64, what: &str| loop {
+        let seen = waiters();
+        if seen == Some(want) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            // Let the load end first: the server's drop waits for loads in flight.
+            server.kernel.release("held");
+            panic!("{what}: waiters on the held load are {seen:?}, not {want}");
+        }
         std::thread::yield_now();
-    }
+    };
+    until(0, "the disconnect was not noticed");
 
     let waiter = {
         let mut second = server.connect();
@@ -206,9 +219,7 @@ fn disconnecting_client_does_not_cancel_the_load() {
         })
     };
     // The second request is merged into the first one's load, which is still in flight.
-    while waiters() != Some(1) {
-        std::thread::yield_now();
-    }
+    until(1, "the second request was not merged");
     server.kernel.release("held");
     let reply = waiter.join().unwrap().unwrap();
     let result = &reply.load_results().unwrap()[0];
