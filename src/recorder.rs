@@ -254,8 +254,10 @@ impl Recorder {
 
     /// A request for `module` arrived from `requester`.
     fn requested(&self, module: &str, requester: &Requester) {
-        let now = now_us();
         let mut state = self.lock();
+        // Read the clock under the lock: read before it, two requests racing for the lock could
+        // append their arrivals out of order (seen once in `tests/record.rs`'s burst).
+        let now = now_us();
         let Some(record) = state.module(module, requester, now) else {
             return;
         };
