@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tracing::warn;
@@ -28,6 +29,10 @@ pub(super) async fn keep_record_written(broker: Broker, dir: PathBuf) {
     }
 }
 
+/// Whether this daemon's final record (the one written when it stops) is on disk; held while a
+/// record file is written.
+static STOPPED_WRITTEN: Mutex<bool> = Mutex::new(false);
+
 /// Writes this instance's record file; a failure is logged (at most once until a write works
 /// again) and never stops the daemon. The snapshot is taken here; serialising and writing it
 /// (up to a few MB at the record's limits) run on the blocking pool, never on the thread that
@@ -38,7 +43,16 @@ pub(super) async fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
     let snapshot = recorder.snapshot(stopped);
     let (dir, name) = (dir.to_path_buf(), recorder.file_name());
     let written = tokio::task::spawn_blocking(move || {
-        recorder::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))
+        // One write at a time: the periodic writer's and the final one share a temporary file
+        // (two at once interleave in it), and the final record must be the last one written
+        // (a periodic write still queued when the daemon stops would put back `stopped: null`).
+        let mut stopped_written = STOPPED_WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopped_written {
+            return Ok(());
+        }
+        recorder::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))?;
+        *stopped_written = stopped;
+        Ok(())
     })
     .await;
     match written {
@@ -48,5 +62,50 @@ pub(super) async fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
         }
         Ok(Err(_)) => {}
         Err(err) => warn!(error = %err, "record writer thread failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::BrokerSettings;
+    use crate::record::{DaemonRecord, Phase};
+    use crate::recorder::Recorder;
+    use crate::testing::FakeKernel;
+
+    /// Periodic writes racing the final one leave one whole record, the final one, whatever
+    /// order they finish in. (Before writes were serialised, a clean-clone boot test found a
+    /// record file ending in NUL bytes: two writers in one temporary file.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_final_record_is_written_last_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Arc::new(Recorder::new(Phase::Root));
+        let broker = Broker::with_recorder(FakeKernel::new(), BrokerSettings::default(), recorder);
+        let periodic = |n| {
+            let (broker, dir) = (broker.clone(), dir.path().to_path_buf());
+            (0..n)
+                .map(|_| {
+                    let (broker, dir) = (broker.clone(), dir.clone());
+                    tokio::spawn(async move { write_record(&broker, &dir, false).await })
+                })
+                .collect::<Vec<_>>()
+        };
+        let before = periodic(32);
+        write_record(&broker, dir.path(), true).await;
+        let after = periodic(32);
+        for task in before.into_iter().chain(after) {
+            task.await.unwrap();
+        }
+        write_record(&broker, dir.path(), false).await;
+
+        let path = dir.path().join(broker.recorder().file_name());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: DaemonRecord = serde_json::from_str(&text).expect("one whole record");
+        assert!(
+            record.stopped_us.is_some(),
+            "the final record was overwritten"
+        );
     }
 }
