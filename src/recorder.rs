@@ -108,6 +108,8 @@ pub struct Recorder {
     started_us: u64,
     counts: Counts,
     state: Mutex<State>,
+    /// Held while this instance's file is written; true once the stopped record is on disk.
+    file: Mutex<bool>,
 }
 
 /// The counters behind `status` and the record's `totals`: atomics, so a request line's count
@@ -193,6 +195,7 @@ impl Recorder {
             started_us: now_us(),
             counts: Counts::default(),
             state: Mutex::default(),
+            file: Mutex::default(),
         }
     }
 
@@ -350,6 +353,20 @@ impl Recorder {
             modules: state.modules.clone(),
             modules_dropped: state.modules_dropped,
         }
+    }
+
+    /// Writes this instance's file in `dir` ([`write_record`]), the stopped record once the
+    /// daemon stops. One write at a time: a periodic write and the final one would share the
+    /// temporary file and interleave in it. None after the stopped one: a periodic write still
+    /// queued when the daemon stops would put `stopped_us: null` back.
+    pub fn write_file(&self, dir: &Path, stopped: bool) -> io::Result<()> {
+        let mut stopped_written = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopped_written {
+            return Ok(());
+        }
+        write_record(dir, &self.file_name(), &self.snapshot(stopped))?;
+        *stopped_written = stopped;
+        Ok(())
     }
 
     /// This instance's file name in the record directory: start time (zero-padded, so name

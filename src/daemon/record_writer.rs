@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tracing::warn;
 
 use crate::broker::Broker;
-use crate::recorder;
 
 /// How often the record file is brought up to date while anything changes.
 const RECORD_INTERVAL: Duration = Duration::from_millis(250);
@@ -29,30 +27,16 @@ pub(super) async fn keep_record_written(broker: Broker, dir: PathBuf) {
     }
 }
 
-/// Whether this daemon's final record (the one written when it stops) is on disk; held while a
-/// record file is written.
-static STOPPED_WRITTEN: Mutex<bool> = Mutex::new(false);
-
 /// Writes this instance's record file; a failure is logged (at most once until a write works
-/// again) and never stops the daemon. The snapshot is taken here; serialising and writing it
-/// (up to a few MB at the record's limits) run on the blocking pool, never on the thread that
-/// serves requests.
+/// again) and never stops the daemon. Taking the snapshot, serialising and writing it (up to a
+/// few MB at the record's limits) run on the blocking pool, never on the thread that serves
+/// requests ([`crate::recorder::Recorder::write_file`]: one write at a time, the stopped one last).
 pub(super) async fn write_record(broker: &Broker, dir: &Path, stopped: bool) {
     static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let recorder = broker.recorder();
-    let snapshot = recorder.snapshot(stopped);
-    let (dir, name) = (dir.to_path_buf(), recorder.file_name());
+    let recorder = broker.recorder().clone();
+    let dir = dir.to_path_buf();
     let written = tokio::task::spawn_blocking(move || {
-        // One write at a time: the periodic writer's and the final one share a temporary file
-        // (two at once interleave in it), and the final record must be the last one written
-        // (a periodic write still queued when the daemon stops would put back `stopped: null`).
-        let mut stopped_written = STOPPED_WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
-        if *stopped_written {
-            return Ok(());
-        }
-        recorder::write_record(&dir, &name, &snapshot).map_err(|err| (dir, err))?;
-        *stopped_written = stopped;
-        Ok(())
+        recorder.write_file(&dir, stopped).map_err(|err| (dir, err))
     })
     .await;
     match written {
@@ -76,8 +60,8 @@ mod tests {
     use crate::testing::FakeKernel;
 
     /// Periodic writes racing the final one leave one whole record, the final one, whatever
-    /// order they finish in. (Before writes were serialised, a clean-clone boot test found a
-    /// record file ending in NUL bytes: two writers in one temporary file.)
+    /// order they finish in. (Before `Recorder::write_file` serialised them, a clean-clone boot
+    /// test found a record file ending in NUL bytes: two writers in one temporary file.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_final_record_is_written_last_and_whole() {
         let dir = tempfile::tempdir().unwrap();
